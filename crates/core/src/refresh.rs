@@ -1,0 +1,332 @@
+//! The refresh sequence, shared line for line by `--once`, `refresh` and the daemon:
+//! lock → re-read → decide → create the temp file → request → re-read → merge → rename.
+//!
+//! It owns the rules that keep a single-use refresh token from being wasted: no request is made
+//! without the lock, without a fresh read under it, or without a temp file ready to take the
+//! answer; a refusal is checked against the file before it is believed (another process may have
+//! rotated the token). One call of [`attempt`] makes at most one request; [`refresh_with_budget`]
+//! retries transient failures with backoff until a deadline, for the one-shot commands.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::credentials::OAuthView;
+use crate::oauth::{ClientConfig, OAuthError, RefreshRequest, TokenClient};
+use crate::schedule::{Backoff, epoch_millis, is_due, random_unit};
+use crate::secret::Secret;
+use crate::settings::format_duration;
+use crate::store::{Snapshot, Store, StoreError};
+
+/// What the sequence needs to know besides the file.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Refresh when `now + lead >= expiresAt`.
+    pub lead: Duration,
+    /// Used when the file has no `claudeAiOauth.clientId`.
+    pub client_id: String,
+    pub client: ClientConfig,
+}
+
+/// Whether to refresh a token that is not yet due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Only when due (`--once`, the daemon's timer).
+    IfDue,
+    /// Now, even if not due (`refresh`, SIGUSR1). Remembers the refresh token it meant to spend:
+    /// if, by the time it holds the lock, the file has another one, someone else refreshed and
+    /// the job is done.
+    Force { expected: Option<Secret> },
+}
+
+/// How an attempt ended well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not due; nothing was sent.
+    Fresh { expires_at: Option<i64> },
+    /// New tokens were fetched and saved.
+    Refreshed {
+        access_token: String,
+        expires_at: i64,
+        /// Fingerprint of the bytes written, so a watcher can tell this write from others.
+        fingerprint: u64,
+    },
+    /// Another process rotated the token while this one waited or was refused: adopt its result.
+    Adopted { expires_at: Option<i64> },
+}
+
+/// How an attempt or a run ended badly.
+#[derive(Debug)]
+pub enum RefreshError {
+    /// The file is missing, unreadable or malformed, or the lock could not be taken.
+    Store(StoreError),
+    /// No usable login in the file: no `claudeAiOauth`, blank tokens, or no refresh token.
+    LoginNeeded { path: PathBuf, why: &'static str },
+    /// The server refused the grant, and no other process has a newer token.
+    Rejected { path: PathBuf, error: OAuthError },
+    /// A transient failure. From [`attempt`]: worth retrying. From [`refresh_with_budget`]: the
+    /// budget ran out.
+    Transient { error: OAuthError, attempts: u32 },
+    /// The server issued new tokens but they could not be saved.
+    SaveFailed { source: StoreError },
+}
+
+impl RefreshError {
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefreshError::Transient {
+                error: OAuthError::Transient { retry_after, .. },
+                ..
+            } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefreshError::Store(e) => e.fmt(f),
+            RefreshError::LoginNeeded { path, why } => write!(
+                f,
+                "{}: {why}; a new login is needed: run `claude-tokend login` (or sign in with Claude Code)",
+                path.display()
+            ),
+            RefreshError::Rejected { path, error } => write!(
+                f,
+                "{error}. The refresh token in {} no longer works; a new login is needed: \
+                 run `claude-tokend login` (or sign in with Claude Code)",
+                path.display()
+            ),
+            RefreshError::Transient { error, attempts } if *attempts > 1 => {
+                write!(
+                    f,
+                    "{error} (gave up after {attempts} attempts; try again later)"
+                )
+            }
+            RefreshError::Transient { error, .. } => error.fmt(f),
+            RefreshError::SaveFailed { source } => write!(
+                f,
+                "the server issued new tokens, but they could not be saved: {source}. The old \
+                 refresh token may be spent; if Claude Code reports that you are logged out, \
+                 run `claude-tokend login`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RefreshError {}
+
+impl From<StoreError> for RefreshError {
+    fn from(e: StoreError) -> Self {
+        RefreshError::Store(e)
+    }
+}
+
+/// How long a file that fails to parse is re-read before it counts as malformed: a writer that
+/// rewrites in place (older Claude Code) may be half-way through.
+const SETTLE_TRIES: u32 = 5;
+const SETTLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Reads the file, re-reading a few times over about a second while it looks half-written.
+pub async fn read_settled(store: &Store) -> Result<Snapshot, StoreError> {
+    let mut tries = 1;
+    loop {
+        match store.read() {
+            Err(e) if e.may_be_mid_write() && tries < SETTLE_TRIES => {
+                tries += 1;
+                tokio::time::sleep(SETTLE_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The client id a refresh must use: the file's, when it names one (the token belongs to that
+/// client), else the setting.
+fn client_id_for<'a>(view: &'a OAuthView, policy: &'a Policy) -> &'a str {
+    view.client_id
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or(&policy.client_id)
+}
+
+/// One pass of the sequence: at most one request. `client` is built on first need and kept by
+/// the caller for the next attempt. `lock_deadline` bounds the wait for another process's lock.
+pub async fn attempt(
+    store: &Store,
+    policy: &Policy,
+    mode: &mut Mode,
+    client: &mut Option<TokenClient>,
+    lock_deadline: Option<Instant>,
+) -> Result<Outcome, RefreshError> {
+    let path = store.path().to_path_buf();
+    let _lock = store.lock(lock_deadline).await?;
+    let snapshot = read_settled(store).await?;
+    let view = snapshot
+        .doc
+        .oauth()
+        .expect("Credentials::parse validated the owned fields")
+        .ok_or(RefreshError::LoginNeeded {
+            path: path.clone(),
+            why: "the file has no claudeAiOauth login",
+        })?;
+    if view.is_logged_out() {
+        return Err(RefreshError::LoginNeeded {
+            path,
+            why: "the login in the file is blank (logged out)",
+        });
+    }
+    match mode {
+        Mode::IfDue => {
+            if !is_due(
+                epoch_millis(SystemTime::now()),
+                view.expires_at,
+                policy.lead,
+            ) {
+                return Ok(Outcome::Fresh {
+                    expires_at: view.expires_at,
+                });
+            }
+        }
+        Mode::Force { expected } => match expected {
+            Some(sent) if view.refresh_token.as_ref() != Some(sent) => {
+                tracing::info!("another process refreshed the token meanwhile; using its result");
+                return Ok(Outcome::Adopted {
+                    expires_at: view.expires_at,
+                });
+            }
+            Some(_) => {}
+            None => *expected = view.refresh_token.clone(),
+        },
+    }
+    let Some(refresh_token) = view.usable_refresh_token() else {
+        return Err(RefreshError::LoginNeeded {
+            path,
+            why: "the login has no refresh token, so it cannot be renewed",
+        });
+    };
+    // Before the request: if the new tokens could not be saved, the old refresh token must not
+    // be spent.
+    let pending = store.begin_write().map_err(RefreshError::Store)?;
+    if client.is_none() {
+        *client =
+            Some(
+                TokenClient::new(&policy.client).map_err(|error| RefreshError::Rejected {
+                    path: path.clone(),
+                    error,
+                })?,
+            );
+    }
+    let client = client.as_ref().expect("just built");
+    let request = RefreshRequest {
+        refresh_token,
+        client_id: client_id_for(&view, policy),
+        scope: view
+            .scopes
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.join(" ")),
+    };
+    tracing::info!(refresh_token = %refresh_token, "refreshing");
+    match client.refresh(&request).await {
+        Ok(grant) => {
+            // Merge into the file as it is now, not as it was before the request: anything
+            // another writer changed meanwhile (an MCP token, a setting) is kept.
+            let mut doc = read_settled(store)
+                .await
+                .map_err(|source| RefreshError::SaveFailed { source })?
+                .doc;
+            doc.apply(&grant);
+            let fingerprint = pending
+                .commit(&doc)
+                .map_err(|source| RefreshError::SaveFailed { source })?;
+            tracing::info!(
+                access_token = %grant.access_token,
+                expires_in = %format_duration(Duration::from_millis(
+                    grant.expires_at.saturating_sub(epoch_millis(SystemTime::now())).max(0) as u64
+                )),
+                "refreshed"
+            );
+            Ok(Outcome::Refreshed {
+                access_token: grant.access_token.masked(),
+                expires_at: grant.expires_at,
+                fingerprint,
+            })
+        }
+        Err(error @ OAuthError::Transient { .. }) => {
+            Err(RefreshError::Transient { error, attempts: 1 })
+        }
+        Err(error @ OAuthError::Permanent { .. }) => {
+            drop(pending);
+            // Believe a refusal only after checking the file: if another writer put a different
+            // refresh token there, ours was simply old, and theirs is the answer.
+            if let Ok(now) = read_settled(store).await
+                && let Ok(Some(current)) = now.doc.oauth()
+                && let Some(theirs) = current.usable_refresh_token()
+                && theirs != refresh_token
+            {
+                tracing::info!(
+                    "the refresh token was rotated by another process; using its result"
+                );
+                return Ok(Outcome::Adopted {
+                    expires_at: current.expires_at,
+                });
+            }
+            Err(RefreshError::Rejected { path, error })
+        }
+    }
+}
+
+/// The one-shot commands' loop: attempts until success, a permanent failure, or `budget` runs
+/// out (then the last transient error, which the CLI reports as exit 75).
+pub async fn refresh_with_budget(
+    store: &Store,
+    policy: &Policy,
+    mut mode: Mode,
+    budget: Duration,
+) -> Result<Outcome, RefreshError> {
+    let deadline = Instant::now() + budget;
+    let mut client = None;
+    let mut retries = 0u32;
+    loop {
+        let result = attempt(store, policy, &mut mode, &mut client, Some(deadline)).await;
+        let error = match result {
+            Err(RefreshError::Transient { error, .. }) => error,
+            Err(RefreshError::Store(StoreError::LockTimeout { path, waited })) => {
+                return Err(RefreshError::Store(StoreError::LockTimeout {
+                    path,
+                    waited,
+                }));
+            }
+            other => return other,
+        };
+        let retry_after = match &error {
+            OAuthError::Transient { retry_after, .. } => *retry_after,
+            OAuthError::Permanent { .. } => None,
+        };
+        let delay = Backoff::STANDARD.delay(retries, random_unit(), retry_after);
+        retries += 1;
+        if Instant::now() + delay > deadline {
+            return Err(RefreshError::Transient {
+                error,
+                attempts: retries,
+            });
+        }
+        tracing::warn!(
+            "{error}; retrying in {} (attempt {})",
+            format_duration_precise(delay),
+            retries + 1
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// `0.4s`, `3s`, `2m 5s`: sub-second precision where it matters for short backoffs.
+fn format_duration_precise(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format_duration(d)
+    }
+}

@@ -1,0 +1,164 @@
+//! Parsing and checking of the settings every command shares: durations (`90s`, `15m`, `1h`) and
+//! endpoint URLs (https, or http only to a loopback host). The checks run before anything is
+//! sent, so a bad setting costs nothing but an error message.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use reqwest::Url;
+
+/// Claude Code refreshes in the last 5 minutes; a shorter lead than that races it.
+pub const CLAUDE_CODE_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// Parses `90s`, `15m`, `1h`, `1h30m`, `500ms`, `2d`. A bare number is refused: `15` could mean
+/// seconds or minutes, and guessing wrong would be silent.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let hint = "write a number and a unit, like 90s, 15m or 1h";
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(format!("empty duration: {hint}"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("`{s}` is not a duration: {hint}"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{s}` is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let piece = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "" => return Err(format!("`{s}` has no unit: {hint}")),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a unit (use ms, s, m, h or d): {hint}"
+                ));
+            }
+        };
+        total = total.saturating_add(piece);
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way `parse_duration` reads it, coarsely: `7h 12m`, `3m 5s`, `42s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (days, hours, mins, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (days, hours, mins) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{mins}m {s}s"),
+        (0, _, _) => format!("{hours}h {mins}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
+/// Checks an endpoint URL: `https`, or `http` only when the host is loopback (the tests' own
+/// endpoint). The body of every request carries a secret, so plain http anywhere else is refused.
+pub fn parse_endpoint_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "`{text}` uses plain http, which would send tokens unencrypted; \
+             use an https:// URL (http is allowed only for 127.0.0.1, ::1 and localhost)"
+        )),
+        other => Err(format!(
+            "`{text}` has scheme `{other}`; use an https:// URL"
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_by_table() {
+        let ok = [
+            ("90s", 90),
+            ("15m", 900),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            (" 2d ", 172_800),
+            ("0s", 0),
+        ];
+        for (text, secs) in ok {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in [
+            "",
+            "15",
+            "m",
+            "1x",
+            "1.5h",
+            "-3s",
+            "1h 30m",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn format_by_table() {
+        let cases = [
+            (42, "42s"),
+            (185, "3m 5s"),
+            (25_920, "7h 12m"),
+            (90_000, "1d 1h"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(format_duration(Duration::from_secs(secs)), want);
+        }
+    }
+
+    #[test]
+    fn urls_by_table() {
+        let cases = [
+            ("https://platform.claude.com/v1/oauth/token", true),
+            ("http://127.0.0.1:8080/token", true),
+            ("http://127.8.9.1/token", true),
+            ("http://[::1]:99/token", true),
+            ("http://localhost:1/token", true),
+            ("http://LOCALHOST/token", true),
+            ("http://example.com/token", false),
+            ("http://127.0.0.1.nip.io/token", false),
+            ("http://localhost.example.com/", false),
+            ("ftp://127.0.0.1/", false),
+            ("not a url", false),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(parse_endpoint_url(text).is_ok(), ok, "{text}");
+        }
+        assert!(
+            parse_endpoint_url("http://example.com/")
+                .unwrap_err()
+                .contains("https")
+        );
+    }
+}

@@ -1,0 +1,610 @@
+//! The credentials file on disk. It owns locating the file, resolving a symlink so the link stays
+//! a link, the cross-process lock, reading, and the atomic write. Nothing else in the program
+//! opens the credentials file for writing, and nothing here ever opens it for truncation: a new
+//! version is written to a temp file beside the target, synced, and renamed over it.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::credentials::{Credentials, ParseError};
+
+/// The file mode the credentials file always has.
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of a directory this program creates.
+pub const DIR_MODE: u32 = 0o700;
+/// The file name inside a config directory.
+pub const FILE_NAME: &str = ".credentials.json";
+
+/// Where the credentials path came from, for messages that say how to change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `--credentials` or `CLAUDE_TOKEND_CREDENTIALS`.
+    Explicit,
+    /// `$CLAUDE_CONFIG_DIR/.credentials.json`.
+    ConfigDir,
+    /// `$HOME/.claude/.credentials.json`.
+    Home,
+}
+
+/// Neither an explicit path, `CLAUDE_CONFIG_DIR` nor `HOME` is set.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NoHomeError;
+
+impl fmt::Display for NoHomeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "cannot find the credentials file: HOME is not set; \
+             set HOME, CLAUDE_CONFIG_DIR, or pass --credentials PATH",
+        )
+    }
+}
+
+impl std::error::Error for NoHomeError {}
+
+/// The contract's lookup order: explicit path, then `CLAUDE_CONFIG_DIR`, then `HOME`.
+/// Empty values count as unset, as a shell's `VAR=` usually means "not this".
+pub fn locate(
+    explicit: Option<&Path>,
+    config_dir: Option<OsString>,
+    home: Option<OsString>,
+) -> Result<(PathBuf, Origin), NoHomeError> {
+    let non_empty = |v: Option<OsString>| v.filter(|v| !v.is_empty());
+    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        return Ok((p.to_path_buf(), Origin::Explicit));
+    }
+    if let Some(dir) = non_empty(config_dir) {
+        return Ok((PathBuf::from(dir).join(FILE_NAME), Origin::ConfigDir));
+    }
+    if let Some(home) = non_empty(home) {
+        return Ok((
+            PathBuf::from(home).join(".claude").join(FILE_NAME),
+            Origin::Home,
+        ));
+    }
+    Err(NoHomeError)
+}
+
+/// Follows a chain of symlinks at the last path component to the file that holds the data.
+/// Directories on the way are left as they are: a rename inside a symlinked directory is still
+/// a rename inside one directory. The target need not exist yet.
+pub fn resolve_symlinks(path: &Path) -> io::Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    // The same bound as the kernel's ELOOP.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = fs::read_link(&current)?;
+                current = if link.is_absolute() {
+                    link
+                } else {
+                    current.parent().unwrap_or(Path::new(".")).join(link)
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(io::Error::other(format!(
+        "{}: too many levels of symbolic links",
+        path.display()
+    )))
+}
+
+/// What went wrong with the file. Every variant names the path; none carries file content.
+#[derive(Debug)]
+pub enum StoreError {
+    Missing {
+        path: PathBuf,
+    },
+    Unreadable {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Malformed {
+        path: PathBuf,
+        reason: ParseError,
+    },
+    Lock {
+        path: PathBuf,
+        source: io::Error,
+    },
+    LockTimeout {
+        path: PathBuf,
+        waited: Duration,
+    },
+    Write {
+        path: PathBuf,
+        stage: &'static str,
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// A parse failure that may only mean a writer is half-way through the file.
+    pub fn may_be_mid_write(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Malformed {
+                reason: ParseError::Syntax(_),
+                ..
+            }
+        )
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Missing { path } => write!(
+                f,
+                "no credentials file at {}: sign in with Claude Code first, \
+                 or point --credentials or CLAUDE_CONFIG_DIR at the file",
+                path.display()
+            ),
+            StoreError::Unreadable { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            StoreError::Malformed { path, reason } => write!(
+                f,
+                "{} is not a usable credentials file: {reason}; it was left untouched",
+                path.display()
+            ),
+            StoreError::Lock { path, source } => {
+                write!(f, "cannot take the lock {}: {source}", path.display())
+            }
+            StoreError::LockTimeout { path, waited } => write!(
+                f,
+                "another process held the lock {} for {}s; try again later",
+                path.display(),
+                waited.as_secs()
+            ),
+            StoreError::Write {
+                path,
+                stage,
+                source,
+            } => write!(f, "cannot write {} ({stage}): {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Unreadable { source, .. }
+            | StoreError::Lock { source, .. }
+            | StoreError::Write { source, .. } => Some(source),
+            StoreError::Malformed { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// One read of the file.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub doc: Credentials,
+    /// A hash of the exact bytes, so the daemon can tell its own write from someone else's.
+    pub fingerprint: u64,
+    /// The permission bits the file had.
+    pub mode: u32,
+}
+
+/// A hash of file bytes. Not cryptographic: it only tells "the bytes we wrote" from others.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// The credentials file, as given (`path`) and as resolved through symlinks (`target()`).
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Store { path: path.into() }
+    }
+
+    /// The path as given (possibly a symlink).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file that holds the data, resolved anew on every call so a re-pointed link is followed.
+    pub fn target(&self) -> PathBuf {
+        resolve_symlinks(&self.path).unwrap_or_else(|_| self.path.clone())
+    }
+
+    /// `<resolved target>.lock`: the sibling lock file, never renamed and never removed, so every
+    /// process that opens it locks the same inode.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.target().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    pub fn read(&self) -> Result<Snapshot, StoreError> {
+        let target = self.target();
+        let bytes = fs::read(&target).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => StoreError::Missing {
+                path: self.path.clone(),
+            },
+            _ => StoreError::Unreadable {
+                path: self.path.clone(),
+                source,
+            },
+        })?;
+        let mode = fs::metadata(&target)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(FILE_MODE);
+        let doc = Credentials::parse(&bytes).map_err(|reason| StoreError::Malformed {
+            path: self.path.clone(),
+            reason,
+        })?;
+        Ok(Snapshot {
+            doc,
+            fingerprint: fingerprint(&bytes),
+            mode,
+        })
+    }
+
+    /// Takes the exclusive lock without waiting; `None` when another process holds it.
+    pub fn try_lock(&self) -> Result<Option<FileLock>, StoreError> {
+        let path = self.lock_path();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)
+            .map_err(|source| StoreError::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
+        }
+    }
+
+    /// Takes the exclusive lock, polling until `deadline` (`None`: wait as long as it takes).
+    /// Polling rather than a blocking `flock` keeps the wait cancellable: a signal can end the
+    /// daemon while it waits, and no thread is left stuck in the kernel.
+    pub async fn lock(&self, deadline: Option<Instant>) -> Result<FileLock, StoreError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(lock) = self.try_lock()? {
+                return Ok(lock);
+            }
+            if deadline.is_some_and(|d| Instant::now() + pause > d) {
+                return Err(StoreError::LockTimeout {
+                    path: self.lock_path(),
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates the temp file for the next version of the file, in the target's directory, mode
+    /// 0600, with room reserved. Called *before* the request that spends a refresh token: if
+    /// this fails, nothing is sent.
+    pub fn begin_write(&self) -> Result<PendingWrite, StoreError> {
+        let target = self.target();
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let file_name = target
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| FILE_NAME.into());
+        let mut temp_name = OsString::from(".");
+        temp_name.push(&file_name);
+        temp_name.push(format!(".tmp.{}.{:08x}", std::process::id(), random_u32()));
+        let temp = dir.join(temp_name);
+        let err = |stage: &'static str| {
+            let path = temp.clone();
+            move |source| StoreError::Write {
+                path,
+                stage,
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temp)
+            .map_err(err("creating the temp file"))?;
+        let pending = PendingWrite {
+            file,
+            temp: temp.clone(),
+            target,
+            dir,
+            done: false,
+        };
+        // The umask may have taken bits away; the contract says 0600 exactly.
+        pending
+            .file
+            .set_permissions(fs::Permissions::from_mode(FILE_MODE))
+            .map_err(err("setting the temp file's mode"))?;
+        pending
+            .keep_owner()
+            .map_err(err("keeping the file's owner"))?;
+        reserve_space(&pending.file, RESERVE_BYTES).map_err(err("reserving disk space"))?;
+        Ok(pending)
+    }
+}
+
+/// Room reserved for the new file before the request: credentials files are a few KiB, and a
+/// full disk must be found out before the refresh token is spent, not after.
+const RESERVE_BYTES: i64 = 64 * 1024;
+
+#[cfg(target_os = "linux")]
+fn reserve_space(file: &File, len: i64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // KEEP_SIZE: reserve blocks without changing the file's length.
+    // SAFETY: a valid open descriptor and plain integers.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Filesystems without fallocate (tmpfs on old kernels, some network filesystems):
+        // nothing to reserve with, and nothing wrong.
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(err),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve_space(_file: &File, _len: i64) -> io::Result<()> {
+    Ok(())
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // A clash only makes create_new fail; the pid already separates processes.
+    let _ = getrandom::fill(&mut b);
+    u32::from_ne_bytes(b)
+}
+
+/// Held while the exclusive lock is held; dropping it closes the file, which releases the lock.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+/// A temp file waiting to become the credentials file. Dropped without [`commit`], it removes
+/// itself, so no failure path leaves a stray file.
+///
+/// [`commit`]: PendingWrite::commit
+#[derive(Debug)]
+pub struct PendingWrite {
+    file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl PendingWrite {
+    /// The temp file's path (tests and fault injection look for it).
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Writes `doc`, fsyncs it, renames it over the target and fsyncs the directory, so after
+    /// a crash the file is either the old version or the new one, whole. Returns the
+    /// fingerprint of the bytes written.
+    pub fn commit(mut self, doc: &Credentials) -> Result<u64, StoreError> {
+        let bytes = doc.to_bytes();
+        let err = |stage: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Write {
+                path,
+                stage,
+                source,
+            }
+        };
+        self.file
+            .write_all(&bytes)
+            .map_err(err("writing the temp file", &self.temp))?;
+        self.file
+            .sync_all()
+            .map_err(err("syncing the temp file", &self.temp))?;
+        fs::rename(&self.temp, &self.target)
+            .map_err(err("renaming over the credentials file", &self.target))?;
+        self.done = true;
+        // The rename is durable only once the directory entry is on disk.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err("syncing the directory", &self.dir))?;
+        Ok(fingerprint(&bytes))
+    }
+
+    /// When root rewrites a user's file (sudo, a system service), the new file keeps the old
+    /// file's owner, or the user could no longer read their own login.
+    fn keep_owner(&self) -> io::Result<()> {
+        let Ok(meta) = fs::metadata(&self.target) else {
+            return Ok(());
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        std::os::unix::fs::fchown(&self.file, Some(meta.uid()), Some(meta.gid()))
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tokend-store-{tag}-{}-{:08x}",
+            std::process::id(),
+            random_u32()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn locate_follows_the_contract_order() {
+        let os = |s: &str| Some(OsString::from(s));
+        let cases: &[(
+            Option<&str>,
+            Option<OsString>,
+            Option<OsString>,
+            Result<(&str, Origin), NoHomeError>,
+        )] = &[
+            (
+                Some("/x/c.json"),
+                os("/cfg"),
+                os("/home/u"),
+                Ok(("/x/c.json", Origin::Explicit)),
+            ),
+            (
+                None,
+                os("/cfg"),
+                os("/home/u"),
+                Ok(("/cfg/.credentials.json", Origin::ConfigDir)),
+            ),
+            (
+                None,
+                os(""),
+                os("/home/u"),
+                Ok(("/home/u/.claude/.credentials.json", Origin::Home)),
+            ),
+            (
+                Some(""),
+                None,
+                os("/home/u"),
+                Ok(("/home/u/.claude/.credentials.json", Origin::Home)),
+            ),
+            (None, None, None, Err(NoHomeError)),
+            (None, None, os(""), Err(NoHomeError)),
+        ];
+        for (explicit, cfg, home, want) in cases {
+            let got = locate(explicit.map(Path::new), cfg.clone(), home.clone());
+            let want = want
+                .as_ref()
+                .map(|(p, o)| (PathBuf::from(p), *o))
+                .map_err(|_| NoHomeError);
+            assert_eq!(got, want, "explicit={explicit:?} cfg={cfg:?} home={home:?}");
+        }
+    }
+
+    #[test]
+    fn resolves_relative_and_chained_symlinks() {
+        let dir = temp_dir("links");
+        fs::create_dir(dir.join("real")).unwrap();
+        fs::write(dir.join("real/creds.json"), "{}").unwrap();
+        std::os::unix::fs::symlink("real/creds.json", dir.join("one")).unwrap();
+        std::os::unix::fs::symlink(dir.join("one"), dir.join("two")).unwrap();
+        assert_eq!(
+            resolve_symlinks(&dir.join("two")).unwrap(),
+            dir.join("real/creds.json")
+        );
+        // A dangling link resolves to where the file would be.
+        std::os::unix::fs::symlink("nowhere.json", dir.join("dangling")).unwrap();
+        assert_eq!(
+            resolve_symlinks(&dir.join("dangling")).unwrap(),
+            dir.join("nowhere.json")
+        );
+        std::os::unix::fs::symlink("loop", dir.join("loop")).unwrap();
+        assert!(resolve_symlinks(&dir.join("loop")).is_err());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dropped_pending_write_leaves_nothing() {
+        let dir = temp_dir("drop");
+        let store = Store::new(dir.join(FILE_NAME));
+        let pending = store.begin_write().unwrap();
+        let temp = pending.temp_path().to_path_buf();
+        assert!(temp.exists());
+        assert_eq!(
+            fs::metadata(&temp).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(pending);
+        assert!(!temp.exists());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn commit_replaces_the_target_and_keeps_the_link() {
+        let dir = temp_dir("commit");
+        fs::write(dir.join("real.json"), r#"{"keep": true}"#).unwrap();
+        std::os::unix::fs::symlink("real.json", dir.join(FILE_NAME)).unwrap();
+        let store = Store::new(dir.join(FILE_NAME));
+        let mut doc = store.read().unwrap().doc;
+        doc.apply(&crate::credentials::TokenUpdate {
+            access_token: crate::secret::Secret::new("a"),
+            refresh_token: None,
+            expires_at: 5,
+            refresh_token_expires_at: None,
+            scopes: None,
+        });
+        store.begin_write().unwrap().commit(&doc).unwrap();
+        assert!(
+            fs::symlink_metadata(dir.join(FILE_NAME))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let text = fs::read_to_string(dir.join("real.json")).unwrap();
+        assert!(text.contains("\"keep\": true") && text.contains("\"expiresAt\": 5"));
+        let mode = fs::metadata(dir.join("real.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no stray files: {names:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lock_is_exclusive_across_handles() {
+        let dir = temp_dir("lock");
+        let store = Store::new(dir.join(FILE_NAME));
+        let held = store.try_lock().unwrap().expect("free lock");
+        assert!(
+            store.try_lock().unwrap().is_none(),
+            "second taker must wait"
+        );
+        drop(held);
+        assert!(store.try_lock().unwrap().is_some());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,116 @@
+//! The command line: every flag, its environment variable and default, in one clap definition
+//! (which the man page and completions are generated from). Parsing and checking settings here
+//! means a bad value from a flag or from the environment fails the same way: exit 2, before
+//! anything is read or sent.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use tokend_core::settings::{Url, parse_duration, parse_endpoint_url};
+
+pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
+pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+pub const DEFAULT_USER_AGENT: &str = concat!("claude-tokend/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "claude-tokend",
+    version,
+    about = "Keeps a Claude Code OAuth login alive: refreshes ~/.claude/.credentials.json ahead of expiry, \
+             under a lock, atomically, losing nothing.",
+    long_about = None,
+    after_help = "With no command, runs the daemon in the foreground (what systemd and launchd start).\n\
+                  Exit codes: 0 done, 1 other failure (status: token expired), 2 bad command line or setting,\n\
+                  75 temporary failure (try again later), 77 a new login is needed, 78 credentials file missing or malformed."
+)]
+pub struct Cli {
+    /// Refresh only if due (expiry within --refresh-before), then exit. Prints nothing on
+    /// success, so cron mails only problems.
+    #[arg(long)]
+    pub once: bool,
+
+    #[command(flatten)]
+    pub settings: Settings,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Refresh now, even if the token is not due.
+    Refresh,
+    /// Show the login in the credentials file: masked tokens, expiry, scopes, plan.
+    /// Exits 0 while the access token is valid, 1 once it has expired.
+    Status {
+        /// Print JSON (no secrets) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Settings {
+    /// The credentials file [default: $CLAUDE_CONFIG_DIR/.credentials.json, else ~/.claude/.credentials.json]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "CLAUDE_TOKEND_CREDENTIALS"
+    )]
+    pub credentials: Option<PathBuf>,
+
+    /// The OAuth token endpoint (https; http only to a loopback host).
+    #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_TOKEN_URL",
+          default_value = DEFAULT_TOKEN_URL, value_parser = parse_endpoint_url)]
+    pub token_url: Url,
+
+    /// The OAuth client id, used when the credentials file names none.
+    #[arg(long, global = true, value_name = "ID", env = "ANTHROPIC_CLIENT_ID",
+          default_value = DEFAULT_CLIENT_ID, value_parser = non_empty)]
+    pub client_id: String,
+
+    /// Refresh this long before the access token expires (like 90s, 15m, 1h).
+    #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_REFRESH_BEFORE",
+          default_value = "15m", value_parser = parse_duration)]
+    pub refresh_before: Duration,
+
+    /// The User-Agent header sent to the endpoints.
+    #[arg(long, global = true, value_name = "STRING", env = "CLAUDE_TOKEND_USER_AGENT",
+          default_value = DEFAULT_USER_AGENT, value_parser = non_empty)]
+    pub user_agent: String,
+
+    /// How long --once and refresh keep retrying temporary failures before exiting 75.
+    #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_RETRY_BUDGET",
+          default_value = "60s", value_parser = parse_duration)]
+    pub retry_budget: Duration,
+
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG, when set, wins.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings and errors only, -qq errors only).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(t.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,318 @@
+//! The one-shot commands (`--once`, `refresh`, `status`) and the glue they share: building the
+//! store and policy from the settings, the tokio runtime (only when a request may be needed),
+//! and the mapping from outcomes to messages and exit codes.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tokend_core::oauth::ClientConfig;
+use tokend_core::refresh::{self, Mode, Outcome, Policy, RefreshError};
+use tokend_core::schedule::{due_at, epoch_millis, is_due};
+use tokend_core::settings::format_duration;
+use tokend_core::store::{self, FILE_MODE, Store, StoreError};
+
+use crate::cli::Settings;
+use crate::exit;
+
+/// Finds the credentials file from the settings and the environment (the contract's order).
+pub fn store_for(settings: &Settings) -> Result<Store, u8> {
+    match store::locate(
+        settings.credentials.as_deref(),
+        std::env::var_os("CLAUDE_CONFIG_DIR"),
+        std::env::var_os("HOME"),
+    ) {
+        Ok((path, _origin)) => Ok(Store::new(path)),
+        Err(e) => {
+            eprintln!("claude-tokend: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+pub fn policy_for(settings: &Settings) -> Policy {
+    Policy {
+        lead: settings.refresh_before,
+        client_id: settings.client_id.clone(),
+        client: ClientConfig {
+            token_url: settings.token_url.clone(),
+            user_agent: settings.user_agent.clone(),
+        },
+    }
+}
+
+/// A current-thread runtime: one thread is all a refresher needs, and it is built only when a
+/// request may be made, so `--once` on a fresh token never pays for it.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime needs no resources that can run out")
+}
+
+/// The exit code a refresh failure means to a script.
+pub fn exit_code(e: &RefreshError) -> u8 {
+    match e {
+        RefreshError::Store(
+            StoreError::Missing { .. }
+            | StoreError::Unreadable { .. }
+            | StoreError::Malformed { .. },
+        ) => exit::CONFIG,
+        RefreshError::Store(StoreError::LockTimeout { .. }) | RefreshError::Transient { .. } => {
+            exit::TEMPFAIL
+        }
+        RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. } => exit::LOGIN_NEEDED,
+        RefreshError::Store(StoreError::Lock { .. } | StoreError::Write { .. })
+        | RefreshError::SaveFailed { .. } => exit::FAILURE,
+    }
+}
+
+fn report(e: &RefreshError) -> u8 {
+    eprintln!("claude-tokend: {e}");
+    exit_code(e)
+}
+
+/// `--once`: refresh only if due. Silent on success.
+pub fn once(settings: &Settings) -> u8 {
+    let store = match store_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    // The fast path: a fresh token is decided from one unlocked read, with no runtime, no HTTP
+    // client and no lock. Anything else (due, missing, odd) takes the full path, which reads
+    // again under the lock before deciding anything.
+    if let Ok(snapshot) = store.read()
+        && let Ok(Some(view)) = snapshot.doc.oauth()
+        && !view.is_logged_out()
+        && !is_due(
+            epoch_millis(SystemTime::now()),
+            view.expires_at,
+            settings.refresh_before,
+        )
+    {
+        tracing::info!(expires = %describe_expiry(view.expires_at), "token is fresh; nothing to do");
+        return exit::OK;
+    }
+    let policy = policy_for(settings);
+    let result = runtime().block_on(refresh::refresh_with_budget(
+        &store,
+        &policy,
+        Mode::IfDue,
+        settings.retry_budget,
+    ));
+    match result {
+        Ok(outcome) => {
+            tracing::info!("{}", describe_outcome(&outcome));
+            exit::OK
+        }
+        Err(e) => report(&e),
+    }
+}
+
+/// `refresh`: refresh now, even if not due.
+pub fn refresh(settings: &Settings) -> u8 {
+    let store = match store_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let policy = policy_for(settings);
+    let result = runtime().block_on(refresh::refresh_with_budget(
+        &store,
+        &policy,
+        Mode::Force { expected: None },
+        settings.retry_budget,
+    ));
+    match result {
+        Ok(outcome) => {
+            println!("{}", describe_outcome(&outcome));
+            exit::OK
+        }
+        Err(e) => report(&e),
+    }
+}
+
+pub fn describe_outcome(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Fresh { expires_at } => {
+            format!("Token is fresh; {}", describe_expiry(*expires_at))
+        }
+        Outcome::Refreshed {
+            access_token,
+            expires_at,
+            ..
+        } => format!(
+            "Refreshed: access token {access_token}, {}",
+            describe_expiry(Some(*expires_at))
+        ),
+        Outcome::Adopted { expires_at } => format!(
+            "Another process had already refreshed the token; {}",
+            describe_expiry(*expires_at)
+        ),
+    }
+}
+
+/// `expires 2026-11-27 11:02:03 CET (in 7h 12m)`.
+pub fn describe_expiry(expires_at: Option<i64>) -> String {
+    match expires_at {
+        None => "expiry unknown".into(),
+        Some(ms) => format!("expires {}", when(ms)),
+    }
+}
+
+/// A moment as local time plus how far away it is: `2026-11-27 11:02:03 CET (in 7h 12m)`.
+pub fn when(ms: i64) -> String {
+    format!("{} ({})", local_time(ms), relative(ms))
+}
+
+pub fn local_time(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => format!("{ms} ms after the epoch"),
+    }
+}
+
+pub fn relative(ms: i64) -> String {
+    let now = epoch_millis(SystemTime::now());
+    let delta = ms.saturating_sub(now);
+    let d = Duration::from_millis(delta.unsigned_abs());
+    if delta >= 0 {
+        format!("in {}", format_duration(d))
+    } else {
+        format!("{} ago", format_duration(d))
+    }
+}
+
+/// `status [--json]`.
+pub fn status(settings: &Settings, as_json: bool) -> u8 {
+    let store = match store_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let snapshot = match read_settled_blocking(&store) {
+        Ok(s) => s,
+        Err(e) => return report(&RefreshError::Store(e)),
+    };
+    let path = store.path().display().to_string();
+    let target = store.target();
+    let target_text = (target != store.path()).then(|| target.display().to_string());
+    let mode_ok = snapshot.mode & 0o077 == 0;
+    let mode_text = format!("{:04o}", snapshot.mode);
+    let view = match snapshot.doc.oauth() {
+        Ok(Some(v)) if !v.is_logged_out() => v,
+        Ok(_) => {
+            if as_json {
+                let doc = json!({"path": path, "target": target_text, "loggedIn": false,
+                                 "fileMode": mode_text, "fileModeOk": mode_ok});
+                println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+            }
+            eprintln!(
+                "claude-tokend: {path}: no login in the file; a new login is needed: \
+                 run `claude-tokend login` (or sign in with Claude Code)"
+            );
+            return exit::LOGIN_NEEDED;
+        }
+        Err(_) => unreachable!("Credentials::parse validated the owned fields"),
+    };
+    let now = epoch_millis(SystemTime::now());
+    let expired = view.expires_at.is_none_or(|at| at <= now);
+    let refresh_due = view
+        .expires_at
+        .map(|at| due_at(at, settings.refresh_before));
+    if as_json {
+        let doc = json!({
+            "path": path,
+            "target": target_text,
+            "loggedIn": true,
+            "accessToken": view.access_token.masked(),
+            "refreshToken": view.refresh_token.as_ref().map(|t| t.masked()),
+            "expiresAt": view.expires_at,
+            "expiresAtLocal": view.expires_at.map(local_time),
+            "expiresInSeconds": view.expires_at.map(|at| (at - now) / 1000),
+            "expired": expired,
+            "refreshDueAt": refresh_due,
+            "refreshTokenExpiresAt": view.refresh_token_expires_at,
+            "refreshTokenExpiresAtLocal": view.refresh_token_expires_at.map(local_time),
+            "scopes": view.scopes,
+            "subscriptionType": view.subscription_type,
+            "rateLimitTier": view.rate_limit_tier,
+            "clientId": view.client_id,
+            "fileMode": mode_text,
+            "fileModeOk": mode_ok,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+    } else {
+        let row = |k: &str, v: String| println!("{k:<15}{v}");
+        row("Credentials:", path.clone());
+        if let Some(t) = &target_text {
+            row("Symlink to:", t.clone());
+        }
+        row("Access token:", view.access_token.masked());
+        row(
+            "Refresh token:",
+            match &view.refresh_token {
+                Some(t) if !t.is_blank() => t.masked(),
+                _ => "(none: this login cannot be renewed)".into(),
+            },
+        );
+        row(
+            "Expires:",
+            match view.expires_at {
+                Some(at) if at <= now => format!(
+                    "{} (expired {})",
+                    local_time(at),
+                    relative(at).trim_end_matches(" ago").to_owned() + " ago"
+                ),
+                Some(at) => when(at),
+                None => "unknown".into(),
+            },
+        );
+        if let Some(due) = refresh_due {
+            row(
+                "Refresh due:",
+                if due <= now { "now".into() } else { when(due) },
+            );
+        }
+        if let Some(at) = view.refresh_token_expires_at {
+            row("Login valid:", format!("log in again before {}", when(at)));
+        }
+        if let Some(scopes) = &view.scopes {
+            row("Scopes:", scopes.join(" "));
+        }
+        match (&view.subscription_type, &view.rate_limit_tier) {
+            (Some(p), Some(t)) => row("Plan:", format!("{p} ({t})")),
+            (Some(p), None) => row("Plan:", p.clone()),
+            (None, Some(t)) => row("Plan:", t.clone()),
+            (None, None) => {}
+        }
+    }
+    if !mode_ok {
+        eprintln!(
+            "claude-tokend: warning: {path} has mode {mode_text}; it should be {FILE_MODE:04o} \
+             (run: chmod 600 {path})"
+        );
+    }
+    if expired { exit::FAILURE } else { exit::OK }
+}
+
+/// `read_settled` without a runtime: `status` must stay as cheap as the `--once` fast path.
+fn read_settled_blocking(store: &Store) -> Result<store::Snapshot, StoreError> {
+    let mut tries = 1;
+    loop {
+        match store.read() {
+            Err(e) if e.may_be_mid_write() && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The daemon: not built yet in this commit.
+pub fn daemon(settings: &Settings) -> u8 {
+    let _ = settings;
+    eprintln!("claude-tokend: the daemon is not available in this build; use --once");
+    exit::FAILURE
+}

@@ -1,0 +1,57 @@
+//! `claude-tokend`: the binary. A thin adapter over `tokend_core`: parse the command line, set up
+//! logging, run one command, and map its result to an exit code. Nothing here knows how a token
+//! is refreshed; it only knows what each outcome means to a user and to a script.
+
+mod cli;
+mod commands;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+
+/// The contract's exit codes.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Status: the token has expired; other failures not listed below.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line or setting (clap uses 2 as well).
+    pub const USAGE: u8 = 2;
+    /// Temporary failure after the retry budget: try again later (sysexits EX_TEMPFAIL).
+    pub const TEMPFAIL: u8 = 75;
+    /// A new login is needed (sysexits EX_NOPERM).
+    pub const LOGIN_NEEDED: u8 = 77;
+    /// The credentials file is missing, unreadable or malformed (sysexits EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.once && cli.command.is_some() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--once cannot be combined with a command; use `claude-tokend --once` alone",
+            )
+            .exit();
+    }
+    let s = &cli.settings;
+    let is_daemon = cli.command.is_none() && !cli.once;
+    logging::init(cli.once, s.verbose, s.quiet, is_daemon);
+    if s.refresh_before < tokend_core::settings::CLAUDE_CODE_MARGIN {
+        tracing::warn!(
+            "--refresh-before {}s is shorter than Claude Code's own 5-minute margin; \
+             Claude Code may refresh first and race this program",
+            s.refresh_before.as_secs()
+        );
+    }
+    let code = match (&cli.command, cli.once) {
+        (None, true) => commands::once(&cli.settings),
+        (Some(Command::Refresh), _) => commands::refresh(&cli.settings),
+        (Some(Command::Status { json }), _) => commands::status(&cli.settings, *json),
+        (None, false) => commands::daemon(&cli.settings),
+    };
+    ExitCode::from(code)
+}
