@@ -39,6 +39,26 @@ pub enum Mode {
     Force { expected: Option<Secret> },
 }
 
+/// The points of an attempt an observer is told about, in order. The daemon uses
+/// `RequestSent` to know that a shutdown must wait for the answer (the server may already have
+/// spent the old refresh token); tests use the steps to inject faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The cross-process lock is held.
+    Locked,
+    /// The temp file for the answer exists; the request is next.
+    TempCreated,
+    /// The request is about to go out: from here on, its answer must be saved.
+    RequestSent,
+    /// The answer is in (whatever it says).
+    ResponseReceived,
+    /// The new file has been renamed into place.
+    Written,
+}
+
+/// An observer that ignores every step.
+pub fn unobserved(_: Step) {}
+
 /// How an attempt ended well.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -159,9 +179,11 @@ pub async fn attempt(
     mode: &mut Mode,
     client: &mut Option<TokenClient>,
     lock_deadline: Option<Instant>,
+    observe: &dyn Fn(Step),
 ) -> Result<Outcome, RefreshError> {
     let path = store.path().to_path_buf();
     let _lock = store.lock(lock_deadline).await?;
+    observe(Step::Locked);
     let snapshot = read_settled(store).await?;
     let view = snapshot
         .doc
@@ -209,6 +231,7 @@ pub async fn attempt(
     // Before the request: if the new tokens could not be saved, the old refresh token must not
     // be spent.
     let pending = store.begin_write().map_err(RefreshError::Store)?;
+    observe(Step::TempCreated);
     if client.is_none() {
         *client =
             Some(
@@ -229,7 +252,10 @@ pub async fn attempt(
             .map(|s| s.join(" ")),
     };
     tracing::info!(refresh_token = %refresh_token, "refreshing");
-    match client.refresh(&request).await {
+    observe(Step::RequestSent);
+    let answer = client.refresh(&request).await;
+    observe(Step::ResponseReceived);
+    match answer {
         Ok(grant) => {
             // Merge into the file as it is now, not as it was before the request: anything
             // another writer changed meanwhile (an MCP token, a setting) is kept.
@@ -241,6 +267,7 @@ pub async fn attempt(
             let fingerprint = pending
                 .commit(&doc)
                 .map_err(|source| RefreshError::SaveFailed { source })?;
+            observe(Step::Written);
             tracing::info!(
                 access_token = %grant.access_token,
                 expires_in = %format_duration(Duration::from_millis(
@@ -290,7 +317,15 @@ pub async fn refresh_with_budget(
     let mut client = None;
     let mut retries = 0u32;
     loop {
-        let result = attempt(store, policy, &mut mode, &mut client, Some(deadline)).await;
+        let result = attempt(
+            store,
+            policy,
+            &mut mode,
+            &mut client,
+            Some(deadline),
+            &unobserved,
+        )
+        .await;
         let error = match result {
             Err(RefreshError::Transient { error, .. }) => error,
             Err(RefreshError::Store(StoreError::LockTimeout { path, waited })) => {

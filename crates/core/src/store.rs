@@ -476,12 +476,13 @@ mod tests {
     #[test]
     fn locate_follows_the_contract_order() {
         let os = |s: &str| Some(OsString::from(s));
-        let cases: &[(
-            Option<&str>,
+        type Row<'a> = (
+            Option<&'a str>,
             Option<OsString>,
             Option<OsString>,
-            Result<(&str, Origin), NoHomeError>,
-        )] = &[
+            Result<(&'a str, Origin), NoHomeError>,
+        );
+        let cases: &[Row] = &[
             (
                 Some("/x/c.json"),
                 os("/cfg"),

@@ -310,9 +310,25 @@ fn read_settled_blocking(store: &Store) -> Result<store::Snapshot, StoreError> {
     }
 }
 
-/// The daemon: not built yet in this commit.
+/// The daemon, in the foreground until SIGTERM or SIGINT.
 pub fn daemon(settings: &Settings) -> u8 {
-    let _ = settings;
-    eprintln!("claude-tokend: the daemon is not available in this build; use --once");
-    exit::FAILURE
+    let store = match store_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let policy = policy_for(settings);
+    runtime().block_on(async {
+        match crate::daemon::Signals::new() {
+            Ok(signals) => {
+                crate::daemon::Daemon::new(store, policy, crate::daemon::SystemClock)
+                    .run(signals)
+                    .await;
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("claude-tokend: cannot install signal handlers: {e}");
+                exit::FAILURE
+            }
+        }
+    })
 }

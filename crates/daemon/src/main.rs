@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod daemon;
 mod logging;
 
 use std::process::ExitCode;

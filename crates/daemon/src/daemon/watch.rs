@@ -1,0 +1,159 @@
+//! Watching the credentials file for outside changes. The *directory* is watched, not the file:
+//! writers replace the file by rename (editors, Claude Code, this program), which a watch on the
+//! old inode would never see, and they also rewrite it in place, which the directory watch sees
+//! as a modification of the name. Events are filtered by name and forwarded as bare "look
+//! again" pings; the loop coalesces them and re-reads, so no event's details are trusted.
+//!
+//! When the directory does not exist yet (not logged in), the nearest existing ancestor is
+//! watched instead, and any event there means "try to arm the real watch again".
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokend_core::store::Store;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+/// What the watcher tells the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ping {
+    /// Something happened to the credentials file's name: re-read it.
+    Changed,
+    /// Something happened in a stand-in ancestor directory: try to arm the real watch.
+    Rearm,
+}
+
+/// An armed watch. Dropping it stops the watcher thread.
+pub struct Watch {
+    _watcher: RecommendedWatcher,
+    /// Identity (device, inode) of each directory watched, so a directory that was deleted and
+    /// made again (the watch went with the old inode) is noticed and re-armed.
+    dirs: Vec<(PathBuf, Option<(u64, u64)>)>,
+    /// True when every wanted directory exists and is watched itself.
+    pub complete: bool,
+}
+
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The directories to watch and the names to look for: the path as given and, for a symlink,
+/// the resolved target too.
+fn wanted(store: &Store) -> (Vec<PathBuf>, Vec<OsString>) {
+    let mut dirs = Vec::new();
+    let mut names = Vec::new();
+    for p in [store.path().to_path_buf(), store.target()] {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+        if let Some(n) = p.file_name().map(|n| n.to_os_string())
+            && !names.contains(&n)
+        {
+            names.push(n);
+        }
+    }
+    (dirs, names)
+}
+
+impl Watch {
+    /// Arms a watch and returns it with the channel its pings arrive on.
+    pub fn arm(store: &Store) -> notify::Result<(Watch, UnboundedReceiver<Ping>)> {
+        let (tx, rx) = unbounded_channel();
+        let (dirs, names) = wanted(store);
+        let handler = Handler {
+            tx,
+            names,
+            stand_ins: Vec::new(),
+        };
+        let mut stand_ins = Vec::new();
+        let mut watched = Vec::new();
+        let mut complete = true;
+        for dir in &dirs {
+            let mut at = dir.as_path();
+            // Walk up to the nearest directory that exists.
+            while !at.is_dir() {
+                complete = false;
+                match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => break,
+                }
+            }
+            if at != dir.as_path() {
+                stand_ins.push(at.to_path_buf());
+            }
+            watched.push(at.to_path_buf());
+        }
+        let handler = Handler {
+            stand_ins: stand_ins.clone(),
+            ..handler
+        };
+        let mut watcher = notify::recommended_watcher(move |res| handler.handle(res))?;
+        let mut dirs_seen = Vec::new();
+        for dir in watched {
+            if dirs_seen.iter().any(|(d, _)| d == &dir) {
+                continue;
+            }
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            let id = identity(&dir);
+            dirs_seen.push((dir, id));
+        }
+        Ok((
+            Watch {
+                _watcher: watcher,
+                dirs: dirs_seen,
+                complete,
+            },
+            rx,
+        ))
+    }
+
+    /// False when a watched directory was removed or replaced since the watch was armed.
+    pub fn still_valid(&self) -> bool {
+        self.dirs.iter().all(|(d, id)| identity(d) == *id)
+    }
+
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.dirs.iter().map(|(d, _)| d.as_path())
+    }
+}
+
+struct Handler {
+    tx: UnboundedSender<Ping>,
+    names: Vec<OsString>,
+    stand_ins: Vec<PathBuf>,
+}
+
+impl Handler {
+    fn handle(&self, res: notify::Result<notify::Event>) {
+        let Ok(event) = res else {
+            // An overflowed or failed watch: the safe reaction is to look again.
+            let _ = self.tx.send(Ping::Changed);
+            return;
+        };
+        // Opening and reading the file (this program does, on every re-read) is not a change;
+        // reacting to it would loop.
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        let matches_name = event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| self.names.iter().any(|want| want == n))
+        });
+        if matches_name {
+            let _ = self.tx.send(Ping::Changed);
+        } else if !self.stand_ins.is_empty()
+            && event
+                .paths
+                .iter()
+                .any(|p| self.stand_ins.iter().any(|s| p.parent() == Some(s)))
+        {
+            let _ = self.tx.send(Ping::Rearm);
+        }
+    }
+}

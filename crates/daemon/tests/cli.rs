@@ -1,0 +1,63 @@
+//! The binary's command line, run as a process. (This file also makes `cargo test --workspace`
+//! build the binary before any test runs, which the end-to-end suite in `tests/` relies on.)
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_claude-tokend"))
+        .args(args)
+        .env_clear()
+        .env("HOME", "/nonexistent-home-for-cli-tests")
+        .output()
+        .expect("run claude-tokend");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_names_every_command_and_setting() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for word in [
+        "--once",
+        "refresh",
+        "status",
+        "--credentials",
+        "--token-url",
+        "--client-id",
+        "--refresh-before",
+        "--user-agent",
+        "CLAUDE_TOKEND_TOKEN_URL",
+        "Exit codes",
+    ] {
+        assert!(out.contains(word), "--help lacks {word}:\n{out}");
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("claude-tokend {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bad_command_lines_exit_2() {
+    for args in [
+        &["--no-such-flag"][..],
+        &["--once", "refresh"],
+        &["status", "--refresh-before", "15"],
+        &["--once", "--token-url", "http://example.com/token"],
+        &["-v", "-q", "status"],
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?} should exit 2; stderr: {err}");
+        assert!(!err.is_empty(), "{args:?} should say why");
+    }
+}
