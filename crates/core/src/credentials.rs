@@ -168,6 +168,31 @@ impl Credentials {
         }
     }
 
+    /// Writes a new login: like [`apply`](Self::apply), but a refresh token or refresh-token
+    /// expiry that the new grant does not carry is removed, not kept from the old login (the
+    /// old refresh token belongs to a session that is being replaced).
+    pub fn apply_login(&mut self, update: &TokenUpdate) {
+        self.apply(update);
+        if let Some(Value::Object(oauth)) = self.root.get_mut(OAUTH_KEY) {
+            if update.refresh_token.is_none() {
+                oauth.shift_remove("refreshToken");
+            }
+            if update.refresh_token_expires_at.is_none() {
+                oauth.shift_remove("refreshTokenExpiresAt");
+            }
+        }
+    }
+
+    /// Removes `claudeAiOauth` and nothing else. Returns whether there was one.
+    pub fn remove_login(&mut self) -> bool {
+        self.root.shift_remove(OAUTH_KEY).is_some()
+    }
+
+    /// True when the document holds no keys at all.
+    pub fn is_empty(&self) -> bool {
+        self.root.is_empty()
+    }
+
     /// The raw top-level object, for callers that need to look at keys this module does not own.
     pub fn root(&self) -> &Map<String, Value> {
         &self.root
@@ -328,6 +353,30 @@ mod tests {
             o.refresh_token.unwrap().expose(),
             "sk-ant-ort01-old-refresh-token-RRRRRRRRRRRR"
         );
+    }
+
+    #[test]
+    fn login_replaces_the_old_refresh_token_and_logout_keeps_the_rest() {
+        let mut doc = Credentials::parse(SAMPLE.as_bytes()).unwrap();
+        doc.apply_login(&TokenUpdate {
+            refresh_token: None,
+            refresh_token_expires_at: None,
+            ..update()
+        });
+        let o = doc.oauth().unwrap().unwrap();
+        assert!(
+            o.refresh_token.is_none(),
+            "a login without a refresh token saves none"
+        );
+        assert_eq!(o.subscription_type.as_deref(), Some("max"));
+        assert!(doc.remove_login());
+        assert!(!doc.remove_login());
+        let keys: Vec<_> = doc.root.keys().cloned().collect();
+        assert_eq!(keys, ["first", "mcpOAuth", "zeta"]);
+        assert!(!doc.is_empty());
+        let mut only = Credentials::parse(br#"{"claudeAiOauth": {}}"#).unwrap();
+        only.remove_login();
+        assert!(only.is_empty());
     }
 
     #[test]

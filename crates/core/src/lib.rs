@@ -6,6 +6,7 @@
 //! lock, read, atomic write), [`oauth`] (the token endpoint) and [`schedule`] (pure timing).
 
 pub mod credentials;
+pub mod login;
 pub mod oauth;
 pub mod refresh;
 pub mod schedule;

@@ -118,14 +118,60 @@ impl TokenClient {
         self.post(&body, &[req.refresh_token]).await
     }
 
+    /// Exchanges an authorization code (one attempt). The error says whether the server cannot
+    /// have consumed the code (no connection was made, or it answered 429 before looking), the
+    /// only cases in which the single-use code may be sent again.
+    pub async fn exchange_code(&self, req: &CodeExchange<'_>) -> Result<TokenGrant, ExchangeError> {
+        let mut body = json!({
+            "grant_type": "authorization_code",
+            "code": req.code.expose(),
+            "state": req.state,
+            "client_id": req.client_id,
+            "redirect_uri": req.redirect_uri,
+            "code_verifier": req.verifier.expose(),
+        });
+        if let (Some(secs), Some(map)) = (req.expires_in, body.as_object_mut()) {
+            map.insert("expires_in".into(), Value::from(secs));
+        }
+        let secrets = [req.code, req.verifier];
+        match self.send(&body, &secrets).await {
+            Err(Unsent::Connect(error)) => Err(ExchangeError {
+                error,
+                code_unspent: true,
+            }),
+            Err(Unsent::Other(error)) => Err(ExchangeError {
+                error,
+                code_unspent: false,
+            }),
+            Ok((answer, sent_at)) => {
+                interpret_response(&answer.borrow(), sent_at, SystemTime::now()).map_err(|e| {
+                    ExchangeError {
+                        error: scrub_error(e, &secrets),
+                        code_unspent: answer.status == 429,
+                    }
+                })
+            }
+        }
+    }
+
     /// Posts a JSON body to the token endpoint and interprets the answer. `secrets` are scrubbed
     /// from any text that comes back, in case a server echoes the request.
     pub async fn post(&self, body: &Value, secrets: &[&Secret]) -> Result<TokenGrant, OAuthError> {
+        let (answer, sent_at) = self.send(body, secrets).await.map_err(Unsent::into_error)?;
+        interpret_response(&answer.borrow(), sent_at, SystemTime::now())
+            .map_err(|e| scrub_error(e, secrets))
+    }
+
+    /// One POST. Returns the raw answer and the moment the request was sent.
+    async fn send(
+        &self,
+        body: &Value,
+        secrets: &[&Secret],
+    ) -> Result<(OwnedAnswer, SystemTime), Unsent> {
         let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
         // expiresAt is counted from here, so it can never be later than the server meant.
         let sent_at = SystemTime::now();
-        let tracing_url = self.token_url.as_str();
-        tracing::debug!(url = tracing_url, "sending token request");
+        tracing::debug!(url = self.token_url.as_str(), "sending token request");
         let response = self
             .http
             .post(self.token_url.clone())
@@ -134,7 +180,14 @@ impl TokenClient {
             .body(bytes)
             .send()
             .await
-            .map_err(|e| transport_error(&e, secrets))?;
+            .map_err(|e| {
+                let error = transport_error(&e, secrets);
+                if e.is_connect() {
+                    Unsent::Connect(error)
+                } else {
+                    Unsent::Other(error)
+                }
+            })?;
         let status = response.status().as_u16();
         let header = |name: reqwest::header::HeaderName| {
             response
@@ -147,20 +200,70 @@ impl TokenClient {
         let retry_after = header(reqwest::header::RETRY_AFTER);
         let body = read_body(response)
             .await
-            .map_err(|e| transport_error(&e, secrets))?;
+            .map_err(|e| Unsent::Other(transport_error(&e, secrets)))?;
         tracing::debug!(status, "token endpoint answered");
-        interpret_response(
-            &Answer {
+        Ok((
+            OwnedAnswer {
                 status,
-                location: location.as_deref(),
-                retry_after: retry_after.as_deref(),
-                body: &body,
+                location,
+                retry_after,
+                body,
             },
             sent_at,
-            SystemTime::now(),
-        )
-        .map_err(|e| scrub_error(e, secrets))
+        ))
     }
+}
+
+/// A failed send: `Connect` means no connection was made, so nothing reached the server.
+enum Unsent {
+    Connect(OAuthError),
+    Other(OAuthError),
+}
+
+impl Unsent {
+    fn into_error(self) -> OAuthError {
+        match self {
+            Unsent::Connect(e) | Unsent::Other(e) => e,
+        }
+    }
+}
+
+struct OwnedAnswer {
+    status: u16,
+    location: Option<String>,
+    retry_after: Option<String>,
+    body: Vec<u8>,
+}
+
+impl OwnedAnswer {
+    fn borrow(&self) -> Answer<'_> {
+        Answer {
+            status: self.status,
+            location: self.location.as_deref(),
+            retry_after: self.retry_after.as_deref(),
+            body: &self.body,
+        }
+    }
+}
+
+/// An authorization-code exchange request.
+#[derive(Debug)]
+pub struct CodeExchange<'a> {
+    pub code: &'a Secret,
+    pub state: &'a str,
+    pub client_id: &'a str,
+    pub redirect_uri: &'a str,
+    pub verifier: &'a Secret,
+    /// Requested access-token lifetime in seconds (the long-lived login asks for a year).
+    pub expires_in: Option<u64>,
+}
+
+/// A failed code exchange, and whether the code may be sent again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeError {
+    pub error: OAuthError,
+    /// True when the server cannot have consumed the code: no connection, or 429.
+    pub code_unspent: bool,
 }
 
 async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -253,6 +253,42 @@ impl Store {
             fingerprint: fingerprint(&bytes),
             mode,
         })
+    }
+
+    /// Creates the target's directory (0700, and any missing parents) when it does not exist:
+    /// a first login on a machine where Claude Code never ran.
+    pub fn ensure_dir(&self) -> Result<(), StoreError> {
+        let target = self.target();
+        let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|source| StoreError::Write {
+                path: dir.to_path_buf(),
+                stage: "creating the directory",
+                source,
+            })
+    }
+
+    /// Deletes the file (the target; a symlink pointing at it stays, so the next login writes
+    /// through it again). Call with the lock held.
+    pub fn remove(&self) -> Result<(), StoreError> {
+        let target = self.target();
+        fs::remove_file(&target).map_err(|source| StoreError::Write {
+            path: target.clone(),
+            stage: "removing the file",
+            source,
+        })?;
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
     }
 
     /// Takes the exclusive lock without waiting; `None` when another process holds it.

@@ -10,6 +10,8 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use tokend_core::settings::{Url, parse_duration, parse_endpoint_url};
 
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
+pub const DEFAULT_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 pub const DEFAULT_USER_AGENT: &str = concat!("claude-tokend/", env!("CARGO_PKG_VERSION"));
 
@@ -48,6 +50,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign in (OAuth with PKCE) and save the login to the credentials file, keeping every
+    /// other key in it. Prints the sign-in URL, then reads the code you paste (CODE#STATE).
+    Login(LoginArgs),
+    /// Remove the Claude login (claudeAiOauth) from the credentials file; other keys, such as
+    /// MCP servers' tokens, stay. Asks first; without a terminal, needs --yes.
+    Logout {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Ask for a token that lives about a year (scope user:inference, expires_in 31536000).
+    #[arg(long)]
+    pub long_lived: bool,
+
+    /// The scopes to ask for, space-separated [default: org:create_api_key user:profile user:inference].
+    #[arg(long, value_name = "SCOPES", value_parser = non_empty)]
+    pub scope: Option<String>,
+
+    /// Only print the URL; do not try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// Receive the code on http://localhost:PORT/callback (a browser on this machine) instead
+    /// of pasting it.
+    #[arg(long)]
+    pub loopback: bool,
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +97,16 @@ pub struct Settings {
     #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_TOKEN_URL",
           default_value = DEFAULT_TOKEN_URL, value_parser = parse_endpoint_url)]
     pub token_url: Url,
+
+    /// The OAuth authorize page (login).
+    #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_AUTHORIZE_URL",
+          default_value = DEFAULT_AUTHORIZE_URL, value_parser = parse_endpoint_url)]
+    pub authorize_url: Url,
+
+    /// The redirect URI of the paste flow (login).
+    #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_REDIRECT_URI",
+          default_value = DEFAULT_REDIRECT_URI, value_parser = parse_endpoint_url)]
+    pub redirect_uri: Url,
 
     /// The OAuth client id, used when the credentials file names none.
     #[arg(long, global = true, value_name = "ID", env = "ANTHROPIC_CLIENT_ID",

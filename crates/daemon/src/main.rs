@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod logging;
+mod login;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,8 @@ fn main() -> ExitCode {
         (None, true) => commands::once(&cli.settings),
         (Some(Command::Refresh), _) => commands::refresh(&cli.settings),
         (Some(Command::Status { json }), _) => commands::status(&cli.settings, *json),
+        (Some(Command::Login(args)), _) => login::login(&cli.settings, args),
+        (Some(Command::Logout { yes }), _) => login::logout(&cli.settings, *yes),
         (None, false) => commands::daemon(&cli.settings),
     };
     ExitCode::from(code)

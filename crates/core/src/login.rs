@@ -1,0 +1,442 @@
+//! Signing in and out. It owns PKCE (verifier, challenge, and a separate `state`), the authorize
+//! URL, reading what the user pastes back, and saving a login or removing it under the same lock
+//! and atomic write as a refresh. It does no terminal or browser I/O: the binary does.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::credentials::Credentials;
+use crate::oauth::{ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient};
+use crate::refresh::read_settled;
+use crate::schedule::{Backoff, random_unit};
+use crate::secret::Secret;
+use crate::settings::Url;
+use crate::store::{Store, StoreError};
+
+/// The scopes a normal login asks for.
+pub const DEFAULT_SCOPE: &str = "org:create_api_key user:profile user:inference";
+/// The one scope a long-lived login asks for: least privilege for a token that lives a year.
+pub const LONG_LIVED_SCOPE: &str = "user:inference";
+/// A long-lived login asks for a year.
+pub const LONG_LIVED_SECONDS: u64 = 31_536_000;
+
+/// A PKCE pair and the separate, random `state`. The verifier never leaves this process except
+/// in the code exchange's body; the `state` is what travels through the browser.
+pub struct Pkce {
+    pub verifier: Secret,
+    pub challenge: String,
+    pub state: String,
+}
+
+fn random_b64(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// base64url(SHA-256(verifier)), the S256 challenge.
+pub fn challenge_for(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+impl Pkce {
+    pub fn generate() -> Self {
+        let verifier = random_b64(32);
+        Pkce {
+            challenge: challenge_for(&verifier),
+            verifier: Secret::new(verifier),
+            state: random_b64(32),
+        }
+    }
+}
+
+/// The authorize URL, with `code=true` (the page shows a code to paste back).
+pub fn authorize_url(
+    endpoint: &Url,
+    client_id: &str,
+    redirect_uri: &str,
+    scope: &str,
+    pkce: &Pkce,
+) -> Url {
+    let mut url = endpoint.clone();
+    url.query_pairs_mut()
+        .append_pair("code", "true")
+        .append_pair("client_id", client_id)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("scope", scope)
+        .append_pair("code_challenge", &pkce.challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", &pkce.state);
+    url
+}
+
+/// What the user pasted: the code, and the state when the paste carried one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pasted {
+    pub code: Secret,
+    pub state: Option<String>,
+}
+
+/// Why a paste was refused. Never echoes the paste (it holds a code).
+#[derive(Debug, PartialEq, Eq)]
+pub enum PasteError {
+    Empty,
+    NoCode,
+    StateMismatch,
+}
+
+impl fmt::Display for PasteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PasteError::Empty => "nothing was pasted; run `claude-tokend login` again and paste the code the page shows",
+            PasteError::NoCode => "the pasted text has no authorization code; paste the code the page shows (CODE#STATE)",
+            PasteError::StateMismatch => {
+                "the pasted code belongs to a different login attempt (its state does not match this one); \
+                 nothing was sent. Run `claude-tokend login` again and use the URL it prints"
+            }
+        })
+    }
+}
+
+impl std::error::Error for PasteError {}
+
+/// Reads `CODE#STATE`, `CODE`, or a whole callback URL (`…?code=…&state=…`), with any
+/// surrounding whitespace.
+pub fn parse_paste(input: &str) -> Result<Pasted, PasteError> {
+    let text = input.trim();
+    if text.is_empty() {
+        return Err(PasteError::Empty);
+    }
+    if text.contains("://") || text.starts_with('?') || text.contains("code=") {
+        let query_url = if text.contains("://") {
+            Url::parse(text).ok()
+        } else {
+            Url::parse(&format!("http://x/?{}", text.trim_start_matches('?'))).ok()
+        };
+        if let Some(url) = query_url {
+            let mut code = None;
+            let mut state = None;
+            // The code may also come in the fragment (`#code=…`) on some callback pages.
+            let fragment_pairs = url
+                .fragment()
+                .map(|f| {
+                    url::form_urlencoded::parse(f.as_bytes())
+                        .into_owned()
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for (k, v) in url.query_pairs().into_owned().chain(fragment_pairs) {
+                match k.as_str() {
+                    "code" if code.is_none() => code = Some(v),
+                    "state" if state.is_none() => state = Some(v),
+                    _ => {}
+                }
+            }
+            // `…?code=CODE#STATE`: a bare fragment is the state, as in a `CODE#STATE` paste.
+            if state.is_none()
+                && let Some(f) = url.fragment().filter(|f| !f.is_empty() && !f.contains('='))
+            {
+                state = Some(f.to_owned());
+            }
+            let code = code.map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+            return match code {
+                Some(code) => {
+                    // A code of the form CODE#STATE inside the query is split as a paste would be.
+                    let (code, inner_state) = split_hash(&code);
+                    Ok(Pasted {
+                        code: Secret::new(code),
+                        state: state.or(inner_state).filter(|s| !s.is_empty()),
+                    })
+                }
+                None => Err(PasteError::NoCode),
+            };
+        }
+    }
+    let (code, state) = split_hash(text);
+    if code.is_empty() {
+        return Err(PasteError::NoCode);
+    }
+    Ok(Pasted {
+        code: Secret::new(code),
+        state,
+    })
+}
+
+fn split_hash(text: &str) -> (String, Option<String>) {
+    match text.split_once('#') {
+        Some((c, s)) => (
+            c.trim().to_owned(),
+            Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
+        ),
+        None => (text.trim().to_owned(), None),
+    }
+}
+
+/// Checks a pasted state against ours. A paste without one is accepted (some pages show only
+/// the code); a different one is refused before anything is sent.
+pub fn check_state(pasted: &Pasted, ours: &str) -> Result<(), PasteError> {
+    match &pasted.state {
+        Some(s) if s != ours => Err(PasteError::StateMismatch),
+        _ => Ok(()),
+    }
+}
+
+/// Why a login could not be saved.
+#[derive(Debug)]
+pub enum LoginError {
+    /// The existing file cannot be merged into (malformed, unreadable), or the write failed.
+    Store(StoreError),
+    /// The server refused the code, or a failure after which the code may be spent.
+    Refused(OAuthError),
+    /// Transient failures that left the code unspent, until the budget ran out.
+    Unavailable(OAuthError),
+}
+
+impl fmt::Display for LoginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoginError::Store(e) => e.fmt(f),
+            LoginError::Refused(e) => write!(
+                f,
+                "{e}. Authorization codes work once: run `claude-tokend login` again for a new one"
+            ),
+            LoginError::Unavailable(e) => write!(f, "{e}; try `claude-tokend login` again later"),
+        }
+    }
+}
+
+impl std::error::Error for LoginError {}
+
+/// What a finished login saved.
+#[derive(Debug)]
+pub struct Saved {
+    pub path: PathBuf,
+    pub access_token: String,
+    pub expires_at: i64,
+    pub has_refresh_token: bool,
+}
+
+/// The exchange parameters the binary collected.
+pub struct LoginRequest<'a> {
+    pub client: &'a ClientConfig,
+    pub client_id: &'a str,
+    pub redirect_uri: &'a str,
+    pub pkce: &'a Pkce,
+    pub code: &'a Secret,
+    /// `Some(year)` for a long-lived login.
+    pub expires_in: Option<u64>,
+}
+
+/// Exchanges the code and merges the new login into the file, keeping every other key. The
+/// directory is created (0700) when missing. Under the lock, the file is read (a malformed one
+/// is refused before the code is spent) and the temp file created before the exchange.
+pub async fn save_login(
+    store: &Store,
+    req: &LoginRequest<'_>,
+    budget: Duration,
+) -> Result<Saved, LoginError> {
+    store.ensure_dir().map_err(LoginError::Store)?;
+    let deadline = Instant::now() + budget;
+    let _lock = store
+        .lock(Some(deadline))
+        .await
+        .map_err(LoginError::Store)?;
+    match read_settled(store).await {
+        Ok(_) | Err(StoreError::Missing { .. }) => {}
+        Err(e) => return Err(LoginError::Store(e)),
+    }
+    let pending = store.begin_write().map_err(LoginError::Store)?;
+    let client = TokenClient::new(req.client).map_err(LoginError::Refused)?;
+    let exchange = CodeExchange {
+        code: req.code,
+        state: &req.pkce.state,
+        client_id: req.client_id,
+        redirect_uri: req.redirect_uri,
+        verifier: &req.pkce.verifier,
+        expires_in: req.expires_in,
+    };
+    let mut retries = 0;
+    let grant = loop {
+        match client.exchange_code(&exchange).await {
+            Ok(grant) => break grant,
+            Err(ExchangeError {
+                error,
+                code_unspent: true,
+            }) => {
+                let retry_after = match &error {
+                    OAuthError::Transient { retry_after, .. } => *retry_after,
+                    OAuthError::Permanent { .. } => None,
+                };
+                let delay = Backoff::STANDARD.delay(retries, random_unit(), retry_after);
+                retries += 1;
+                if Instant::now() + delay > deadline {
+                    return Err(LoginError::Unavailable(error));
+                }
+                tracing::warn!("{error}; retrying in {:.1}s", delay.as_secs_f64());
+                tokio::time::sleep(delay).await;
+            }
+            Err(ExchangeError { error, .. }) => return Err(LoginError::Refused(error)),
+        }
+    };
+    let mut doc = match read_settled(store).await {
+        Ok(s) => s.doc,
+        Err(StoreError::Missing { .. }) => Credentials::empty(),
+        Err(e) => return Err(LoginError::Store(e)),
+    };
+    doc.apply_login(&grant);
+    pending.commit(&doc).map_err(LoginError::Store)?;
+    Ok(Saved {
+        path: store.path().to_path_buf(),
+        access_token: grant.access_token.masked(),
+        expires_at: grant.expires_at,
+        has_refresh_token: grant.refresh_token.is_some(),
+    })
+}
+
+/// What `logout` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoggedOut {
+    /// `claudeAiOauth` was removed; other keys remain in the file.
+    Removed,
+    /// `claudeAiOauth` was the only key: the file was deleted.
+    Deleted,
+    /// There was no login to remove.
+    NothingToDo,
+}
+
+/// Removes `claudeAiOauth` only, under the lock, atomically; deletes the file when nothing
+/// else remains in it.
+pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreError> {
+    let _lock = store.lock(Some(Instant::now() + budget)).await?;
+    let mut doc = read_settled(store).await?.doc;
+    if !doc.remove_login() {
+        return Ok(LoggedOut::NothingToDo);
+    }
+    if doc.is_empty() {
+        store.remove()?;
+        return Ok(LoggedOut::Deleted);
+    }
+    store.begin_write()?.commit(&doc)?;
+    Ok(LoggedOut::Removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn pkce_matches_rfc7636_and_state_is_separate() {
+        // The example from RFC 7636, appendix B.
+        assert_eq!(
+            challenge_for("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        let p = Pkce::generate();
+        assert_eq!(
+            p.verifier.expose().len(),
+            43,
+            "32 bytes, base64url without padding"
+        );
+        assert_eq!(p.challenge, challenge_for(p.verifier.expose()));
+        assert_ne!(p.state, p.verifier.expose());
+        assert!(!p.verifier.expose().contains('='));
+    }
+
+    #[test]
+    fn authorize_url_has_every_parameter() {
+        let p = Pkce::generate();
+        let url = authorize_url(
+            &Url::parse("https://claude.ai/oauth/authorize").unwrap(),
+            "cid",
+            "https://platform.claude.com/oauth/code/callback",
+            DEFAULT_SCOPE,
+            &p,
+        );
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(
+            url.query_pairs().next().unwrap(),
+            ("code".into(), "true".into())
+        );
+        assert_eq!(q["client_id"], "cid");
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(
+            q["redirect_uri"],
+            "https://platform.claude.com/oauth/code/callback"
+        );
+        assert_eq!(q["scope"], DEFAULT_SCOPE);
+        assert_eq!(q["code_challenge"], p.challenge);
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["state"], p.state);
+        assert!(
+            !url.as_str().contains(p.verifier.expose()),
+            "the verifier never goes in the URL"
+        );
+    }
+
+    #[test]
+    fn pastes_by_table() {
+        let ok = |code: &str, state: Option<&str>| {
+            Ok(Pasted {
+                code: Secret::new(code),
+                state: state.map(str::to_owned),
+            })
+        };
+        let cases = [
+            ("abc#xyz", ok("abc", Some("xyz"))),
+            ("  abc#xyz \n", ok("abc", Some("xyz"))),
+            ("abc", ok("abc", None)),
+            ("abc#", ok("abc", None)),
+            (
+                "https://platform.claude.com/oauth/code/callback?code=abc&state=xyz",
+                ok("abc", Some("xyz")),
+            ),
+            (
+                "http://localhost:5/callback?state=xyz&code=a%2Bb",
+                ok("a+b", Some("xyz")),
+            ),
+            (
+                "https://x.example/cb#code=abc&state=xyz",
+                ok("abc", Some("xyz")),
+            ),
+            ("?code=abc&state=xyz", ok("abc", Some("xyz"))),
+            ("code=abc#xyz", ok("abc", Some("xyz"))),
+            ("", Err(PasteError::Empty)),
+            ("   ", Err(PasteError::Empty)),
+            ("#xyz", Err(PasteError::NoCode)),
+            ("https://x.example/cb?state=xyz", Err(PasteError::NoCode)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_paste(input), want, "paste {input:?}");
+        }
+    }
+
+    #[test]
+    fn state_check() {
+        let p = parse_paste("abc#theirs").unwrap();
+        assert_eq!(check_state(&p, "ours"), Err(PasteError::StateMismatch));
+        assert_eq!(check_state(&p, "theirs"), Ok(()));
+        assert_eq!(check_state(&parse_paste("abc").unwrap(), "ours"), Ok(()));
+        assert!(!PasteError::StateMismatch.to_string().contains("theirs"));
+    }
+
+    proptest! {
+        #[test]
+        fn paste_never_panics(s in ".{0,80}") {
+            let _ = parse_paste(&s);
+        }
+
+        #[test]
+        fn code_hash_state_round_trips(code in "[A-Za-z0-9_-]{1,40}", state in "[A-Za-z0-9_-]{1,40}") {
+            let p = parse_paste(&format!("{code}#{state}")).unwrap();
+            prop_assert_eq!(p.code.expose(), code.as_str());
+            prop_assert_eq!(p.state.as_deref(), Some(state.as_str()));
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! `login` and `logout`: the terminal, browser and loopback-callback side of signing in and out.
+//! The protocol (PKCE, the authorize URL, the exchange, the lossless save) is in
+//! `tokend_core::login`; this module only talks to the user.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokend_core::login::{
+    self, DEFAULT_SCOPE, LONG_LIVED_SCOPE, LONG_LIVED_SECONDS, LoggedOut, LoginError, LoginRequest,
+    Pkce, authorize_url, check_state, parse_paste,
+};
+use tokend_core::secret::Secret;
+use tokend_core::store::StoreError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::cli::{LoginArgs, Settings};
+use crate::commands::{describe_expiry, policy_for, runtime, store_for};
+use crate::exit;
+
+/// How long the loopback flow waits for the browser to come back.
+const LOOPBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
+    let store = match store_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let pkce = Pkce::generate();
+    let scope = args.scope.clone().unwrap_or_else(|| {
+        if args.long_lived {
+            LONG_LIVED_SCOPE
+        } else {
+            DEFAULT_SCOPE
+        }
+        .to_owned()
+    });
+    let client_id = settings.client_id.as_str();
+    let rt = runtime();
+
+    let (redirect_uri, code) = if args.loopback {
+        match rt.block_on(loopback_code(settings, args, &pkce, client_id, &scope)) {
+            Ok(pair) => pair,
+            Err(code) => return code,
+        }
+    } else {
+        let redirect_uri = settings.redirect_uri.to_string();
+        let url = authorize_url(
+            &settings.authorize_url,
+            client_id,
+            &redirect_uri,
+            &scope,
+            &pkce,
+        );
+        show_url(&url, args.no_browser);
+        eprint!(
+            "After signing in, the page shows a code. Paste it here (CODE#STATE) and press Enter: "
+        );
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("\nclaude-tokend: cannot read the code from standard input: {e}");
+            return exit::FAILURE;
+        }
+        let pasted = match parse_paste(&line) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("\nclaude-tokend: {e}");
+                return exit::FAILURE;
+            }
+        };
+        if let Err(e) = check_state(&pasted, &pkce.state) {
+            eprintln!("\nclaude-tokend: {e}");
+            return exit::FAILURE;
+        }
+        (redirect_uri, pasted.code)
+    };
+
+    let policy = policy_for(settings);
+    let request = LoginRequest {
+        client: &policy.client,
+        client_id,
+        redirect_uri: &redirect_uri,
+        pkce: &pkce,
+        code: &code,
+        expires_in: args.long_lived.then_some(LONG_LIVED_SECONDS),
+    };
+    match rt.block_on(login::save_login(&store, &request, settings.retry_budget)) {
+        Ok(saved) => {
+            println!("Signed in. Saved to {}", saved.path.display());
+            println!(
+                "Access token {}, {}",
+                saved.access_token,
+                describe_expiry(Some(saved.expires_at))
+            );
+            if !saved.has_refresh_token {
+                println!(
+                    "This login has no refresh token, so it cannot be renewed: sign in again \
+                     before it expires (--once and the daemon report exit 77 when it is due)."
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("claude-tokend: {e}");
+            match e {
+                LoginError::Store(
+                    StoreError::Missing { .. }
+                    | StoreError::Unreadable { .. }
+                    | StoreError::Malformed { .. },
+                ) => exit::CONFIG,
+                LoginError::Store(StoreError::LockTimeout { .. }) | LoginError::Unavailable(_) => {
+                    exit::TEMPFAIL
+                }
+                LoginError::Store(_) => exit::FAILURE,
+                LoginError::Refused(_) => exit::LOGIN_NEEDED,
+            }
+        }
+    }
+}
+
+/// Prints the URL on stdout (a headless machine's user copies it) and, where there is a
+/// display, tries to open a browser. Failing to open one is not an error.
+fn show_url(url: &tokend_core::settings::Url, no_browser: bool) {
+    eprintln!("Open this URL in a browser to sign in:");
+    println!("{url}");
+    let _ = std::io::stdout().flush();
+    if !no_browser {
+        open_browser(url.as_str());
+    }
+}
+
+fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+    {
+        "xdg-open"
+    } else {
+        return;
+    };
+    match Command::new(opener)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        // Reap it in the background so no zombie lingers while we wait for the code.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::debug!("cannot start {opener}: {e}"),
+    }
+}
+
+/// The loopback flow: serve `/callback` on 127.0.0.1, send the browser there, and wait for the
+/// code. Returns the redirect URI used (it must be repeated in the exchange) and the code.
+async fn loopback_code(
+    settings: &Settings,
+    args: &LoginArgs,
+    pkce: &Pkce,
+    client_id: &str,
+    scope: &str,
+) -> Result<(String, Secret), u8> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| {
+        eprintln!("claude-tokend: cannot listen on 127.0.0.1 for the callback: {e}");
+        exit::FAILURE
+    })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let redirect_uri = format!("http://localhost:{port}/callback");
+    let url = authorize_url(
+        &settings.authorize_url,
+        client_id,
+        &redirect_uri,
+        scope,
+        pkce,
+    );
+    show_url(&url, args.no_browser);
+    eprintln!("Waiting for the browser to come back to {redirect_uri} …");
+    let wait = async {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            if let Some(code) = answer_callback(stream, &pkce.state).await {
+                return code;
+            }
+        }
+    };
+    match tokio::time::timeout(LOOPBACK_TIMEOUT, wait).await {
+        Ok(Ok(code)) => Ok((redirect_uri, code)),
+        Ok(Err(message)) => {
+            eprintln!("claude-tokend: {message}");
+            Err(exit::FAILURE)
+        }
+        Err(_) => {
+            eprintln!(
+                "claude-tokend: no answer on {redirect_uri} within 5 minutes. If the browser runs on \
+                 another machine, use the paste flow: `claude-tokend login` without --loopback"
+            );
+            Err(exit::FAILURE)
+        }
+    }
+}
+
+/// Answers one request on the callback listener. `Some(Ok(code))` ends the wait with a code,
+/// `Some(Err(..))` ends it with the provider's refusal; `None` (a stray request, a wrong state)
+/// keeps waiting.
+async fn answer_callback(
+    mut stream: tokio::net::TcpStream,
+    state: &str,
+) -> Option<Result<Secret, String>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    // A request head is small; anything bigger, or slower than a few seconds, is not a browser.
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&head);
+    let target = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("GET "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or("");
+    let url = tokend_core::settings::Url::parse(&format!("http://localhost{target}")).ok();
+    let Some(url) = url.filter(|u| u.path() == "/callback") else {
+        respond(&mut stream, "404 Not Found", "Not found.").await;
+        return None;
+    };
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    if let Some(error) = param("error") {
+        respond(
+            &mut stream,
+            "200 OK",
+            "Sign-in was not completed. You may close this window.",
+        )
+        .await;
+        let detail = param("error_description").unwrap_or_default();
+        return Some(Err(format!(
+            "the sign-in page reported `{error}` {detail}; nothing was saved"
+        )));
+    }
+    if param("state").as_deref() != Some(state) {
+        respond(
+            &mut stream,
+            "400 Bad Request",
+            "This sign-in link belongs to another login attempt; it was ignored.",
+        )
+        .await;
+        tracing::warn!("ignored a callback whose state does not match this login");
+        return None;
+    }
+    match param("code").filter(|c| !c.trim().is_empty()) {
+        Some(code) => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "Signed in to claude-tokend. You may close this window.",
+            )
+            .await;
+            Some(Ok(Secret::new(code)))
+        }
+        None => {
+            respond(
+                &mut stream,
+                "400 Bad Request",
+                "The callback carried no code.",
+            )
+            .await;
+            None
+        }
+    }
+}
+
+async fn respond(stream: &mut tokio::net::TcpStream, status: &str, message: &str) {
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>claude-tokend</title><p>{message}</p>\n"
+    );
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
+         connection: close\r\ncache-control: no-store\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+pub fn logout(settings: &Settings, yes: bool) -> u8 {
+    let store = match store_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = store.path().display().to_string();
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "claude-tokend: refusing to log out without confirmation (no terminal to ask on); \
+                 nothing changed. Pass --yes to remove the login from {path}"
+            );
+            return exit::FAILURE;
+        }
+        eprint!("Remove the Claude login from {path}? Other keys in the file stay. [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            eprintln!("Nothing changed.");
+            return exit::FAILURE;
+        }
+    }
+    match runtime().block_on(login::logout(&store, settings.retry_budget)) {
+        Ok(LoggedOut::Removed) => {
+            println!("Logged out: removed the login from {path}; other keys were kept.");
+            exit::OK
+        }
+        Ok(LoggedOut::Deleted) => {
+            println!("Logged out: {path} held only the login and was deleted.");
+            exit::OK
+        }
+        Ok(LoggedOut::NothingToDo) => {
+            println!("No login in {path}; nothing changed.");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("claude-tokend: {e}");
+            match e {
+                StoreError::Missing { .. }
+                | StoreError::Unreadable { .. }
+                | StoreError::Malformed { .. } => exit::CONFIG,
+                StoreError::LockTimeout { .. } => exit::TEMPFAIL,
+                _ => exit::FAILURE,
+            }
+        }
+    }
+}
