@@ -1,1 +1,14 @@
-//! End-to-end suite (being written).
+//! Black-box end-to-end tests of the `claude-tokend` binary: each test runs the built binary in
+//! a throwaway HOME against a loopback token endpoint and checks what the outside contract
+//! (CONTRACT.md) promises: exit codes, output, the requests sent, and the credentials file.
+//!
+//! One test binary (ripgrep style); the harness is the `claude-tokend-e2e` library.
+
+mod cli;
+mod daemon;
+mod failures;
+mod locate;
+mod login;
+mod refresh;
+mod safety;
+mod status;

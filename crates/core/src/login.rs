@@ -271,7 +271,7 @@ pub async fn save_login(
             }) => {
                 let retry_after = match &error {
                     OAuthError::Transient { retry_after, .. } => *retry_after,
-                    OAuthError::Permanent { .. } => None,
+                    _ => None,
                 };
                 let delay = Backoff::STANDARD.delay(retries, random_unit(), retry_after);
                 retries += 1;

@@ -31,12 +31,16 @@ pub enum OAuthError {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// Will not work if retried with the same grant: any other 4xx, a redirect, a bad request.
+    /// The server refused the grant (any 4xx but 408 and 429): it will not work if retried.
     Permanent {
         reason: String,
         /// The OAuth `error` code when the server sent one (`invalid_grant`, ...).
         code: Option<String>,
     },
+    /// The endpoint did not act as a token endpoint: it redirected (never followed, the body
+    /// carries a secret), or the client could not be set up. A setting must change; the grant
+    /// itself was not judged.
+    Misdirected { reason: String },
 }
 
 impl OAuthError {
@@ -48,9 +52,9 @@ impl OAuthError {
 impl fmt::Display for OAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OAuthError::Transient { reason, .. } | OAuthError::Permanent { reason, .. } => {
-                f.write_str(reason)
-            }
+            OAuthError::Transient { reason, .. }
+            | OAuthError::Permanent { reason, .. }
+            | OAuthError::Misdirected { reason } => f.write_str(reason),
         }
     }
 }
@@ -95,9 +99,8 @@ impl TokenClient {
             .timeout(REQUEST_TIMEOUT)
             .user_agent(config.user_agent.clone())
             .build()
-            .map_err(|e| OAuthError::Permanent {
+            .map_err(|e| OAuthError::Misdirected {
                 reason: format!("cannot set up the HTTP client: {}", error_chain(&e)),
-                code: None,
             })?;
         Ok(TokenClient {
             http,
@@ -288,7 +291,7 @@ fn transport_error(e: &reqwest::Error, secrets: &[&Secret]) -> OAuthError {
     };
     let reason = scrub(&format!("{what}: {}", error_chain(e)), secrets);
     if e.is_builder() {
-        OAuthError::Permanent { reason, code: None }
+        OAuthError::Misdirected { reason }
     } else {
         OAuthError::Transient {
             reason,
@@ -343,7 +346,7 @@ pub fn interpret_response(
             };
             parse_grant(&map, sent_at)
         }
-        300..=399 => Err(OAuthError::Permanent {
+        300..=399 => Err(OAuthError::Misdirected {
             reason: match answer.location {
                 Some(loc) => format!(
                     "the token endpoint redirected (HTTP {status}) to {loc}; redirects are not \
@@ -355,7 +358,6 @@ pub fn interpret_response(
                      check --token-url"
                 ),
             },
-            code: None,
         }),
         408 | 429 | 500..=599 => Err(OAuthError::Transient {
             reason: format!(
@@ -471,6 +473,9 @@ fn scrub_error(e: OAuthError, secrets: &[&Secret]) -> OAuthError {
             reason: scrub(&reason, secrets),
             code,
         },
+        OAuthError::Misdirected { reason } => OAuthError::Misdirected {
+            reason: scrub(&reason, secrets),
+        },
     }
 }
 
@@ -569,6 +574,7 @@ mod tests {
             (599, "", true),
             (301, "", false),
             (307, "", false),
+            (308, "", false),
             (
                 400,
                 r#"{"error":"invalid_grant","error_description":"Refresh token not found or invalid"}"#,

@@ -84,6 +84,8 @@ pub enum RefreshError {
     LoginNeeded { path: PathBuf, why: &'static str },
     /// The server refused the grant, and no other process has a newer token.
     Rejected { path: PathBuf, error: OAuthError },
+    /// The endpoint redirected or the client could not be set up: a setting must change.
+    Endpoint { error: OAuthError },
     /// A transient failure. From [`attempt`]: worth retrying. From [`refresh_with_budget`]: the
     /// budget ran out.
     Transient { error: OAuthError, attempts: u32 },
@@ -118,6 +120,7 @@ impl fmt::Display for RefreshError {
                  run `claude-tokend login` (or sign in with Claude Code)",
                 path.display()
             ),
+            RefreshError::Endpoint { error } => write!(f, "{error}"),
             RefreshError::Transient { error, attempts } if *attempts > 1 => {
                 write!(
                     f,
@@ -284,6 +287,7 @@ pub async fn attempt(
         Err(error @ OAuthError::Transient { .. }) => {
             Err(RefreshError::Transient { error, attempts: 1 })
         }
+        Err(error @ OAuthError::Misdirected { .. }) => Err(RefreshError::Endpoint { error }),
         Err(error @ OAuthError::Permanent { .. }) => {
             drop(pending);
             // Believe a refusal only after checking the file: if another writer put a different
@@ -338,7 +342,7 @@ pub async fn refresh_with_budget(
         };
         let retry_after = match &error {
             OAuthError::Transient { retry_after, .. } => *retry_after,
-            OAuthError::Permanent { .. } => None,
+            _ => None,
         };
         let delay = Backoff::STANDARD.delay(retries, random_unit(), retry_after);
         retries += 1;

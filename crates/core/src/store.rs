@@ -301,9 +301,16 @@ impl Store {
             .truncate(false)
             .mode(FILE_MODE)
             .open(&path)
-            .map_err(|source| StoreError::Lock {
-                path: path.clone(),
-                source,
+            .map_err(|source| match source.kind() {
+                // No directory, so certainly no credentials file; and creating the directory
+                // is a login's job, not a lock's.
+                io::ErrorKind::NotFound => StoreError::Missing {
+                    path: self.path.clone(),
+                },
+                _ => StoreError::Lock {
+                    path: path.clone(),
+                    source,
+                },
             })?;
         match file.try_lock() {
             Ok(()) => Ok(Some(FileLock { _file: file })),

@@ -62,7 +62,8 @@ pub fn exit_code(e: &RefreshError) -> u8 {
         }
         RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. } => exit::LOGIN_NEEDED,
         RefreshError::Store(StoreError::Lock { .. } | StoreError::Write { .. })
-        | RefreshError::SaveFailed { .. } => exit::FAILURE,
+        | RefreshError::SaveFailed { .. }
+        | RefreshError::Endpoint { .. } => exit::FAILURE,
     }
 }
 

@@ -350,6 +350,12 @@ impl<C: Clock> Daemon<C> {
                     "{e}; no more requests will be made with this refresh token until the file changes"
                 ),
             ),
+            Waiting::Misconfigured(e) => (
+                tracing::Level::ERROR,
+                format!(
+                    "{e}; no more requests until the file changes or the daemon restarts with a corrected setting"
+                ),
+            ),
         };
         self.say_once(level, text);
         self.state = State::Waiting(why);
@@ -454,14 +460,22 @@ impl<C: Clock> Daemon<C> {
                 self.client = None;
                 self.reread(true);
             }
-            Err(e @ (RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. })) => {
+            Err(
+                e @ (RefreshError::LoginNeeded { .. }
+                | RefreshError::Rejected { .. }
+                | RefreshError::Endpoint { .. }),
+            ) => {
                 self.client = None;
                 // Remember the file as it is now: only a change to it (a new login) ends the wait.
                 if let Ok(s) = self.store.read() {
                     self.known = Some(s.fingerprint);
                 }
                 self.last_stamp = stamp(&self.store);
-                self.wait_for(Waiting::LoginNeeded(e.to_string()));
+                let why = match e {
+                    RefreshError::Endpoint { .. } => Waiting::Misconfigured(e.to_string()),
+                    _ => Waiting::LoginNeeded(e.to_string()),
+                };
+                self.wait_for(why);
             }
             Err(RefreshError::Store(StoreError::Missing { .. })) => self.wait_for(Waiting::Missing),
             Err(RefreshError::Store(e @ StoreError::Malformed { .. })) => {
@@ -506,6 +520,7 @@ impl<C: Clock> Daemon<C> {
             }
             State::Waiting(Waiting::LoggedOut) => "waiting for a login".to_owned(),
             State::Waiting(Waiting::LoginNeeded(e)) => format!("login needed: {e}"),
+            State::Waiting(Waiting::Misconfigured(e)) => format!("setting needs fixing: {e}"),
             State::Waiting(Waiting::Malformed(e) | Waiting::Unreadable(e)) => e.clone(),
         };
         self.notifier.status(&text);

@@ -23,6 +23,8 @@ pub enum Waiting {
     LoggedOut,
     /// The server refused the refresh token, or there is none: only a new login helps.
     LoginNeeded(String),
+    /// The endpoint redirected (or the client cannot be set up): only a setting change helps.
+    Misconfigured(String),
 }
 
 /// What the daemon knows, which decides what it does next.

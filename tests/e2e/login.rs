@@ -1,0 +1,401 @@
+//! `login` (paste and loopback flows, long-lived) and `logout`, run as real processes. The
+//! suite's endpoint plays the token endpoint and only accepts an exchange whose verifier hashes
+//! to the challenge in the printed URL, with the same redirect_uri, client_id and state.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use claude_tokend_e2e::*;
+use serde_json::json;
+
+const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+const MANUAL_REDIRECT: &str = "https://platform.claude.com/oauth/code/callback";
+
+/// A `login` process with piped stdin and stdout, so the test can read the URL and answer.
+struct LoginRun {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+fn start_login(home: &TempHome, server: &TokenServer, args: &[&str]) -> LoginRun {
+    let mut cmd = Command::new(bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("CLAUDE_TOKEND_TOKEN_URL", server.url())
+        .arg("login")
+        .arg("--no-browser")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start claude-tokend login");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    LoginRun { child, stdout }
+}
+
+impl LoginRun {
+    /// The authorize URL: the first line on stdout.
+    fn url(&mut self) -> (String, HashMap<String, String>) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the URL");
+        let url = line.trim().to_owned();
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let params = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+            .collect();
+        (url, params)
+    }
+
+    fn paste(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{text}").expect("paste");
+    }
+
+    fn finish(mut self) -> Out {
+        drop(self.child.stdin.take());
+        let mut stdout = String::new();
+        self.stdout.read_to_string(&mut stdout).unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+            cmd: "claude-tokend login".into(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).expect("hex escape"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Reads the URL, checks every parameter, and tells the server which exchange to accept.
+fn authorize(
+    run: &mut LoginRun,
+    server: &TokenServer,
+    scope: &str,
+    redirect: &str,
+) -> (String, String) {
+    let (url, q) = run.url();
+    assert!(
+        url.starts_with("https://claude.ai/oauth/authorize?code=true&"),
+        "{url}"
+    );
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["redirect_uri"], redirect);
+    assert_eq!(q["scope"], scope);
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(
+        q["code_challenge"].len(),
+        43,
+        "base64url SHA-256 without padding"
+    );
+    assert!(q["state"].len() >= 32, "a random state");
+    assert_ne!(q["state"], q["code_challenge"]);
+    let code = format!("code-{}", random_alnum(24));
+    server.allow_code(AuthCode {
+        code: code.clone(),
+        challenge: q["code_challenge"].clone(),
+        state: q["state"].clone(),
+        redirect_uri: redirect.to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+    });
+    (code, q["state"].clone())
+}
+
+#[test]
+fn first_login_creates_the_directory_0700_and_the_file_0600() {
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    let (code, state) = authorize(
+        &mut run,
+        &server,
+        "org:create_api_key user:profile user:inference",
+        MANUAL_REDIRECT,
+    );
+    run.paste(&format!("{code}#{state}"));
+    let out = run.finish();
+    out.expect_code(0);
+    out.check_eq("requests", server.count(), 1);
+    let body = &server.requests()[0].body;
+    out.check_eq(
+        "grant_type",
+        &body["grant_type"],
+        &json!("authorization_code"),
+    );
+    out.check(
+        body.get("expires_in").is_none(),
+        "a normal login asks for no lifetime",
+    );
+    out.check_eq("directory mode", mode_of(&home.claude_dir()), 0o700);
+    out.check_eq("file mode", home.mode(), 0o600);
+    let issued = server.last_issued();
+    let doc = home.read_creds();
+    out.check_eq(
+        "access token saved",
+        doc["claudeAiOauth"]["accessToken"].as_str(),
+        Some(issued.access.as_str()),
+    );
+    out.check_eq(
+        "refresh token saved",
+        doc["claudeAiOauth"]["refreshToken"].as_str(),
+        issued.refresh.as_deref(),
+    );
+    out.check(
+        out.stdout
+            .contains(&home.creds_path().display().to_string()),
+        "says where it saved",
+    );
+    let mut secrets = vec![issued.access.clone(), code];
+    secrets.extend(issued.refresh.clone());
+    out.expect_no_secret(&secrets);
+}
+
+#[test]
+fn login_over_an_existing_file_keeps_every_other_key() {
+    let home = TempHome::new();
+    let old = Login::expired();
+    let before = old.doc();
+    home.write_creds(&before);
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    let (code, state) = authorize(
+        &mut run,
+        &server,
+        "org:create_api_key user:profile user:inference",
+        MANUAL_REDIRECT,
+    );
+    run.paste(&format!("  {code}#{state}  "));
+    let out = run.finish();
+    out.expect_code(0);
+    let after = home.read_creds();
+    out.check_eq("mcpOAuth kept", &after["mcpOAuth"], &before["mcpOAuth"]);
+    out.check_eq(
+        "other keys kept",
+        without_owned(&after),
+        without_owned(&before),
+    );
+    out.check_eq("key order kept", keys(&after), keys(&before));
+}
+
+#[test]
+fn a_wrong_pasted_state_sends_nothing_and_changes_nothing() {
+    let home = TempHome::new();
+    home.write_creds(&Login::expired().doc());
+    let before = home.state();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    let (code, _) = authorize(
+        &mut run,
+        &server,
+        "org:create_api_key user:profile user:inference",
+        MANUAL_REDIRECT,
+    );
+    run.paste(&format!("{code}#not-our-state"));
+    let out = run.finish();
+    out.check(out.code != 0, "refused");
+    out.check_eq("requests", server.count(), 0);
+    out.expect_untouched(&home.creds_path(), &before);
+    out.expect_stderr_contains("state");
+}
+
+#[test]
+fn a_bare_code_and_a_pasted_callback_url_are_accepted() {
+    for style in ["bare", "url"] {
+        let home = TempHome::new();
+        let server = TokenServer::start();
+        let mut run = start_login(&home, &server, &[]);
+        let (code, state) = authorize(
+            &mut run,
+            &server,
+            "org:create_api_key user:profile user:inference",
+            MANUAL_REDIRECT,
+        );
+        match style {
+            "bare" => run.paste(&code),
+            _ => run.paste(&format!("{MANUAL_REDIRECT}?code={code}&state={state}")),
+        }
+        let out = run.finish();
+        out.expect_code(0);
+        out.check_eq(format!("{style}: requests"), server.count(), 1);
+        out.check_eq(
+            format!("{style}: the state sent is ours"),
+            server.requests()[0].body["state"].as_str(),
+            Some(state.as_str()),
+        );
+    }
+}
+
+#[test]
+fn long_lived_asks_for_a_year_and_the_narrow_scope() {
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    server.set_policy(GrantPolicy {
+        expires_in: None,
+        refresh_token_expires_in: None,
+        scope: Some("user:inference".into()),
+        rotate: false,
+    });
+    let before_ms = now_ms();
+    let mut run = start_login(&home, &server, &["--long-lived"]);
+    let (code, state) = authorize(&mut run, &server, "user:inference", MANUAL_REDIRECT);
+    run.paste(&format!("{code}#{state}"));
+    let out = run.finish();
+    out.expect_code(0);
+    let body = &server.requests()[0].body;
+    out.check_eq("expires_in asked", &body["expires_in"], &json!(31_536_000));
+    let doc = home.read_creds();
+    let expires_at = doc["claudeAiOauth"]["expiresAt"].as_i64().unwrap();
+    // The server grants what was asked here (it echoes expires_in), so a year it is.
+    out.check(
+        expires_at >= before_ms + 31_536_000_000 && expires_at <= now_ms() + 31_536_000_000,
+        format!("expiresAt {expires_at} is a year from the request"),
+    );
+    out.check(
+        doc["claudeAiOauth"].get("refreshToken").is_none(),
+        "no refresh token granted, none saved",
+    );
+    out.check(
+        out.stdout.contains("cannot be renewed"),
+        "says it cannot be renewed",
+    );
+}
+
+#[test]
+fn loopback_login_receives_the_code_on_the_callback() {
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &["--loopback"]);
+    let (url, q) = run.url();
+    let redirect = q["redirect_uri"].clone();
+    assert!(
+        redirect.starts_with("http://localhost:") && redirect.ends_with("/callback"),
+        "{url}"
+    );
+    let port: u16 = redirect
+        .trim_start_matches("http://localhost:")
+        .trim_end_matches("/callback")
+        .parse()
+        .unwrap();
+    let code = format!("code-{}", random_alnum(24));
+    server.allow_code(AuthCode {
+        code: code.clone(),
+        challenge: q["code_challenge"].clone(),
+        state: q["state"].clone(),
+        redirect_uri: redirect.clone(),
+        client_id: CLIENT_ID.to_owned(),
+    });
+    let get = |path: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the callback");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(
+        get("/favicon.ico").starts_with("HTTP/1.1 404"),
+        "only /callback is served"
+    );
+    assert!(
+        get(&format!("/callback?code=x&state=wrong")).starts_with("HTTP/1.1 400"),
+        "a wrong state is refused and ignored"
+    );
+    let reply = get(&format!("/callback?code={code}&state={}", q["state"]));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("close this window"), "{reply}");
+    let out = run.finish();
+    out.expect_code(0);
+    out.check_eq("one exchange", server.count(), 1);
+    out.check_eq(
+        "redirect_uri repeated in the exchange",
+        server.requests()[0].body["redirect_uri"].as_str(),
+        Some(redirect.as_str()),
+    );
+    out.check_eq(
+        "saved",
+        home.read_creds()["claudeAiOauth"]["accessToken"].as_str(),
+        Some(server.last_issued().access.as_str()),
+    );
+}
+
+#[test]
+fn logout_with_yes_keeps_the_other_keys() {
+    let home = TempHome::new();
+    let before = Login::fresh().doc();
+    home.write_creds(&before);
+    let out = Cmd::new(&home).args(["logout", "--yes"]).run();
+    out.expect_code(0);
+    let after = home.read_creds();
+    let mut want = before.clone();
+    want.as_object_mut().unwrap().remove("claudeAiOauth");
+    out.check_eq("only claudeAiOauth removed", &after, &want);
+    out.check_eq("mode", home.mode(), 0o600);
+    out.expect_only_files(&home.claude_dir(), &allowed_siblings(".credentials.json"));
+}
+
+#[test]
+fn logout_deletes_a_file_that_held_only_the_login() {
+    let home = TempHome::new();
+    let login = Login::fresh();
+    home.write_creds(&json!({"claudeAiOauth": {"accessToken": login.access, "refreshToken": login.refresh, "expiresAt": login.expires_at}}));
+    let out = Cmd::new(&home).args(["logout", "--yes"]).run();
+    out.expect_code(0);
+    out.check(!home.creds_path().exists(), "the empty file is deleted");
+}
+
+#[test]
+fn logout_without_a_terminal_and_without_yes_changes_nothing() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let before = home.state();
+    let out = Cmd::new(&home).arg("logout").run();
+    out.check(out.code != 0, "refused");
+    out.expect_untouched(&home.creds_path(), &before);
+    out.expect_stderr_contains("--yes");
+}
+
+#[test]
+fn logout_of_a_malformed_file_changes_nothing() {
+    let home = TempHome::new();
+    home.write_raw(b"{\"claudeAiOauth\": ");
+    let before = home.state();
+    let out = Cmd::new(&home).args(["logout", "--yes"]).run();
+    out.expect_code(78);
+    out.expect_untouched(&home.creds_path(), &before);
+}

@@ -1,0 +1,148 @@
+//! `status [--json]`: what the login looks like, never a whole token; exit 0 while the access
+//! token is valid, 1 once it has expired. It never sends anything or changes the file.
+
+use std::os::unix::fs::PermissionsExt;
+
+use claude_tokend_e2e::*;
+use serde_json::Value;
+
+/// The last four characters of a token: what the contract's masked form shows.
+fn tail(token: &str) -> &str {
+    &token[token.len() - 4..]
+}
+
+fn setup(login: &Login) -> (TempHome, TokenServer) {
+    let home = TempHome::new();
+    home.write_creds(&login.doc());
+    // Any request to it would show.
+    let server = TokenServer::for_login(login);
+    (home, server)
+}
+
+#[test]
+fn status_shows_a_valid_login_masked_and_exits_0() {
+    let login = Login::fresh();
+    let (home, server) = setup(&login);
+    let before = home.state();
+    let out = Cmd::new(&home).server(&server).arg("status").run();
+    out.expect_code(0)
+        .expect_masked(&login.access)
+        .expect_masked(&login.refresh)
+        .check(
+            out.stdout.contains(tail(&login.access)) && out.stdout.contains(tail(&login.refresh)),
+            "status shows the masked tokens (their last characters)",
+        )
+        .check(
+            out.stdout
+                .contains(&home.creds_path().display().to_string()),
+            "status shows the path",
+        )
+        .check(
+            out.stdout.contains("user:inference"),
+            "status shows the scopes",
+        )
+        .check(out.stdout.contains("max"), "status shows the plan")
+        .check_eq("requests sent", server.count(), 0)
+        .expect_untouched(&home.creds_path(), &before);
+}
+
+#[test]
+fn status_of_an_expired_login_exits_1() {
+    let login = Login::expired();
+    let (home, server) = setup(&login);
+    let before = home.state();
+    let out = Cmd::new(&home).server(&server).arg("status").run();
+    out.expect_code(1)
+        .expect_masked(&login.access)
+        .expect_masked(&login.refresh)
+        .check_eq("requests sent", server.count(), 0)
+        .expect_untouched(&home.creds_path(), &before);
+}
+
+#[test]
+fn status_json_parses_and_holds_no_whole_token() {
+    for (login, code) in [(Login::fresh(), 0), (Login::expired(), 1)] {
+        let (home, server) = setup(&login);
+        let before = home.state();
+        let out = Cmd::new(&home)
+            .server(&server)
+            .args(["status", "--json"])
+            .run();
+        out.expect_code(code)
+            .expect_masked(&login.access)
+            .expect_masked(&login.refresh);
+        let parsed: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e})\n{}", out.context()));
+        let text = parsed.to_string();
+        out.check(parsed.is_object(), "status --json prints an object")
+            .check(
+                text.contains(&login.expires_at.to_string()),
+                "status --json carries expiresAt",
+            )
+            .check(
+                text.contains(&home.creds_path().display().to_string()),
+                "status --json carries the path",
+            )
+            .check(
+                text.contains(tail(&login.access)),
+                "status --json carries the masked access token",
+            )
+            .check_eq("requests sent", server.count(), 0)
+            .expect_untouched(&home.creds_path(), &before);
+    }
+}
+
+#[test]
+fn status_warns_when_the_file_is_not_0600() {
+    let login = Login::fresh();
+    let (home, _server) = setup(&login);
+    let out = Cmd::new(&home).arg("status").run();
+    out.expect_code(0)
+        .check(!out.stderr.contains("600"), "no warning for a 0600 file");
+
+    std::fs::set_permissions(home.creds_path(), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let before = home.state();
+    for json_flag in [false, true] {
+        let mut cmd = Cmd::new(&home).arg("status");
+        if json_flag {
+            cmd = cmd.arg("--json");
+        }
+        let out = cmd.run();
+        out.expect_code(0)
+            .check(
+                out.stderr.contains("644") && out.stderr.contains("600"),
+                "status warns that the file is 0644 and should be 0600",
+            )
+            .expect_untouched(&home.creds_path(), &before);
+        if json_flag {
+            out.check(
+                serde_json::from_str::<Value>(&out.stdout).is_ok(),
+                "the warning stays out of the JSON on stdout",
+            );
+        }
+    }
+}
+
+#[test]
+fn status_of_a_missing_file_exits_78() {
+    let home = TempHome::new();
+    let out = Cmd::new(&home).arg("status").run();
+    out.expect_code(78)
+        .expect_stderr_contains(&home.creds_path().display().to_string())
+        .check_eq(
+            "HOME after the run",
+            list_names(home.path()),
+            Vec::<String>::new(),
+        );
+}
+
+#[test]
+fn status_without_a_login_exits_77() {
+    let home = TempHome::new();
+    let mut doc = Login::fresh().doc();
+    doc.as_object_mut().expect("object").remove("claudeAiOauth");
+    home.write_creds(&doc);
+    let out = Cmd::new(&home).arg("status").run();
+    out.expect_code(77).expect_stderr_contains("login");
+}
