@@ -333,7 +333,7 @@ fn loopback_login_receives_the_code_on_the_callback() {
         "only /callback is served"
     );
     assert!(
-        get(&format!("/callback?code=x&state=wrong")).starts_with("HTTP/1.1 400"),
+        get("/callback?code=x&state=wrong").starts_with("HTTP/1.1 400"),
         "a wrong state is refused and ignored"
     );
     let reply = get(&format!("/callback?code={code}&state={}", q["state"]));

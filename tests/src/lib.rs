@@ -895,16 +895,13 @@ fn exchange_reply(shared: &Shared, req: &Request) -> Reply {
     body.insert("token_type".into(), "Bearer".into());
     body.insert("access_token".into(), access.clone().into());
     // The server grants the lifetime asked for, if any, else its policy's.
-    match req
+    if let Some(n) = req
         .body
         .get("expires_in")
         .and_then(Value::as_u64)
         .or(policy.expires_in)
     {
-        Some(n) => {
-            body.insert("expires_in".into(), n.into());
-        }
-        None => {}
+        body.insert("expires_in".into(), n.into());
     }
     if let Some(r) = &refresh {
         body.insert("refresh_token".into(), r.clone().into());

@@ -5,6 +5,7 @@
 //! a command asks [`refresh`] to bring the file up to date; `refresh` uses [`store`] (locate,
 //! lock, read, atomic write), [`oauth`] (the token endpoint) and [`schedule`] (pure timing).
 
+pub mod claude_locks;
 pub mod credentials;
 pub mod login;
 pub mod oauth;

@@ -10,9 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use crate::credentials::Credentials;
+use crate::claude_locks;
 use crate::oauth::{ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient};
-use crate::refresh::read_settled;
+use crate::refresh::{read_settled, save_merged};
 use crate::schedule::{Backoff, random_unit};
 use crate::secret::Secret;
 use crate::settings::Url;
@@ -284,13 +284,12 @@ pub async fn save_login(
             Err(ExchangeError { error, .. }) => return Err(LoginError::Refused(error)),
         }
     };
-    let mut doc = match read_settled(store).await {
-        Ok(s) => s.doc,
-        Err(StoreError::Missing { .. }) => Credentials::empty(),
-        Err(e) => return Err(LoginError::Store(e)),
-    };
-    doc.apply_login(&grant);
-    pending.commit(&doc).map_err(LoginError::Store)?;
+    let lock_paths = claude_locks::lock_paths(store.path());
+    save_merged(store, &lock_paths, pending, true, |doc| {
+        doc.apply_login(&grant)
+    })
+    .await
+    .map_err(LoginError::Store)?;
     Ok(Saved {
         path: store.path().to_path_buf(),
         access_token: grant.access_token.masked(),
@@ -322,7 +321,11 @@ pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreE
         store.remove()?;
         return Ok(LoggedOut::Deleted);
     }
-    store.begin_write()?.commit(&doc)?;
+    let lock_paths = claude_locks::lock_paths(store.path());
+    save_merged(store, &lock_paths, store.begin_write()?, false, |doc| {
+        doc.remove_login();
+    })
+    .await?;
     Ok(LoggedOut::Removed)
 }
 

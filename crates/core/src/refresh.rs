@@ -11,12 +11,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::credentials::OAuthView;
+use crate::claude_locks::{self, RefreshLocks};
+use crate::credentials::{Credentials, OAuthView};
 use crate::oauth::{ClientConfig, OAuthError, RefreshRequest, TokenClient};
 use crate::schedule::{Backoff, epoch_millis, is_due, random_unit};
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{Snapshot, Store, StoreError};
+use crate::store::{PendingWrite, Snapshot, Store, StoreError};
 
 /// What the sequence needs to know besides the file.
 #[derive(Clone, Debug)]
@@ -174,31 +175,31 @@ fn client_id_for<'a>(view: &'a OAuthView, policy: &'a Policy) -> &'a str {
         .unwrap_or(&policy.client_id)
 }
 
-/// One pass of the sequence: at most one request. `client` is built on first need and kept by
-/// the caller for the next attempt. `lock_deadline` bounds the wait for another process's lock.
-pub async fn attempt(
-    store: &Store,
-    policy: &Policy,
+/// What the file says to do, read under the lock.
+enum Decision {
+    Done(Outcome),
+    Refresh(Box<OAuthView>),
+}
+
+/// Decides from a fresh read whether to refresh. Called again after waiting for Claude Code's
+/// locks, since whoever held them may have refreshed meanwhile.
+fn decide(
+    snapshot: &Snapshot,
     mode: &mut Mode,
-    client: &mut Option<TokenClient>,
-    lock_deadline: Option<Instant>,
-    observe: &dyn Fn(Step),
-) -> Result<Outcome, RefreshError> {
-    let path = store.path().to_path_buf();
-    let _lock = store.lock(lock_deadline).await?;
-    observe(Step::Locked);
-    let snapshot = read_settled(store).await?;
+    policy: &Policy,
+    path: &std::path::Path,
+) -> Result<Decision, RefreshError> {
     let view = snapshot
         .doc
         .oauth()
         .expect("Credentials::parse validated the owned fields")
         .ok_or(RefreshError::LoginNeeded {
-            path: path.clone(),
+            path: path.to_path_buf(),
             why: "the file has no claudeAiOauth login",
         })?;
     if view.is_logged_out() {
         return Err(RefreshError::LoginNeeded {
-            path,
+            path: path.to_path_buf(),
             why: "the login in the file is blank (logged out)",
         });
     }
@@ -209,40 +210,83 @@ pub async fn attempt(
                 view.expires_at,
                 policy.lead,
             ) {
-                return Ok(Outcome::Fresh {
+                return Ok(Decision::Done(Outcome::Fresh {
                     expires_at: view.expires_at,
-                });
+                }));
             }
         }
         Mode::Force { expected } => match expected {
             Some(sent) if view.refresh_token.as_ref() != Some(sent) => {
                 tracing::info!("another process refreshed the token meanwhile; using its result");
-                return Ok(Outcome::Adopted {
+                return Ok(Decision::Done(Outcome::Adopted {
                     expires_at: view.expires_at,
-                });
+                }));
             }
             Some(_) => {}
             None => *expected = view.refresh_token.clone(),
         },
     }
-    let Some(refresh_token) = view.usable_refresh_token() else {
+    if view.usable_refresh_token().is_none() {
         return Err(RefreshError::LoginNeeded {
-            path,
+            path: path.to_path_buf(),
             why: "the login has no refresh token, so it cannot be renewed",
         });
+    }
+    Ok(Decision::Refresh(Box::new(view)))
+}
+
+/// Logs, once per wait, that a Claude Code lock is held.
+fn announce_wait(path: &std::path::Path, age: Duration) {
+    tracing::info!(
+        "waiting for {} (another refresher holds it; last touched {}s ago)",
+        path.display(),
+        age.as_secs()
+    );
+}
+
+/// One pass of the sequence: at most one request. `client` is built on first need and kept by
+/// the caller for the next attempt. `lock_deadline` bounds the waits for other processes' locks
+/// (`None`: wait as long as it takes; the daemon can still be stopped meanwhile).
+pub async fn attempt(
+    store: &Store,
+    policy: &Policy,
+    mode: &mut Mode,
+    client: &mut Option<TokenClient>,
+    lock_deadline: Option<Instant>,
+    observe: &dyn Fn(Step),
+) -> Result<Outcome, RefreshError> {
+    let path = store.path().to_path_buf();
+    let started = Instant::now();
+    let _lock = store.lock(lock_deadline).await?;
+    observe(Step::Locked);
+    if let Decision::Done(outcome) = decide(&read_settled(store).await?, mode, policy, &path)? {
+        return Ok(outcome);
+    }
+    // Claude Code's refresh locks, for this one attempt only: its sessions wait just seconds.
+    let lock_paths = claude_locks::lock_paths(store.path());
+    let claude_code = RefreshLocks::take(&lock_paths, lock_deadline, &announce_wait)
+        .await
+        .map_err(|busy| {
+            RefreshError::Store(StoreError::LockTimeout {
+                path: busy.path,
+                waited: started.elapsed(),
+            })
+        })?;
+    let view = match decide(&read_settled(store).await?, mode, policy, &path)? {
+        Decision::Done(outcome) => return Ok(outcome),
+        Decision::Refresh(view) => view,
     };
+    let refresh_token = view
+        .usable_refresh_token()
+        .expect("decide checked there is one");
     // Before the request: if the new tokens could not be saved, the old refresh token must not
     // be spent.
     let pending = store.begin_write().map_err(RefreshError::Store)?;
     observe(Step::TempCreated);
     if client.is_none() {
-        *client =
-            Some(
-                TokenClient::new(&policy.client).map_err(|error| RefreshError::Rejected {
-                    path: path.clone(),
-                    error,
-                })?,
-            );
+        *client = Some(
+            TokenClient::new(&policy.client).map_err(|error| RefreshError::Endpoint { error })?,
+        );
     }
     let client = client.as_ref().expect("just built");
     let request = RefreshRequest {
@@ -256,20 +300,14 @@ pub async fn attempt(
     };
     tracing::info!(refresh_token = %refresh_token, "refreshing");
     observe(Step::RequestSent);
-    let answer = client.refresh(&request).await;
+    let answer = claude_code.hold_during(client.refresh(&request)).await;
     observe(Step::ResponseReceived);
     match answer {
         Ok(grant) => {
-            // Merge into the file as it is now, not as it was before the request: anything
-            // another writer changed meanwhile (an MCP token, a setting) is kept.
-            let mut doc = read_settled(store)
-                .await
-                .map_err(|source| RefreshError::SaveFailed { source })?
-                .doc;
-            doc.apply(&grant);
-            let fingerprint = pending
-                .commit(&doc)
-                .map_err(|source| RefreshError::SaveFailed { source })?;
+            let fingerprint =
+                save_merged(store, &lock_paths, pending, false, |doc| doc.apply(&grant))
+                    .await
+                    .map_err(|source| RefreshError::SaveFailed { source })?;
             observe(Step::Written);
             tracing::info!(
                 access_token = %grant.access_token,
@@ -290,8 +328,9 @@ pub async fn attempt(
         Err(error @ OAuthError::Misdirected { .. }) => Err(RefreshError::Endpoint { error }),
         Err(error @ OAuthError::Permanent { .. }) => {
             drop(pending);
-            // Believe a refusal only after checking the file: if another writer put a different
-            // refresh token there, ours was simply old, and theirs is the answer.
+            // Believe a refusal only after checking the file (still under every lock): if
+            // another writer put a different refresh token there, ours was simply old, and
+            // theirs is the answer.
             if let Ok(now) = read_settled(store).await
                 && let Ok(Some(current)) = now.doc.oauth()
                 && let Some(theirs) = current.usable_refresh_token()
@@ -307,6 +346,48 @@ pub async fn attempt(
             Err(RefreshError::Rejected { path, error })
         }
     }
+}
+
+/// How long a write waits for Claude Code's storage-write lock before going ahead without it.
+/// The lock is stale after 15 s, so a live holder is done well before this.
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// The write step shared by refresh, login and logout: under Claude Code's storage-write lock,
+/// re-read the file as it is now, change only what `change` changes, and rename into place.
+/// Anything another writer changed while a request was in flight (an MCP token, a setting) is
+/// kept. A malformed file is never written over. A missing file starts from an empty document
+/// when `create` (a login); otherwise (a refresh, after someone logged out meanwhile) it is an
+/// error: a logout is not undone.
+pub async fn save_merged(
+    store: &Store,
+    lock_paths: &claude_locks::LockPaths,
+    pending: PendingWrite,
+    create: bool,
+    change: impl FnOnce(&mut Credentials),
+) -> Result<u64, StoreError> {
+    let _write_lock = match claude_locks::take(
+        &lock_paths.storage_write,
+        claude_locks::WRITE_STALE,
+        Some(Instant::now() + WRITE_LOCK_WAIT),
+        &announce_wait,
+    )
+    .await
+    {
+        Ok(lock) => lock,
+        Err(busy) => {
+            // New tokens in hand must be saved; a lock that outlives its own staleness rule
+            // is not worth losing them over.
+            tracing::warn!("{} stayed held; writing without it", busy.path.display());
+            None
+        }
+    };
+    let mut doc = match read_settled(store).await {
+        Ok(s) => s.doc,
+        Err(StoreError::Missing { .. }) if create => Credentials::empty(),
+        Err(e) => return Err(e),
+    };
+    change(&mut doc);
+    pending.commit(&doc)
 }
 
 /// The one-shot commands' loop: attempts until success, a permanent failure, or `budget` runs

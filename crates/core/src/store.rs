@@ -392,6 +392,25 @@ impl Store {
     }
 }
 
+/// EBUSY (Linux) or EXDEV: the target is a mount point, which rename cannot replace.
+fn is_mount_point(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV))
+}
+
+/// `rename`, with a test seam: in debug builds with the `test-seams` feature,
+/// `CLAUDE_TOKEND_TEST_RENAME_ERRNO=N` makes it fail with errno N, so the bind-mount fallback can
+/// be tested where no bind mount can be made. Release builds have no such seam.
+fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(all(feature = "test-seams", debug_assertions))]
+    if let Some(errno) = std::env::var("CLAUDE_TOKEND_TEST_RENAME_ERRNO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    fs::rename(from, to)
+}
+
 /// Room reserved for the new file before the request: credentials files are a few KiB, and a
 /// full disk must be found out before the refresh token is spent, not after.
 const RESERVE_BYTES: i64 = 64 * 1024;
@@ -470,14 +489,73 @@ impl PendingWrite {
         self.file
             .sync_all()
             .map_err(err("syncing the temp file", &self.temp))?;
-        fs::rename(&self.temp, &self.target)
-            .map_err(err("renaming over the credentials file", &self.target))?;
-        self.done = true;
+        match rename(&self.temp, &self.target) {
+            Ok(()) => self.done = true,
+            Err(e) if is_mount_point(&e) => {
+                self.write_in_place(&bytes)?;
+                // The temp file is removed on drop; the target already holds its bytes.
+                return Ok(fingerprint(&bytes));
+            }
+            Err(e) => return Err(err("renaming over the credentials file", &self.target)(e)),
+        }
         // The rename is durable only once the directory entry is on disk.
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(err("syncing the directory", &self.dir))?;
         Ok(fingerprint(&bytes))
+    }
+
+    /// The fallback for a file that cannot be replaced by rename because it is itself a mount
+    /// point (a container that bind-mounts only `.credentials.json`). The old content goes to a
+    /// 0600 `.bak` sibling first, kept until the new content is written and synced, so a crash
+    /// half-way leaves a whole copy beside the file. Every lock is still held by the caller.
+    fn write_in_place(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "{} cannot be replaced by rename (a bind-mounted file?); writing it in place, \
+                 with a backup beside it until the write is complete",
+                self.target.display()
+            );
+        }
+        let err = |stage: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Write {
+                path,
+                stage,
+                source,
+            }
+        };
+        let mut backup_name = self
+            .target
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| FILE_NAME.into());
+        backup_name.push(".bak");
+        let backup = self.dir.join(backup_name);
+        let old =
+            fs::read(&self.target).map_err(err("reading the file to back it up", &self.target))?;
+        let mut b = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&backup)
+            .map_err(err("creating the backup", &backup))?;
+        b.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+            .and_then(|()| b.write_all(&old))
+            .and_then(|()| b.sync_all())
+            .map_err(err("writing the backup", &backup))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&self.target)
+            .map_err(err("opening the file to write in place", &self.target))?;
+        f.write_all(bytes)
+            .and_then(|()| f.set_len(bytes.len() as u64))
+            .and_then(|()| f.sync_all())
+            .map_err(err("writing the file in place", &self.target))?;
+        let _ = fs::remove_file(&backup);
+        Ok(())
     }
 
     /// When root rewrites a user's file (sudo, a system service), the new file keeps the old
@@ -635,6 +713,36 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "no stray files: {names:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn in_place_fallback_writes_whole_and_leaves_no_backup() {
+        let dir = temp_dir("inplace");
+        let target = dir.join(FILE_NAME);
+        fs::write(
+            &target,
+            r#"{"keep": [1, 2, 3], "long": "a much longer document than the new one"}"#,
+        )
+        .unwrap();
+        let store = Store::new(&target);
+        let pending = store.begin_write().unwrap();
+        let doc = Credentials::parse(br#"{"keep": 1}"#).unwrap();
+        pending.write_in_place(&doc.to_bytes()).unwrap();
+        drop(pending);
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            doc.to_bytes(),
+            "no tail of the old content"
+        );
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FILE_NAME], "no backup or temp file left");
+        assert!(is_mount_point(&io::Error::from_raw_os_error(libc::EBUSY)));
+        assert!(is_mount_point(&io::Error::from_raw_os_error(libc::EXDEV)));
+        assert!(!is_mount_point(&io::Error::from_raw_os_error(libc::EACCES)));
         fs::remove_dir_all(dir).unwrap();
     }
 

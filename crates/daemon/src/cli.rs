@@ -60,6 +60,26 @@ pub enum Command {
         #[arg(short, long)]
         yes: bool,
     },
+    /// Install, remove or inspect the user service that runs the daemon (systemd on Linux,
+    /// launchd on macOS).
+    Service {
+        #[command(subcommand)]
+        action: crate::service::ServiceAction,
+    },
+    /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, claude-tokend(1), as roff to stdout; with --dir, write it and one
+    /// page per command (claude-tokend-service(1), ...) into that directory.
+    #[command(hide = true)]
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -288,6 +288,15 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             (None, None) => {}
         }
     }
+    if let Some(at) = view.refresh_token_expires_at
+        && at - now <= 3 * 86_400_000
+    {
+        eprintln!(
+            "claude-tokend: warning: the login itself ends {}; no refresh can extend it: \
+             log in again before then (claude-tokend login)",
+            when(at)
+        );
+    }
     if !mode_ok {
         eprintln!(
             "claude-tokend: warning: {path} has mode {mode_text}; it should be {FILE_MODE:04o} \

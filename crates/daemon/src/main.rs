@@ -4,9 +4,11 @@
 
 mod cli;
 mod commands;
+mod completions;
 mod daemon;
 mod logging;
 mod login;
+mod service;
 
 use std::process::ExitCode;
 
@@ -55,6 +57,9 @@ fn main() -> ExitCode {
         (Some(Command::Status { json }), _) => commands::status(&cli.settings, *json),
         (Some(Command::Login(args)), _) => login::login(&cli.settings, args),
         (Some(Command::Logout { yes }), _) => login::logout(&cli.settings, *yes),
+        (Some(Command::Service { action }), _) => service::run(&cli.settings, action),
+        (Some(Command::Completions { shell }), _) => completions::completions(*shell),
+        (Some(Command::Man { dir }), _) => completions::man(dir.as_deref()),
         (None, false) => commands::daemon(&cli.settings),
     };
     ExitCode::from(code)

@@ -46,6 +46,16 @@ const COALESCE: Duration = Duration::from_millis(150);
 /// malformed: a writer may be half-way through it.
 const MALFORMED_RETRY: Duration = Duration::from_millis(250);
 const MALFORMED_TRIES: u32 = 5;
+/// From this long before `refreshTokenExpiresAt`, the daemon warns that a new login is needed.
+const LOGIN_EXPIRY_WARNING_MS: i64 = 3 * 24 * 3600 * 1000;
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The signals the daemon handles, created once the runtime is up.
 pub struct Signals {
@@ -125,6 +135,10 @@ pub struct Daemon<C: Clock> {
     /// The last "waiting for ..." message logged, so each is logged once.
     said: Option<String>,
     watch: Option<Watch>,
+    /// `refreshTokenExpiresAt`: the login itself ends then, whatever is refreshed.
+    login_expires_at: Option<i64>,
+    /// The login expiry already warned about, so the warning is logged once per login.
+    warned_login_expiry: Option<i64>,
     /// The watcher's pings. `None` while no watch is armed.
     pings: Option<UnboundedReceiver<Ping>>,
     notifier: Notifier,
@@ -144,6 +158,8 @@ impl<C: Clock> Daemon<C> {
             client: None,
             said: None,
             watch: None,
+            login_expires_at: None,
+            warned_login_expiry: None,
             pings: None,
             notifier: Notifier::from_env(),
         }
@@ -227,6 +243,7 @@ impl<C: Clock> Daemon<C> {
     }
 
     fn on_timer(&mut self) -> Flow {
+        self.check_login_expiry();
         let now = Instant::now();
         self.notifier.ping_if_due(now);
         if self.reread_at.is_some_and(|at| now >= at) {
@@ -299,6 +316,8 @@ impl<C: Clock> Daemon<C> {
                 match view {
                     Some(v) if !v.is_logged_out() => {
                         self.said = None;
+                        self.login_expires_at = v.refresh_token_expires_at;
+                        self.check_login_expiry();
                         self.state = State::Scheduled {
                             expires_at: v.expires_at,
                         };
@@ -414,10 +433,17 @@ impl<C: Clock> Daemon<C> {
             );
             tokio::pin!(attempt);
             loop {
+                // An attempt may wait a long time for another refresher's lock: keep feeding
+                // the watchdog meanwhile, so systemd does not kill a healthy daemon.
+                let ping_at = self.notifier.next_ping();
                 tokio::select! {
                     r = &mut attempt => break r,
                     _ = signals.term.recv(), if stop_after.is_none() => stop_after = Some("SIGTERM"),
                     _ = signals.int.recv(), if stop_after.is_none() => stop_after = Some("SIGINT"),
+                    _ = sleep_until_opt(ping_at) => {
+                        self.notifier.ping_if_due(Instant::now());
+                        continue;
+                    }
                 }
                 if let Some(why) = stop_after {
                     if !sent.get() {
@@ -449,6 +475,9 @@ impl<C: Clock> Daemon<C> {
             }) => {
                 self.client = None;
                 self.known = Some(fingerprint);
+                if let Ok(Some(v)) = self.store.read().map(|s| s.doc.oauth().ok().flatten()) {
+                    self.login_expires_at = v.refresh_token_expires_at;
+                }
                 self.last_stamp = stamp(&self.store);
                 self.said = None;
                 self.state = State::Scheduled {
@@ -501,6 +530,26 @@ impl<C: Clock> Daemon<C> {
         };
     }
 
+    /// The login's end, when it is within [`LOGIN_EXPIRY_WARNING_MS`].
+    fn login_ending(&self) -> Option<i64> {
+        self.login_expires_at
+            .filter(|at| at.saturating_sub(self.clock.now()) <= LOGIN_EXPIRY_WARNING_MS)
+    }
+
+    /// Warns, once per login, that no refresh can extend it past `refreshTokenExpiresAt`.
+    fn check_login_expiry(&mut self) {
+        if let Some(at) = self.login_ending()
+            && self.warned_login_expiry != Some(at)
+        {
+            tracing::warn!(
+                "the login itself ends {}: no refresh can extend it; log in again before then \
+                 (claude-tokend login, or sign in with Claude Code)",
+                when(at)
+            );
+            self.warned_login_expiry = Some(at);
+        }
+    }
+
     fn publish_status(&mut self) {
         let text = match &self.state {
             State::Unknown => "starting".to_owned(),
@@ -522,6 +571,10 @@ impl<C: Clock> Daemon<C> {
             State::Waiting(Waiting::LoginNeeded(e)) => format!("login needed: {e}"),
             State::Waiting(Waiting::Misconfigured(e)) => format!("setting needs fixing: {e}"),
             State::Waiting(Waiting::Malformed(e) | Waiting::Unreadable(e)) => e.clone(),
+        };
+        let text = match self.login_ending() {
+            Some(at) => format!("{text}; log in again before {}", local_time(at)),
+            None => text,
         };
         self.notifier.status(&text);
     }
@@ -573,6 +626,21 @@ mod tests {
         // A clock set backwards moves the deadline away again rather than firing early.
         clock.0.set(start - 24 * HOUR);
         assert_eq!(d.next_step(), Next::Sleep(plan::MAX_SLEEP));
+    }
+
+    #[test]
+    fn the_login_expiry_warning_starts_three_days_before() {
+        const DAY: i64 = 86_400_000;
+        let clock = FakeClock(Rc::new(Cell::new(100 * DAY)));
+        let mut d = daemon(clock.clone());
+        d.login_expires_at = Some(104 * DAY);
+        assert_eq!(d.login_ending(), None, "four days ahead: quiet");
+        clock.0.set(101 * DAY);
+        assert_eq!(d.login_ending(), Some(104 * DAY), "three days ahead: warn");
+        d.check_login_expiry();
+        assert_eq!(d.warned_login_expiry, Some(104 * DAY));
+        clock.0.set(105 * DAY);
+        assert_eq!(d.login_ending(), Some(104 * DAY), "past it: still says so");
     }
 
     #[test]

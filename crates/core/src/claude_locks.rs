@@ -1,0 +1,340 @@
+//! Claude Code's own lock directories, taken the way Claude Code takes them, so a refresh by
+//! this program and one by a Claude Code session never overlap.
+//!
+//! Claude Code (observed in 2.1.332) locks with `mkdir`: a directory that exists is a held lock.
+//! Before a refresh it takes `<config dir>/.oauth_refresh.lock`, then `<config dir>.lock`; the
+//! holder refreshes their mtimes every 5 s, and one untouched for more than 60 s is stale and
+//! may be taken over. Its writes of the file take `<config dir>/.storage-write.lock` (stale after
+//! 15 s). This module owns those rules; `refresh` decides when to hold what.
+//!
+//! A lock directory is removed only by its owner: ours are remembered by inode and birth time, and a directory
+//! that is no longer the one we made (someone took it over while we were frozen) is left alone.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::schedule::random_unit;
+
+/// How often a held refresh lock's mtime is refreshed (Claude Code's interval).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A refresh lock untouched for longer than this is abandoned.
+pub const REFRESH_STALE: Duration = Duration::from_secs(60);
+/// The storage-write lock is abandoned after this long.
+pub const WRITE_STALE: Duration = Duration::from_secs(15);
+
+/// The three lock directories of one config directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockPaths {
+    pub oauth_refresh: PathBuf,
+    pub config: PathBuf,
+    pub storage_write: PathBuf,
+}
+
+/// The lock directories for a credentials path *as given* (before symlinks are resolved):
+/// Claude Code derives them from its config directory, which is the file's directory.
+pub fn lock_paths(credentials_path: &Path) -> LockPaths {
+    let dir = credentials_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut config = dir.as_os_str().to_os_string();
+    // `~/.claude` → `~/.claude.lock`. A trailing slash or `.` would make this a child, not a
+    // sibling; `parent()` never leaves one.
+    config.push(".lock");
+    LockPaths {
+        oauth_refresh: dir.join(".oauth_refresh.lock"),
+        config: PathBuf::from(config),
+        storage_write: dir.join(".storage-write.lock"),
+    }
+}
+
+/// One lock directory we created. Dropping it removes it, if it is still ours.
+#[derive(Debug)]
+pub struct DirLock {
+    path: PathBuf,
+    identity: Option<Identity>,
+}
+
+/// Device, inode and birth time: an inode number alone is often reused at once by a
+/// directory made right after ours was removed.
+type Identity = (u64, u64, Option<SystemTime>);
+
+fn identity(path: &Path) -> Option<Identity> {
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.created().ok()))
+}
+
+/// How an attempt to take a lock directory went.
+#[derive(Debug)]
+pub enum Attempt {
+    Taken(DirLock),
+    /// Someone holds it; their lock was last touched this long ago.
+    Held {
+        age: Duration,
+    },
+}
+
+impl DirLock {
+    /// One try: `mkdir`; if it exists and is older than `stale`, take it over (rmdir, mkdir).
+    /// A parent directory that cannot be written (a read-only home, a config directory at the
+    /// filesystem root) is an error the caller may choose to ignore.
+    pub fn try_take(path: &Path, stale: Duration) -> io::Result<Attempt> {
+        match fs::create_dir(path) {
+            Ok(()) => return Ok(Attempt::Taken(DirLock::ours(path))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let age = match fs::symlink_metadata(path).and_then(|m| m.modified()) {
+            Ok(mtime) => SystemTime::now().duration_since(mtime).unwrap_or_default(),
+            // It vanished between mkdir and stat: the holder just released it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Self::try_take_fresh(path),
+            Err(e) => return Err(e),
+        };
+        if age <= stale {
+            return Ok(Attempt::Held { age });
+        }
+        tracing::warn!(
+            "taking over {}: untouched for {}s, its holder is gone",
+            path.display(),
+            age.as_secs()
+        );
+        match fs::remove_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Self::try_take_fresh(path)
+    }
+
+    fn try_take_fresh(path: &Path) -> io::Result<Attempt> {
+        match fs::create_dir(path) {
+            Ok(()) => Ok(Attempt::Taken(DirLock::ours(path))),
+            // Another taker was quicker: it is live now.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Attempt::Held {
+                age: Duration::ZERO,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ours(path: &Path) -> DirLock {
+        DirLock {
+            path: path.to_path_buf(),
+            identity: identity(path),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refreshes the mtime so other holders see the lock is alive.
+    pub fn touch(&self) {
+        let now = SystemTime::now();
+        let result = fs::File::open(&self.path)
+            .and_then(|d| d.set_times(fs::FileTimes::new().set_modified(now).set_accessed(now)));
+        if let Err(e) = result {
+            tracing::debug!("cannot refresh {}: {e}", self.path.display());
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if self.identity.is_some() && identity(&self.path) == self.identity {
+            let _ = fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// Why waiting for a lock directory ended without it.
+#[derive(Debug)]
+pub struct Busy {
+    pub path: PathBuf,
+}
+
+/// Takes one lock directory, waiting (polling with jitter) while a live holder has it, until
+/// `deadline` (`None`: as long as it takes). `on_wait` is called once, when a wait begins, so
+/// the caller can say why it is waiting. A lock whose directory cannot be created for another
+/// reason than "held" (no write permission on its parent) is skipped with a debug note:
+/// Claude Code could not take it either.
+pub async fn take(
+    path: &Path,
+    stale: Duration,
+    deadline: Option<Instant>,
+    on_wait: &dyn Fn(&Path, Duration),
+) -> Result<Option<DirLock>, Busy> {
+    let mut announced = false;
+    loop {
+        match DirLock::try_take(path, stale) {
+            Ok(Attempt::Taken(lock)) => return Ok(Some(lock)),
+            Ok(Attempt::Held { age }) => {
+                if !announced {
+                    on_wait(path, age);
+                    announced = true;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("not taking {}: {e}", path.display());
+                return Ok(None);
+            }
+        }
+        // 100–300 ms: quick to notice a release, and two waiters do not poll in step.
+        let pause = Duration::from_millis(100).mul_f64(1.0 + 2.0 * random_unit());
+        if deadline.is_some_and(|d| Instant::now() + pause > d) {
+            return Err(Busy {
+                path: path.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The two refresh locks, held together for one attempt.
+#[derive(Debug)]
+pub struct RefreshLocks {
+    // Field order is drop order: release in the reverse of the taking order.
+    config: Option<DirLock>,
+    oauth_refresh: Option<DirLock>,
+}
+
+impl RefreshLocks {
+    /// Takes `.oauth_refresh.lock`, then `<config dir>.lock`, in Claude Code's order.
+    pub async fn take(
+        paths: &LockPaths,
+        deadline: Option<Instant>,
+        on_wait: &dyn Fn(&Path, Duration),
+    ) -> Result<RefreshLocks, Busy> {
+        let oauth_refresh = take(&paths.oauth_refresh, REFRESH_STALE, deadline, on_wait).await?;
+        let config = take(&paths.config, REFRESH_STALE, deadline, on_wait).await?;
+        Ok(RefreshLocks {
+            config,
+            oauth_refresh,
+        })
+    }
+
+    pub fn touch(&self) {
+        for lock in [&self.oauth_refresh, &self.config].into_iter().flatten() {
+            lock.touch();
+        }
+    }
+
+    /// Runs `work` while keeping the locks' mtimes fresh every [`HEARTBEAT`].
+    pub async fn hold_during<F: Future>(&self, work: F) -> F::Output {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = beat.tick() => self.touch(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tokend-locks-{tag}-{}-{}",
+            std::process::id(),
+            (random_unit() * 1e9) as u64
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let t = SystemTime::now() - Duration::from_secs(secs);
+        fs::File::open(path)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(t))
+            .unwrap();
+    }
+
+    #[test]
+    fn lock_paths_follow_claude_code() {
+        let p = lock_paths(Path::new("/home/u/.claude/.credentials.json"));
+        assert_eq!(
+            p.oauth_refresh,
+            Path::new("/home/u/.claude/.oauth_refresh.lock")
+        );
+        assert_eq!(p.config, Path::new("/home/u/.claude.lock"));
+        assert_eq!(
+            p.storage_write,
+            Path::new("/home/u/.claude/.storage-write.lock")
+        );
+    }
+
+    #[test]
+    fn live_locks_are_respected_and_stale_ones_taken_over() {
+        let dir = temp_dir("stale");
+        let path = dir.join("x.lock");
+        let mine = match DirLock::try_take(&path, REFRESH_STALE).unwrap() {
+            Attempt::Taken(l) => l,
+            other => panic!("expected to take a free lock, got {other:?}"),
+        };
+        assert!(matches!(
+            DirLock::try_take(&path, REFRESH_STALE).unwrap(),
+            Attempt::Held { .. }
+        ));
+        // Frozen for two minutes: the next taker takes it over...
+        age(&path, 120);
+        let theirs = match DirLock::try_take(&path, REFRESH_STALE).unwrap() {
+            Attempt::Taken(l) => l,
+            other => panic!("expected a takeover, got {other:?}"),
+        };
+        // ...and when the frozen owner wakes and lets go, it does not remove the new holder's.
+        drop(mine);
+        assert!(
+            path.is_dir(),
+            "a taken-over lock is not removed by its old owner"
+        );
+        drop(theirs);
+        assert!(!path.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn touch_moves_the_mtime_forward() {
+        let dir = temp_dir("touch");
+        let path = dir.join("x.lock");
+        let Attempt::Taken(lock) = DirLock::try_take(&path, WRITE_STALE).unwrap() else {
+            panic!("free lock");
+        };
+        age(&path, 30);
+        lock.touch();
+        let m = fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(SystemTime::now().duration_since(m).unwrap() < Duration::from_secs(5));
+        drop(lock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn take_waits_until_the_deadline_then_gives_up() {
+        let dir = temp_dir("wait");
+        let path = dir.join("x.lock");
+        fs::create_dir(&path).unwrap();
+        let waited = std::cell::Cell::new(false);
+        let started = Instant::now();
+        let r = take(
+            &path,
+            REFRESH_STALE,
+            Some(Instant::now() + Duration::from_millis(400)),
+            &|_, _| waited.set(true),
+        )
+        .await;
+        assert!(r.is_err(), "a live lock is not taken");
+        assert!(waited.get(), "the wait was announced");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(path.is_dir(), "a lock that is not ours is never removed");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
