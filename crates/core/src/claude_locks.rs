@@ -151,6 +151,52 @@ impl Drop for DirLock {
     }
 }
 
+/// One line of the ledger our flock file keeps: a lock directory we hold, with its identity.
+fn ledger_line(lock: &DirLock) -> Option<String> {
+    let (dev, ino, born) = lock.identity?;
+    let born = born
+        .and_then(|b| b.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string())
+        .unwrap_or_else(|| "-".into());
+    Some(format!("{}\t{dev}\t{ino}\t{born}\n", lock.path.display()))
+}
+
+/// The ledger text for the lock directories held: written into our flock file while they are
+/// held, so that if this process dies holding them, the next holder of the flock knows they
+/// are orphans and removes them at once instead of letting them block everyone for a minute.
+pub fn ledger(held: &[&DirLock]) -> String {
+    held.iter().filter_map(|l| ledger_line(l)).collect()
+}
+
+/// Removes the lock directories a ledger lists that still exist with the identity recorded:
+/// they were left by a claude-tokend that died holding them (the caller holds the flock, so
+/// that process is gone). A directory made since by anyone else has another identity and stays.
+pub fn remove_orphans(ledger: &str) {
+    for line in ledger.lines() {
+        let mut fields = line.split('\t');
+        let (Some(path), Some(dev), Some(ino), Some(born)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = Path::new(path);
+        let Some((now_dev, now_ino, now_born)) = identity(path) else {
+            continue;
+        };
+        let born_now = now_born
+            .and_then(|b| b.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string())
+            .unwrap_or_else(|| "-".into());
+        if dev == now_dev.to_string() && ino == now_ino.to_string() && born == born_now {
+            tracing::warn!(
+                "removing {}, left by a claude-tokend that did not finish",
+                path.display()
+            );
+            let _ = fs::remove_dir(path);
+        }
+    }
+}
+
 /// Why waiting for a lock directory ended without it.
 #[derive(Debug)]
 pub struct Busy {
@@ -218,9 +264,17 @@ impl RefreshLocks {
     }
 
     pub fn touch(&self) {
-        for lock in [&self.oauth_refresh, &self.config].into_iter().flatten() {
+        for lock in self.held() {
             lock.touch();
         }
+    }
+
+    /// The directories actually taken (one whose parent was not writable is skipped).
+    pub fn held(&self) -> Vec<&DirLock> {
+        [&self.oauth_refresh, &self.config]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Runs `work` while keeping the locks' mtimes fresh every [`HEARTBEAT`].
@@ -314,6 +368,36 @@ mod tests {
         let m = fs::metadata(&path).unwrap().modified().unwrap();
         assert!(SystemTime::now().duration_since(m).unwrap() < Duration::from_secs(5));
         drop(lock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_ledger_finds_our_orphans_and_spares_others() {
+        let dir = temp_dir("ledger");
+        let orphan = dir.join("orphan.lock");
+        let retaken = dir.join("retaken.lock");
+        let Attempt::Taken(a) = DirLock::try_take(&orphan, REFRESH_STALE).unwrap() else {
+            panic!("free lock");
+        };
+        let Attempt::Taken(b) = DirLock::try_take(&retaken, REFRESH_STALE).unwrap() else {
+            panic!("free lock");
+        };
+        let note = ledger(&[&a, &b]);
+        assert_eq!(note.lines().count(), 2);
+        // The process "dies": its locks stay on disk.
+        std::mem::forget(a);
+        std::mem::forget(b);
+        // Someone else legitimately re-made one of them since.
+        fs::remove_dir(&retaken).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs::create_dir(&retaken).unwrap();
+        remove_orphans(&note);
+        assert!(!orphan.exists(), "our orphan is removed");
+        assert!(
+            retaken.exists(),
+            "a lock made by someone else since is left alone"
+        );
+        remove_orphans("garbage\nmore\tgarbage\n");
         fs::remove_dir_all(dir).unwrap();
     }
 

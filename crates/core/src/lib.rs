@@ -11,6 +11,7 @@ pub mod login;
 pub mod oauth;
 pub mod refresh;
 pub mod schedule;
+pub mod seams;
 pub mod secret;
 pub mod settings;
 pub mod store;

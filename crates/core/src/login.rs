@@ -243,10 +243,11 @@ pub async fn save_login(
 ) -> Result<Saved, LoginError> {
     store.ensure_dir().map_err(LoginError::Store)?;
     let deadline = Instant::now() + budget;
-    let _lock = store
+    let lock = store
         .lock(Some(deadline))
         .await
         .map_err(LoginError::Store)?;
+    crate::refresh::clear_orphans(&lock);
     match read_settled(store).await {
         Ok(_) | Err(StoreError::Missing { .. }) => {}
         Err(e) => return Err(LoginError::Store(e)),
@@ -285,7 +286,7 @@ pub async fn save_login(
         }
     };
     let lock_paths = claude_locks::lock_paths(store.path());
-    save_merged(store, &lock_paths, pending, true, |doc| {
+    save_merged(store, &lock, &lock_paths, pending, true, |doc| {
         doc.apply_login(&grant)
     })
     .await
@@ -312,7 +313,8 @@ pub enum LoggedOut {
 /// Removes `claudeAiOauth` only, under the lock, atomically; deletes the file when nothing
 /// else remains in it.
 pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreError> {
-    let _lock = store.lock(Some(Instant::now() + budget)).await?;
+    let lock = store.lock(Some(Instant::now() + budget)).await?;
+    crate::refresh::clear_orphans(&lock);
     let mut doc = read_settled(store).await?.doc;
     if !doc.remove_login() {
         return Ok(LoggedOut::NothingToDo);
@@ -322,9 +324,16 @@ pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreE
         return Ok(LoggedOut::Deleted);
     }
     let lock_paths = claude_locks::lock_paths(store.path());
-    save_merged(store, &lock_paths, store.begin_write()?, false, |doc| {
-        doc.remove_login();
-    })
+    save_merged(
+        store,
+        &lock,
+        &lock_paths,
+        store.begin_write()?,
+        false,
+        |doc| {
+            doc.remove_login();
+        },
+    )
     .await?;
     Ok(LoggedOut::Removed)
 }

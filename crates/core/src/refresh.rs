@@ -15,9 +15,10 @@ use crate::claude_locks::{self, RefreshLocks};
 use crate::credentials::{Credentials, OAuthView};
 use crate::oauth::{ClientConfig, OAuthError, RefreshRequest, TokenClient};
 use crate::schedule::{Backoff, epoch_millis, is_due, random_unit};
+use crate::seams;
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{PendingWrite, Snapshot, Store, StoreError};
+use crate::store::{FileLock, PendingWrite, Snapshot, Store, StoreError};
 
 /// What the sequence needs to know besides the file.
 #[derive(Clone, Debug)]
@@ -235,6 +236,16 @@ fn decide(
     Ok(Decision::Refresh(Box::new(view)))
 }
 
+/// Removes Claude Code lock directories that a claude-tokend which died holding them left
+/// behind (listed in the flock file's ledger), and clears the ledger.
+pub fn clear_orphans(lock: &FileLock) {
+    let note = lock.read_note();
+    if !note.is_empty() {
+        claude_locks::remove_orphans(&note);
+        lock.write_note("");
+    }
+}
+
 /// Logs, once per wait, that a Claude Code lock is held.
 fn announce_wait(path: &std::path::Path, age: Duration) {
     tracing::info!(
@@ -257,8 +268,10 @@ pub async fn attempt(
 ) -> Result<Outcome, RefreshError> {
     let path = store.path().to_path_buf();
     let started = Instant::now();
-    let _lock = store.lock(lock_deadline).await?;
+    let lock = store.lock(lock_deadline).await?;
     observe(Step::Locked);
+    seams::crash_point("locked");
+    clear_orphans(&lock);
     if let Decision::Done(outcome) = decide(&read_settled(store).await?, mode, policy, &path)? {
         return Ok(outcome);
     }
@@ -272,6 +285,7 @@ pub async fn attempt(
                 waited: started.elapsed(),
             })
         })?;
+    lock.write_note(&claude_locks::ledger(&claude_code.held()));
     let view = match decide(&read_settled(store).await?, mode, policy, &path)? {
         Decision::Done(outcome) => return Ok(outcome),
         Decision::Refresh(view) => view,
@@ -283,6 +297,7 @@ pub async fn attempt(
     // be spent.
     let pending = store.begin_write().map_err(RefreshError::Store)?;
     observe(Step::TempCreated);
+    seams::crash_point("temp-created");
     if client.is_none() {
         *client = Some(
             TokenClient::new(&policy.client).map_err(|error| RefreshError::Endpoint { error })?,
@@ -300,15 +315,19 @@ pub async fn attempt(
     };
     tracing::info!(refresh_token = %refresh_token, "refreshing");
     observe(Step::RequestSent);
+    seams::crash_in_flight("request-sent");
     let answer = claude_code.hold_during(client.refresh(&request)).await;
     observe(Step::ResponseReceived);
+    seams::crash_point("response-received");
     match answer {
         Ok(grant) => {
-            let fingerprint =
-                save_merged(store, &lock_paths, pending, false, |doc| doc.apply(&grant))
-                    .await
-                    .map_err(|source| RefreshError::SaveFailed { source })?;
+            let fingerprint = save_merged(store, &lock, &lock_paths, pending, false, |doc| {
+                doc.apply(&grant)
+            })
+            .await
+            .map_err(|source| RefreshError::SaveFailed { source })?;
             observe(Step::Written);
+            seams::crash_point("before-unlock");
             tracing::info!(
                 access_token = %grant.access_token,
                 expires_in = %format_duration(Duration::from_millis(
@@ -360,6 +379,7 @@ const WRITE_LOCK_WAIT: Duration = Duration::from_secs(20);
 /// error: a logout is not undone.
 pub async fn save_merged(
     store: &Store,
+    ledger: &FileLock,
     lock_paths: &claude_locks::LockPaths,
     pending: PendingWrite,
     create: bool,
@@ -381,6 +401,9 @@ pub async fn save_merged(
             None
         }
     };
+    if let Some(held) = &_write_lock {
+        ledger.write_note(&(ledger.read_note() + &claude_locks::ledger(&[held])));
+    }
     let mut doc = match read_settled(store).await {
         Ok(s) => s.doc,
         Err(StoreError::Missing { .. }) if create => Credentials::empty(),

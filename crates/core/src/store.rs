@@ -313,7 +313,7 @@ impl Store {
                 },
             })?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Ok(()) => Ok(Some(FileLock { file })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
         }
@@ -354,9 +354,12 @@ impl Store {
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_else(|| FILE_NAME.into());
-        let mut temp_name = OsString::from(".");
-        temp_name.push(&file_name);
-        temp_name.push(format!(".tmp.{}.{:08x}", std::process::id(), random_u32()));
+        let mut prefix = OsString::from(".");
+        prefix.push(&file_name);
+        prefix.push(".tmp.");
+        remove_stale_temps(&dir, &prefix);
+        let mut temp_name = prefix.clone();
+        temp_name.push(format!("{}.{:08x}", std::process::id(), random_u32()));
         let temp = dir.join(temp_name);
         let err = |stage: &'static str| {
             let path = temp.clone();
@@ -392,21 +395,34 @@ impl Store {
     }
 }
 
+/// Removes temp files a crashed writer left behind. Called with the lock held: every writer
+/// holds it for as long as its temp file exists, so any temp file found now is an orphan.
+fn remove_stale_temps(dir: &Path, prefix: &std::ffi::OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.as_encoded_bytes().starts_with(prefix) {
+            tracing::info!(
+                "removing {}, left by a writer that did not finish",
+                entry.path().display()
+            );
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// EBUSY (Linux) or EXDEV: the target is a mount point, which rename cannot replace.
 fn is_mount_point(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV))
 }
 
-/// `rename`, with a test seam: in debug builds with the `test-seams` feature,
-/// `CLAUDE_TOKEND_TEST_RENAME_ERRNO=N` makes it fail with errno N, so the bind-mount fallback can
-/// be tested where no bind mount can be made. Release builds have no such seam.
+/// `rename`, through the test seam that can make it fail like a bind-mounted target.
 fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    #[cfg(all(feature = "test-seams", debug_assertions))]
-    if let Some(errno) = std::env::var("CLAUDE_TOKEND_TEST_RENAME_ERRNO")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        return Err(io::Error::from_raw_os_error(errno));
+    if let Some(e) = crate::seams::rename_error() {
+        return Err(e);
     }
     fs::rename(from, to)
 }
@@ -448,7 +464,31 @@ fn random_u32() -> u32 {
 /// Held while the exclusive lock is held; dropping it closes the file, which releases the lock.
 #[derive(Debug)]
 pub struct FileLock {
-    _file: File,
+    file: File,
+}
+
+impl FileLock {
+    /// The note the last holder left in the lock file: which of Claude Code's lock directories
+    /// it held (see `claude_locks::ledger`). Whoever holds the lock now may read it: the
+    /// previous holder is gone, and a note it did not clear means it died holding them.
+    pub fn read_note(&self) -> String {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        let mut f = &self.file;
+        let _ = f.seek(io::SeekFrom::Start(0));
+        let _ = f.take(64 * 1024).read_to_string(&mut text);
+        text
+    }
+
+    /// Replaces the note. Not synced: it only has to outlive the process, not the machine
+    /// (a reboot ends every holder anyway).
+    pub fn write_note(&self, note: &str) {
+        use std::io::{Seek, Write};
+        let mut f = &self.file;
+        let _ = f.set_len(0);
+        let _ = f.seek(io::SeekFrom::Start(0));
+        let _ = f.write_all(note.as_bytes());
+    }
 }
 
 /// A temp file waiting to become the credentials file. Dropped without [`commit`], it removes
@@ -489,8 +529,12 @@ impl PendingWrite {
         self.file
             .sync_all()
             .map_err(err("syncing the temp file", &self.temp))?;
+        crate::seams::crash_point("temp-written");
         match rename(&self.temp, &self.target) {
-            Ok(()) => self.done = true,
+            Ok(()) => {
+                self.done = true;
+                crate::seams::crash_point("renamed");
+            }
             Err(e) if is_mount_point(&e) => {
                 self.write_in_place(&bytes)?;
                 // The temp file is removed on drop; the target already holds its bytes.

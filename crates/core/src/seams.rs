@@ -1,0 +1,64 @@
+//! Fault-injection seams for the end-to-end tests: crash the process at a named step of the
+//! refresh path, or make the rename fail as it does on a bind-mounted file.
+//!
+//! They exist only in debug builds with the `test-seams` feature (which only the test suite
+//! turns on). Everywhere else every function here is an empty inline that reads no environment,
+//! so no release binary can be steered by them.
+
+#[cfg(all(feature = "test-seams", debug_assertions))]
+mod active {
+    use std::time::Duration;
+
+    fn wanted(step: &str) -> bool {
+        std::env::var("CLAUDE_TOKEND_TEST_CRASH_AT").is_ok_and(|v| v == step)
+    }
+
+    /// Aborts the process (no destructors, no cleanup: as `kill -9` would) at `step` when
+    /// `CLAUDE_TOKEND_TEST_CRASH_AT` names it.
+    pub fn crash_point(step: &str) {
+        if wanted(step) {
+            std::process::abort();
+        }
+    }
+
+    /// Aborts while the request is in flight: `CLAUDE_TOKEND_TEST_CRASH_DELAY_MS` (default
+    /// 200) after `step`, from another thread, so the request has gone out but no answer is in.
+    pub fn crash_in_flight(step: &str) {
+        if wanted(step) {
+            let ms = std::env::var("CLAUDE_TOKEND_TEST_CRASH_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                std::process::abort();
+            });
+        }
+    }
+
+    /// `CLAUDE_TOKEND_TEST_RENAME_ERRNO=N`: the rename fails with errno N (16 EBUSY, 18 EXDEV).
+    pub fn rename_error() -> Option<std::io::Error> {
+        std::env::var("CLAUDE_TOKEND_TEST_RENAME_ERRNO")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::io::Error::from_raw_os_error)
+    }
+}
+
+#[cfg(all(feature = "test-seams", debug_assertions))]
+pub use active::*;
+
+#[cfg(not(all(feature = "test-seams", debug_assertions)))]
+mod inert {
+    #[inline(always)]
+    pub fn crash_point(_step: &str) {}
+    #[inline(always)]
+    pub fn crash_in_flight(_step: &str) {}
+    #[inline(always)]
+    pub fn rename_error() -> Option<std::io::Error> {
+        None
+    }
+}
+
+#[cfg(not(all(feature = "test-seams", debug_assertions)))]
+pub use inert::*;
