@@ -5,6 +5,7 @@
 //! One test binary (ripgrep style); the harness is the `claude-tokend-e2e` library.
 
 mod cli;
+mod coexist;
 mod daemon;
 mod failures;
 mod locate;
