@@ -270,15 +270,15 @@ pub async fn save_login(
                 error,
                 code_unspent: true,
             }) => {
-                let retry_after = match &error {
-                    OAuthError::Transient { retry_after, .. } => *retry_after,
-                    _ => None,
-                };
-                let delay = Backoff::STANDARD.delay(retries, random_unit(), retry_after);
-                retries += 1;
-                if Instant::now() + delay > deadline {
+                let Some(delay) = Backoff::STANDARD.delay_within(
+                    retries,
+                    random_unit(),
+                    error.retry_after(),
+                    deadline.saturating_duration_since(Instant::now()),
+                ) else {
                     return Err(LoginError::Unavailable(error));
-                }
+                };
+                retries += 1;
                 tracing::warn!("{error}; retrying in {:.1}s", delay.as_secs_f64());
                 tokio::time::sleep(delay).await;
             }

@@ -47,6 +47,14 @@ impl OAuthError {
     pub fn is_transient(&self) -> bool {
         matches!(self, OAuthError::Transient { .. })
     }
+
+    /// The server's `Retry-After`, when it sent one with a transient failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            OAuthError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for OAuthError {

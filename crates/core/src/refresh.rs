@@ -98,10 +98,7 @@ pub enum RefreshError {
 impl RefreshError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            RefreshError::Transient {
-                error: OAuthError::Transient { retry_after, .. },
-                ..
-            } => *retry_after,
+            RefreshError::Transient { error, .. } => error.retry_after(),
             _ => None,
         }
     }
@@ -436,26 +433,21 @@ pub async fn refresh_with_budget(
         .await;
         let error = match result {
             Err(RefreshError::Transient { error, .. }) => error,
-            Err(RefreshError::Store(StoreError::LockTimeout { path, waited })) => {
-                return Err(RefreshError::Store(StoreError::LockTimeout {
-                    path,
-                    waited,
-                }));
-            }
             other => return other,
         };
-        let retry_after = match &error {
-            OAuthError::Transient { retry_after, .. } => *retry_after,
-            _ => None,
-        };
-        let delay = Backoff::STANDARD.delay(retries, random_unit(), retry_after);
+        let delay = Backoff::STANDARD.delay_within(
+            retries,
+            random_unit(),
+            error.retry_after(),
+            deadline.saturating_duration_since(Instant::now()),
+        );
         retries += 1;
-        if Instant::now() + delay > deadline {
+        let Some(delay) = delay else {
             return Err(RefreshError::Transient {
                 error,
                 attempts: retries,
             });
-        }
+        };
         tracing::warn!(
             "{error}; retrying in {} (attempt {})",
             format_duration_precise(delay),

@@ -64,6 +64,21 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// [`delay`](Self::delay), or `None` when waiting that long would overrun `remaining`:
+    /// the one-shot commands then give up rather than sleep past their budget.
+    pub fn delay_within(
+        &self,
+        attempt: u32,
+        unit: f64,
+        retry_after: Option<Duration>,
+        remaining: Duration,
+    ) -> Option<Duration> {
+        let d = self.delay(attempt, unit, retry_after);
+        (d <= remaining).then_some(d)
+    }
+}
+
 /// A uniformly random number in `[0, 1)` from the OS. Jitter needs no more than that.
 pub fn random_unit() -> f64 {
     let mut b = [0u8; 8];
@@ -135,6 +150,18 @@ mod tests {
             b.delay(9, 0.99, Some(Duration::from_secs(1))),
             Duration::from_secs(297)
         );
+    }
+
+    #[test]
+    fn delay_within_a_budget() {
+        let b = Backoff::STANDARD;
+        let ra = Some(Duration::from_secs(30));
+        assert_eq!(b.delay_within(0, 0.5, ra, Duration::from_secs(29)), None);
+        assert_eq!(
+            b.delay_within(0, 0.5, ra, Duration::from_secs(30)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(b.delay_within(3, 0.0, None, Duration::ZERO), None);
     }
 
     #[test]

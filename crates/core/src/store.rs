@@ -361,14 +361,7 @@ impl Store {
         let mut temp_name = prefix.clone();
         temp_name.push(format!("{}.{:08x}", std::process::id(), random_u32()));
         let temp = dir.join(temp_name);
-        let err = |stage: &'static str| {
-            let path = temp.clone();
-            move |source| StoreError::Write {
-                path,
-                stage,
-                source,
-            }
-        };
+        let err = |stage: &'static str| write_error(stage, &temp);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -392,6 +385,16 @@ impl Store {
             .map_err(err("keeping the file's owner"))?;
         reserve_space(&pending.file, RESERVE_BYTES).map_err(err("reserving disk space"))?;
         Ok(pending)
+    }
+}
+
+/// Maps an I/O error at `stage` of writing `path` to a [`StoreError::Write`].
+fn write_error(stage: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Write {
+        path,
+        stage,
+        source,
     }
 }
 
@@ -515,14 +518,7 @@ impl PendingWrite {
     /// fingerprint of the bytes written.
     pub fn commit(mut self, doc: &Credentials) -> Result<u64, StoreError> {
         let bytes = doc.to_bytes();
-        let err = |stage: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Write {
-                path,
-                stage,
-                source,
-            }
-        };
+        let err = write_error;
         self.file
             .write_all(&bytes)
             .map_err(err("writing the temp file", &self.temp))?;
@@ -562,14 +558,7 @@ impl PendingWrite {
                 self.target.display()
             );
         }
-        let err = |stage: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Write {
-                path,
-                stage,
-                source,
-            }
-        };
+        let err = write_error;
         let mut backup_name = self
             .target
             .file_name()
