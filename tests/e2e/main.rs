@@ -6,6 +6,7 @@
 
 mod cli;
 mod coexist;
+mod crash;
 mod daemon;
 mod failures;
 mod locate;

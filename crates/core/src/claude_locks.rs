@@ -249,14 +249,23 @@ pub struct RefreshLocks {
 }
 
 impl RefreshLocks {
-    /// Takes `.oauth_refresh.lock`, then `<config dir>.lock`, in Claude Code's order.
+    /// Takes `.oauth_refresh.lock`, then `<config dir>.lock`, in Claude Code's order. `record`
+    /// is called with each as soon as it is made (before waiting for the next), so a process
+    /// killed while it waits has already written down what it holds.
     pub async fn take(
         paths: &LockPaths,
         deadline: Option<Instant>,
         on_wait: &dyn Fn(&Path, Duration),
+        record: &dyn Fn(&DirLock),
     ) -> Result<RefreshLocks, Busy> {
         let oauth_refresh = take(&paths.oauth_refresh, REFRESH_STALE, deadline, on_wait).await?;
+        if let Some(l) = &oauth_refresh {
+            record(l);
+        }
         let config = take(&paths.config, REFRESH_STALE, deadline, on_wait).await?;
+        if let Some(l) = &config {
+            record(l);
+        }
         Ok(RefreshLocks {
             config,
             oauth_refresh,

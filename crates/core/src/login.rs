@@ -247,7 +247,7 @@ pub async fn save_login(
         .lock(Some(deadline))
         .await
         .map_err(LoginError::Store)?;
-    crate::refresh::clear_orphans(&lock);
+    crate::refresh::tidy(store, &lock);
     match read_settled(store).await {
         Ok(_) | Err(StoreError::Missing { .. }) => {}
         Err(e) => return Err(LoginError::Store(e)),
@@ -314,7 +314,7 @@ pub enum LoggedOut {
 /// else remains in it.
 pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreError> {
     let lock = store.lock(Some(Instant::now() + budget)).await?;
-    crate::refresh::clear_orphans(&lock);
+    crate::refresh::tidy(store, &lock);
     let mut doc = read_settled(store).await?.doc;
     if !doc.remove_login() {
         return Ok(LoggedOut::NothingToDo);

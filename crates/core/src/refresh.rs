@@ -233,9 +233,10 @@ fn decide(
     Ok(Decision::Refresh(Box::new(view)))
 }
 
-/// Removes Claude Code lock directories that a claude-tokend which died holding them left
-/// behind (listed in the flock file's ledger), and clears the ledger.
-pub fn clear_orphans(lock: &FileLock) {
+/// Removes what a claude-tokend that died mid-refresh left behind: its temp file, and the
+/// Claude Code lock directories its ledger (in the flock file) lists. Call with the flock held.
+pub fn tidy(store: &Store, lock: &FileLock) {
+    store.remove_stale_temps(lock);
     let note = lock.read_note();
     if !note.is_empty() {
         claude_locks::remove_orphans(&note);
@@ -268,13 +269,14 @@ pub async fn attempt(
     let lock = store.lock(lock_deadline).await?;
     observe(Step::Locked);
     seams::crash_point("locked");
-    clear_orphans(&lock);
+    tidy(store, &lock);
     if let Decision::Done(outcome) = decide(&read_settled(store).await?, mode, policy, &path)? {
         return Ok(outcome);
     }
     // Claude Code's refresh locks, for this one attempt only: its sessions wait just seconds.
     let lock_paths = claude_locks::lock_paths(store.path());
-    let claude_code = RefreshLocks::take(&lock_paths, lock_deadline, &announce_wait)
+    let record = |held: &claude_locks::DirLock| lock.append_note(&claude_locks::ledger(&[held]));
+    let claude_code = RefreshLocks::take(&lock_paths, lock_deadline, &announce_wait, &record)
         .await
         .map_err(|busy| {
             RefreshError::Store(StoreError::LockTimeout {
@@ -282,7 +284,6 @@ pub async fn attempt(
                 waited: started.elapsed(),
             })
         })?;
-    lock.write_note(&claude_locks::ledger(&claude_code.held()));
     let view = match decide(&read_settled(store).await?, mode, policy, &path)? {
         Decision::Done(outcome) => return Ok(outcome),
         Decision::Refresh(view) => view,
@@ -399,7 +400,7 @@ pub async fn save_merged(
         }
     };
     if let Some(held) = &_write_lock {
-        ledger.write_note(&(ledger.read_note() + &claude_locks::ledger(&[held])));
+        ledger.append_note(&claude_locks::ledger(&[held]));
     }
     let mut doc = match read_settled(store).await {
         Ok(s) => s.doc,

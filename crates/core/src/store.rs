@@ -340,10 +340,8 @@ impl Store {
         }
     }
 
-    /// Creates the temp file for the next version of the file, in the target's directory, mode
-    /// 0600, with room reserved. Called *before* the request that spends a refresh token: if
-    /// this fails, nothing is sent.
-    pub fn begin_write(&self) -> Result<PendingWrite, StoreError> {
+    /// The target, its directory, and the name prefix of this program's temp files there.
+    fn temp_location(&self) -> (PathBuf, PathBuf, OsString) {
         let target = self.target();
         let dir = target
             .parent()
@@ -357,6 +355,21 @@ impl Store {
         let mut prefix = OsString::from(".");
         prefix.push(&file_name);
         prefix.push(".tmp.");
+        (target, dir, prefix)
+    }
+
+    /// Removes temp files a crashed writer left. Taking the held lock as an argument is the
+    /// proof that no live writer's temp file can be among them.
+    pub fn remove_stale_temps(&self, _held: &FileLock) {
+        let (_, dir, prefix) = self.temp_location();
+        remove_stale_temps(&dir, &prefix);
+    }
+
+    /// Creates the temp file for the next version of the file, in the target's directory, mode
+    /// 0600, with room reserved. Called *before* the request that spends a refresh token: if
+    /// this fails, nothing is sent.
+    pub fn begin_write(&self) -> Result<PendingWrite, StoreError> {
+        let (target, dir, prefix) = self.temp_location();
         remove_stale_temps(&dir, &prefix);
         let mut temp_name = prefix.clone();
         temp_name.push(format!("{}.{:08x}", std::process::id(), random_u32()));
@@ -488,9 +501,17 @@ impl FileLock {
     pub fn write_note(&self, note: &str) {
         use std::io::{Seek, Write};
         let mut f = &self.file;
-        let _ = f.set_len(0);
+        // Write first, cut the tail after: a process killed in between leaves the new note
+        // (plus, at worst, a stale tail that names directories whose identity will not match),
+        // never an empty one.
         let _ = f.seek(io::SeekFrom::Start(0));
         let _ = f.write_all(note.as_bytes());
+        let _ = f.set_len(note.len() as u64);
+    }
+
+    /// Adds to the note.
+    pub fn append_note(&self, more: &str) {
+        self.write_note(&(self.read_note() + more));
     }
 }
 

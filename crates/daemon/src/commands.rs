@@ -90,6 +90,11 @@ pub fn once(settings: &Settings) -> u8 {
             settings.refresh_before,
         )
     {
+        // Still tidy up after a run that crashed after writing (its lock directories would
+        // make Claude Code wait): only if the lock is free right now, never waiting for it.
+        if let Ok(Some(lock)) = store.try_lock() {
+            refresh::tidy(&store, &lock);
+        }
         tracing::info!(expires = %describe_expiry(view.expires_at), "token is fresh; nothing to do");
         return exit::OK;
     }

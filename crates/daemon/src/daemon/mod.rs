@@ -305,6 +305,11 @@ impl<C: Clock> Daemon<C> {
     /// already known (startup, SIGHUP).
     fn reread(&mut self, force: bool) {
         self.last_stamp = stamp(&self.store);
+        // A claude-tokend that crashed mid-refresh may have left lock directories that make
+        // Claude Code wait; clear them when the lock is free (never waiting for it here).
+        if let Ok(Some(lock)) = self.store.try_lock() {
+            tokend_core::refresh::tidy(&self.store, &lock);
+        }
         match self.store.read() {
             Ok(snapshot) => {
                 self.malformed_tries = 0;
