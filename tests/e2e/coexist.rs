@@ -30,31 +30,6 @@ const LEAD: &str = "10s";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Polls `cond` every 20 ms until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-fn signal(r: &Running, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(r.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill({}, {sig})", r.id());
-}
-
-fn alive(r: &Running) -> bool {
-    // Not reaped until `wait`, an exited child is a zombie: alive only if not in state Z.
-    fs::read_to_string(format!("/proc/{}/stat", r.id()))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
 /// `HOME/.claude/.oauth_refresh.lock`.
 fn oauth_lock(home: &TempHome) -> PathBuf {
     home.claude_dir().join(".oauth_refresh.lock")
@@ -204,7 +179,7 @@ fn daemon(home: &TempHome, server: &TokenServer) -> Cmd {
 
 /// Stops the daemon with SIGTERM; it must exit 0.
 fn stop(d: Running) -> Out {
-    signal(&d, libc::SIGTERM);
+    send_signal(&d, libc::SIGTERM);
     let out = d.wait();
     out.expect_code(0);
     out
@@ -221,7 +196,7 @@ fn replace_atomically(path: &Path, doc: &Value) {
 #[track_caller]
 fn await_requests(server: &TokenServer, n: usize) {
     assert!(
-        wait_for(SOON, || server.count() >= n),
+        wait_until(SOON, || server.count() >= n),
         "expected {n} request(s) within {SOON:?}, got {}",
         server.count()
     );
@@ -262,7 +237,7 @@ fn live_lock_holds_off_once_until_removed(lock_of: fn(&TempHome) -> PathBuf) {
         name(&lock.path)
     );
     assert!(
-        alive(&running),
+        is_running(&running),
         "--once should still be waiting for the live {}",
         name(&lock.path)
     );
@@ -535,11 +510,11 @@ fn sigterm_while_waiting_for_a_live_lock_removes_ours_and_keeps_theirs() {
     let theirs = LiveLock::hold(&config_lock(&home));
     let d = daemon(&home, &server).spawn();
     assert!(
-        wait_for(SOON, || oauth_lock(&home).is_dir()),
+        wait_until(SOON, || oauth_lock(&home).is_dir()),
         "the daemon took .oauth_refresh.lock before waiting for .claude.lock"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(alive(&d), "the daemon keeps waiting");
+    assert!(is_running(&d), "the daemon keeps waiting");
     assert_eq!(
         server.count(),
         0,
@@ -578,7 +553,7 @@ fn the_daemon_waits_for_a_live_lock_then_refreshes() {
     let lock = LiveLock::hold(&oauth_lock(&home));
     let d = daemon(&home, &server).spawn();
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(alive(&d), "the daemon keeps waiting for a live lock");
+    assert!(is_running(&d), "the daemon keeps waiting for a live lock");
     assert_eq!(
         server.count(),
         0,
@@ -586,7 +561,7 @@ fn the_daemon_waits_for_a_live_lock_then_refreshes() {
     );
     lock.release();
     assert!(
-        wait_for(SOON, || saved_latest(&home, &server)),
+        wait_until(SOON, || saved_latest(&home, &server)),
         "refreshed and saved once the lock was released"
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -631,7 +606,7 @@ fn no_lock_during_backoff(use_daemon: bool) {
     }
     let out = if use_daemon {
         assert!(
-            wait_for(SOON, || saved_latest(&home, &server)),
+            wait_until(SOON, || saved_latest(&home, &server)),
             "the daemon retried and saved"
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -797,7 +772,7 @@ fn the_daemon_waits_quietly_for_a_login_when_tokens_are_blank() {
     }
     let last_blank = home.state();
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(alive(&d), "blank tokens do not stop the daemon");
+    assert!(is_running(&d), "blank tokens do not stop the daemon");
     assert_eq!(server.count(), 0, "a request was sent with blank tokens");
     assert!(
         home.state() == last_blank,
@@ -809,7 +784,7 @@ fn the_daemon_waits_quietly_for_a_login_when_tokens_are_blank() {
     server.accept_refresh(&login.refresh);
     replace_atomically(&home.creds_path(), &login.doc());
     assert!(
-        wait_for(SOON, || saved_latest(&home, &server)),
+        wait_until(SOON, || saved_latest(&home, &server)),
         "refreshed once a login arrived"
     );
     let out = stop(d);
@@ -887,11 +862,14 @@ fn the_daemon_handles_a_file_written_in_two_chunks() {
         );
     });
     assert!(
-        wait_for(SOON, || saved_latest(&home, &server)),
+        wait_until(SOON, || saved_latest(&home, &server)),
         "the completed file was refreshed"
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(alive(&d), "a half-written file does not stop the daemon");
+    assert!(
+        is_running(&d),
+        "a half-written file does not stop the daemon"
+    );
     let out = stop(d);
     out.check_eq("requests sent", server.count(), 1)
         .check_eq(
@@ -1019,13 +997,13 @@ fn the_daemon_warns_about_the_in_place_fallback_once() {
         .env("CLAUDE_TOKEND_TEST_RENAME_ERRNO", "16")
         .spawn();
     assert!(
-        wait_for(SOON, || saved_latest(&home, &server)),
+        wait_until(SOON, || saved_latest(&home, &server)),
         "first refresh saved"
     );
     std::thread::sleep(Duration::from_millis(300));
-    signal(&d, libc::SIGUSR1);
+    send_signal(&d, libc::SIGUSR1);
     assert!(
-        wait_for(SOON, || server.count() == 2 && saved_latest(&home, &server)),
+        wait_until(SOON, || server.count() == 2 && saved_latest(&home, &server)),
         "the forced refresh was saved"
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -1067,7 +1045,7 @@ fn a_live_storage_write_lock_delays_our_write_until_removed() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        alive(&running),
+        is_running(&running),
         "--once should be waiting for .storage-write.lock"
     );
     let released = Instant::now();

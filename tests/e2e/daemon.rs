@@ -15,34 +15,9 @@ const LEAD: &str = "10s";
 /// Generous bounds: CI machines are shared and slow; a passing run takes a fraction of these.
 const SOON: Duration = Duration::from_secs(15);
 
-/// Polls `cond` every 20 ms until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-fn signal(d: &Running, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(d.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill({}, {sig})", d.id());
-}
-
-fn alive(d: &Running) -> bool {
-    // Not reaped until `wait`, an exited child is a zombie: alive only if not in state Z.
-    std::fs::read_to_string(format!("/proc/{}/stat", d.id()))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
 /// Stops the daemon with SIGTERM and returns its run; it must exit 0 within a few seconds.
 fn stop(d: Running) -> Out {
-    signal(&d, libc::SIGTERM);
+    send_signal(&d, libc::SIGTERM);
     let out = d.wait();
     out.expect_code(0);
     out
@@ -96,14 +71,17 @@ fn refreshes_at_the_due_time_and_not_again_after_its_own_write() {
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(server.count(), 0, "nothing is sent before the due time");
-    assert!(wait_for(SOON, || server.count() == 1), "refreshed when due");
+    assert!(
+        wait_until(SOON, || server.count() == 1),
+        "refreshed when due"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(2500),
         "not early: {waited:?}"
     );
     assert!(
-        wait_for(SOON, || saved_latest(&home, &server)),
+        wait_until(SOON, || saved_latest(&home, &server)),
         "the new token is written"
     );
     let after = home.read_creds();
@@ -134,7 +112,7 @@ fn an_outside_write_of_a_far_off_token_sends_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     replace_atomically(&home.creds_path(), &Login::fresh().doc());
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(alive(&d));
+    assert!(is_running(&d));
     let out = stop(d);
     out.check_eq("requests", server.count(), 0);
 }
@@ -150,7 +128,7 @@ fn an_outside_write_of_a_due_token_is_refreshed_with_the_new_refresh_token() {
     server.accept_refresh(&newer.refresh);
     replace_atomically(&home.creds_path(), &newer.doc());
     assert!(
-        wait_for(SOON, || server.count() >= 1),
+        wait_until(SOON, || server.count() >= 1),
         "the new file is picked up"
     );
     let out = stop(d);
@@ -175,7 +153,7 @@ fn an_in_place_rewrite_is_seen_too() {
     // Older Claude Code rewrites the file in place (open with truncate, write).
     home.write_creds(&newer.doc());
     assert!(
-        wait_for(SOON, || server.count() >= 1),
+        wait_until(SOON, || server.count() >= 1),
         "the rewrite is picked up"
     );
     stop(d).check_eq("requests", server.count(), 1);
@@ -191,12 +169,12 @@ fn a_missing_file_that_appears_later_is_refreshed() {
         let server = TokenServer::start();
         let d = daemon(&home, &server).spawn();
         std::thread::sleep(Duration::from_millis(700));
-        assert!(alive(&d), "a missing file does not stop the daemon");
+        assert!(is_running(&d), "a missing file does not stop the daemon");
         let login = due_in(-1);
         server.accept_refresh(&login.refresh);
         home.write_creds(&login.doc());
         assert!(
-            wait_for(SOON, || server.count() >= 1),
+            wait_until(SOON, || server.count() >= 1),
             "refreshed once the file appeared (directory existed first: {make_dir_first})"
         );
         let out = stop(d);
@@ -215,7 +193,7 @@ fn a_half_written_file_then_a_complete_one_is_handled() {
     let before = b"{\"claudeAiOauth\": {\"accessToken\": \"sk-ant-oat01-abc".to_vec();
     home.write_raw(&before);
     std::thread::sleep(Duration::from_millis(2000));
-    assert!(alive(&d), "a malformed file does not stop the daemon");
+    assert!(is_running(&d), "a malformed file does not stop the daemon");
     assert_eq!(
         home.raw_bytes(),
         before,
@@ -225,7 +203,7 @@ fn a_half_written_file_then_a_complete_one_is_handled() {
     server.accept_refresh(&login.refresh);
     home.write_creds(&login.doc());
     assert!(
-        wait_for(SOON, || server.count() >= 1),
+        wait_until(SOON, || server.count() >= 1),
         "the fixed file is refreshed"
     );
     stop(d).check_eq("requests", server.count(), 1);
@@ -239,9 +217,9 @@ fn invalid_grant_stops_requests_until_a_new_login_arrives() {
     // The server knows no refresh token: every refresh is refused.
     let server = TokenServer::start();
     let d = daemon(&home, &server).spawn();
-    assert!(wait_for(SOON, || server.count() >= 1));
+    assert!(wait_until(SOON, || server.count() >= 1));
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(alive(&d), "a refused grant does not stop the daemon");
+    assert!(is_running(&d), "a refused grant does not stop the daemon");
     let refused = server.count();
     assert!(
         refused <= 2,
@@ -252,7 +230,7 @@ fn invalid_grant_stops_requests_until_a_new_login_arrives() {
     server.accept_refresh(&login.refresh);
     replace_atomically(&home.creds_path(), &login.doc());
     assert!(
-        wait_for(SOON, || access_token(&home)
+        wait_until(SOON, || access_token(&home)
             == server
                 .issued()
                 .last()
@@ -280,20 +258,23 @@ fn sigusr1_forces_a_refresh_and_sighup_keeps_it_running() {
     let server = TokenServer::for_login(&login);
     let d = daemon(&home, &server).spawn();
     std::thread::sleep(Duration::from_millis(500));
-    signal(&d, libc::SIGHUP);
+    send_signal(&d, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(alive(&d), "SIGHUP re-reads; it does not stop the daemon");
+    assert!(
+        is_running(&d),
+        "SIGHUP re-reads; it does not stop the daemon"
+    );
     assert_eq!(
         server.count(),
         0,
         "a fresh token is not refreshed on SIGHUP"
     );
-    signal(&d, libc::SIGUSR1);
+    send_signal(&d, libc::SIGUSR1);
     assert!(
-        wait_for(SOON, || server.count() == 1),
+        wait_until(SOON, || server.count() == 1),
         "SIGUSR1 refreshes now"
     );
-    assert!(wait_for(SOON, || saved_latest(&home, &server)));
+    assert!(wait_until(SOON, || saved_latest(&home, &server)));
     let out = stop(d);
     out.check_eq("requests", server.count(), 1);
 }
@@ -306,7 +287,7 @@ fn sigterm_exits_0_within_a_second_with_no_stray_files() {
     let d = daemon(&home, &server).spawn();
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    signal(&d, libc::SIGTERM);
+    send_signal(&d, libc::SIGTERM);
     let out = d.wait();
     out.expect_code(0);
     out.check(
@@ -325,10 +306,10 @@ fn sigterm_during_a_request_waits_for_the_answer_and_saves_it() {
     server.set_delay(Duration::from_millis(1500));
     let d = daemon(&home, &server).spawn();
     assert!(
-        wait_for(SOON, || server.count() == 1),
+        wait_until(SOON, || server.count() == 1),
         "the request went out"
     );
-    signal(&d, libc::SIGTERM);
+    send_signal(&d, libc::SIGTERM);
     let out = d.wait();
     out.expect_code(0);
     out.check_eq(
@@ -349,10 +330,10 @@ fn transient_failures_back_off_and_then_succeed() {
     server.push(Reply::error(429).header("Retry-After", "1"));
     let d = daemon(&home, &server).spawn();
     assert!(
-        wait_for(SOON, || server.count() == 3),
+        wait_until(SOON, || server.count() == 3),
         "retried after 503 and 429"
     );
-    assert!(wait_for(SOON, || saved_latest(&home, &server)));
+    assert!(wait_until(SOON, || saved_latest(&home, &server)));
     let requests = server.requests();
     let gap = requests[2].received_ms - requests[1].received_ms;
     assert!(gap >= 950, "Retry-After: 1 was honoured (gap {gap} ms)");
@@ -404,7 +385,7 @@ fn no_token_in_the_output_at_trace_level() {
     home.write_creds(&login.doc());
     let server = TokenServer::for_login(&login);
     let d = daemon(&home, &server).env("RUST_LOG", "trace").spawn();
-    assert!(wait_for(SOON, || saved_latest(&home, &server)));
+    assert!(wait_until(SOON, || saved_latest(&home, &server)));
     let out = stop(d);
     let issued = server.last_issued();
     let mut secrets = login.secrets();

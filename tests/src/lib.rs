@@ -891,16 +891,27 @@ fn exchange_reply(shared: &Shared, req: &Request) -> Reply {
     if let Some(r) = &refresh {
         lock(&shared.valid).push(r.clone());
     }
-    let mut body = Map::new();
-    body.insert("token_type".into(), "Bearer".into());
-    body.insert("access_token".into(), access.clone().into());
     // The server grants the lifetime asked for, if any, else its policy's.
-    if let Some(n) = req
+    let expires_in = req
         .body
         .get("expires_in")
         .and_then(Value::as_u64)
-        .or(policy.expires_in)
-    {
+        .or(policy.expires_in);
+    grant_reply(shared, &policy, access, refresh, expires_in)
+}
+
+/// A successful token answer as the policy shapes it; the pair is recorded as issued.
+fn grant_reply(
+    shared: &Shared,
+    policy: &GrantPolicy,
+    access: String,
+    refresh: Option<String>,
+    expires_in: Option<u64>,
+) -> Reply {
+    let mut body = Map::new();
+    body.insert("token_type".into(), "Bearer".into());
+    body.insert("access_token".into(), access.clone().into());
+    if let Some(n) = expires_in {
         body.insert("expires_in".into(), n.into());
     }
     if let Some(r) = &refresh {
@@ -912,6 +923,10 @@ fn exchange_reply(shared: &Shared, req: &Request) -> Reply {
     if let Some(s) = &policy.scope {
         body.insert("scope".into(), s.clone().into());
     }
+    body.insert(
+        "account".into(),
+        json!({"uuid": "00000000-0000-4000-8000-000000000000", "email_address": "user@example.test"}),
+    );
     lock(&shared.issued).push(Issued { access, refresh });
     Reply::json(200, &Value::Object(body))
 }
@@ -947,27 +962,7 @@ fn oauth_reply(shared: &Shared, req: &Request) -> Reply {
         valid[i] = r.clone();
     }
     drop(valid);
-    let mut body = Map::new();
-    body.insert("token_type".into(), "Bearer".into());
-    body.insert("access_token".into(), access.clone().into());
-    if let Some(n) = policy.expires_in {
-        body.insert("expires_in".into(), n.into());
-    }
-    if let Some(r) = &refresh {
-        body.insert("refresh_token".into(), r.clone().into());
-    }
-    if let Some(n) = policy.refresh_token_expires_in {
-        body.insert("refresh_token_expires_in".into(), n.into());
-    }
-    if let Some(s) = &policy.scope {
-        body.insert("scope".into(), s.clone().into());
-    }
-    body.insert(
-        "account".into(),
-        json!({"uuid": "00000000-0000-4000-8000-000000000000", "email_address": "user@example.test"}),
-    );
-    lock(&shared.issued).push(Issued { access, refresh });
-    Reply::json(200, &Value::Object(body))
+    grant_reply(shared, &policy, access, refresh, policy.expires_in)
 }
 
 /// An address of this machine that is not loopback (the one the default route leaves from), if
@@ -1302,6 +1297,18 @@ pub fn check_eq<T: PartialEq + Debug>(what: impl Display, got: T, want: T) {
 
 // ---------------------------------------------------------------------------------------------
 // Crash, kill and soak checks
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
 
 /// Sends `sig` to a started run (kill(2) on our own, not yet reaped, child: its pid cannot
 /// have been reused).
