@@ -244,6 +244,27 @@ pub fn tidy(store: &Store, lock: &FileLock) {
     }
 }
 
+/// Clears the ledger when dropped, that is on every way out of an attempt except a crash, which
+/// is exactly when the ledger must survive. A ledger left behind would otherwise outlive the
+/// directories it names; on a filesystem without birth times, an inode reused by a later lock
+/// of Claude Code's could then look like our orphan.
+struct LedgerCleared<'a>(&'a FileLock);
+
+impl Drop for LedgerCleared<'_> {
+    fn drop(&mut self) {
+        self.0.write_note("");
+    }
+}
+
+/// Puts the ledger back as it was when dropped (the same reasoning, for one write's lock).
+struct NoteRestored<'a>(&'a FileLock, String);
+
+impl Drop for NoteRestored<'_> {
+    fn drop(&mut self) {
+        self.0.write_note(&self.1);
+    }
+}
+
 /// Logs, once per wait, that a Claude Code lock is held.
 fn announce_wait(path: &std::path::Path, age: Duration) {
     tracing::info!(
@@ -275,6 +296,8 @@ pub async fn attempt(
     }
     // Claude Code's refresh locks, for this one attempt only: its sessions wait just seconds.
     let lock_paths = claude_locks::lock_paths(store.path());
+    // Declared before the locks, so dropped after them: once they are gone, so is their record.
+    let _ledger = LedgerCleared(&lock);
     let record = |held: &claude_locks::DirLock| lock.append_note(&claude_locks::ledger(&[held]));
     let claude_code = RefreshLocks::take(&lock_paths, lock_deadline, &announce_wait, &record)
         .await
@@ -383,6 +406,8 @@ pub async fn save_merged(
     create: bool,
     change: impl FnOnce(&mut Credentials),
 ) -> Result<u64, StoreError> {
+    // Dropped after the write lock (declared before it): the ledger loses its line again.
+    let _restore = NoteRestored(ledger, ledger.read_note());
     let _write_lock = match claude_locks::take(
         &lock_paths.storage_write,
         claude_locks::WRITE_STALE,
