@@ -177,21 +177,6 @@ fn daemon(home: &TempHome, server: &TokenServer) -> Cmd {
         .timeout(Duration::from_secs(120))
 }
 
-/// Stops the daemon with SIGTERM; it must exit 0.
-fn stop(d: Running) -> Out {
-    send_signal(&d, libc::SIGTERM);
-    let out = d.wait();
-    out.expect_code(0);
-    out
-}
-
-/// Replaces the file as Claude Code does: a temp file renamed over it.
-fn replace_atomically(path: &Path, doc: &Value) {
-    let tmp = path.with_file_name(".credentials.json.tmp.claude-code");
-    write_creds_at(&tmp, doc);
-    fs::rename(&tmp, path).expect("rename over the credentials file");
-}
-
 /// Waits until the server has received `n` requests (fails the test otherwise).
 #[track_caller]
 fn await_requests(server: &TokenServer, n: usize) {

@@ -2,11 +2,9 @@
 //! endpoint: scheduling, watching outside writes, failures, signals and systemd notifications.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use claude_tokend_e2e::*;
-use serde_json::Value;
 
 /// A short lead so tests can make a token due within seconds (a lead under 5 minutes is
 /// accepted with a warning).
@@ -14,21 +12,6 @@ const LEAD: &str = "10s";
 
 /// Generous bounds: CI machines are shared and slow; a passing run takes a fraction of these.
 const SOON: Duration = Duration::from_secs(15);
-
-/// Stops the daemon with SIGTERM and returns its run; it must exit 0 within a few seconds.
-fn stop(d: Running) -> Out {
-    send_signal(&d, libc::SIGTERM);
-    let out = d.wait();
-    out.expect_code(0);
-    out
-}
-
-/// Replaces the file the way an editor or Claude Code does: temp file, then rename.
-fn replace_atomically(path: &Path, doc: &Value) {
-    let tmp = path.with_extension("editor-tmp");
-    write_creds_at(&tmp, doc);
-    std::fs::rename(&tmp, path).expect("rename over the credentials file");
-}
 
 /// A login whose access token is due (under a 10 s lead) `secs` seconds from now.
 fn due_in(secs: i64) -> Login {

@@ -1310,6 +1310,22 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Stops a daemon run with SIGTERM and collects it; it must exit 0.
+pub fn stop(d: Running) -> Out {
+    send_signal(&d, libc::SIGTERM);
+    let out = d.wait();
+    out.expect_code(0);
+    out
+}
+
+/// Replaces the credentials file as Claude Code or an editor does: a temp file beside it,
+/// renamed over it.
+pub fn replace_atomically(path: &Path, doc: &Value) {
+    let tmp = path.with_file_name(".credentials.json.outside-writer");
+    write_creds_at(&tmp, doc);
+    fs::rename(&tmp, path).expect("rename over the credentials file");
+}
+
 /// Sends `sig` to a started run (kill(2) on our own, not yet reaped, child: its pid cannot
 /// have been reused).
 pub fn send_signal(r: &Running, sig: i32) {
