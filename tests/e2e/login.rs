@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use claude_tokend_e2e::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 const MANUAL_REDIRECT: &str = "https://platform.claude.com/oauth/code/callback";
@@ -188,7 +188,7 @@ fn first_login_creates_the_directory_0700_and_the_file_0600() {
 }
 
 #[test]
-fn login_over_an_existing_file_keeps_every_other_key() {
+fn login_over_an_existing_file_keeps_every_other_top_level_key() {
     let home = TempHome::new();
     let old = Login::expired();
     let before = old.doc();
@@ -206,12 +206,29 @@ fn login_over_an_existing_file_keeps_every_other_key() {
     out.expect_code(0);
     let after = home.read_creds();
     out.check_eq("mcpOAuth kept", &after["mcpOAuth"], &before["mcpOAuth"]);
-    out.check_eq(
-        "other keys kept",
-        without_owned(&after),
-        without_owned(&before),
-    );
+    let top_level = |doc: &Value| {
+        let mut doc = doc.clone();
+        doc.as_object_mut().unwrap().remove("claudeAiOauth");
+        doc
+    };
+    out.check_eq("other keys kept", top_level(&after), top_level(&before));
     out.check_eq("key order kept", keys(&after), keys(&before));
+    // A new login is a new identity: nothing of the old one survives inside claudeAiOauth.
+    let mut inner = keys(&after["claudeAiOauth"]);
+    inner.sort();
+    out.check_eq(
+        "claudeAiOauth holds only the new login's fields",
+        inner,
+        [
+            "accessToken",
+            "expiresAt",
+            "refreshToken",
+            "refreshTokenExpiresAt",
+            "scopes",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
 }
 
 #[test]

@@ -108,6 +108,9 @@ fn refresh_token(home: &TempHome) -> String {
         .to_owned()
 }
 
+/// The debug seam that turns the 60 s floor off, for loops that need back-to-back refreshes.
+const NO_FLOOR: (&str, &str) = ("CLAUDE_TOKEND_TEST_FLOOR_MS", "0");
+
 /// `--once` and the daemon, started against a slow endpoint and killed with SIGKILL at random
 /// moments: before the request, while it is in flight, during the write, after it. The file is
 /// whole after every kill, and the next `--once` recovers at once.
@@ -128,10 +131,11 @@ fn kill_9_at_random_moments_never_breaks_the_file() {
     let original = login.doc();
     home.write_creds(&original);
     let server = TokenServer::for_login(&login);
-    // Tokens good for 60 s: always due under the default 15-minute lead, so every `--once`
-    // refreshes and the daemon refreshes back to back; a kill lands somewhere in a refresh.
+    // Tokens that expire as they are granted, and (through the debug seam) no 60 s floor:
+    // always due, so every `--once` refreshes and the daemon refreshes back to back; a kill
+    // lands somewhere in a refresh.
     server.set_policy(GrantPolicy {
-        expires_in: Some(60),
+        expires_in: Some(0),
         ..GrantPolicy::default()
     });
 
@@ -160,7 +164,7 @@ fn kill_9_at_random_moments_never_breaks_the_file() {
         );
         server.set_delay(Duration::from_millis(delay));
         let issued_before = server.issued().len();
-        let cmd = Cmd::new(&home).server(&server);
+        let cmd = Cmd::new(&home).server(&server).env(NO_FLOOR.0, NO_FLOOR.1);
         let run = if use_daemon {
             daemons += 1;
             cmd.timeout(Duration::from_secs(30)).spawn()
@@ -208,7 +212,11 @@ fn kill_9_at_random_moments_never_breaks_the_file() {
             .requests()
             .iter()
             .any(|r| r.refresh_token() == Some(in_file.as_str()));
-        let next = Cmd::new(&home).server(&server).arg("--once").run();
+        let next = Cmd::new(&home)
+            .server(&server)
+            .env(NO_FLOOR.0, NO_FLOOR.1)
+            .arg("--once")
+            .run();
         next.check(
             next.elapsed < PROMPT,
             format!("{what}: the next run took {:?}", next.elapsed),
@@ -227,7 +235,11 @@ fn kill_9_at_random_moments_never_breaks_the_file() {
             spent += 1;
             // A new login, as the user would make: the server takes the file's token again.
             server.accept_refresh(&in_file);
-            let again = Cmd::new(&home).server(&server).arg("--once").run();
+            let again = Cmd::new(&home)
+                .server(&server)
+                .env(NO_FLOOR.0, NO_FLOOR.1)
+                .arg("--once")
+                .run();
             again.check(
                 again.elapsed < PROMPT,
                 format!("{what}: the run after a new login took {:?}", again.elapsed),
@@ -316,8 +328,11 @@ fn the_daemon_keeps_3_second_tokens_fresh_with_flat_memory_and_fds() {
         ..GrantPolicy::default()
     });
     // A lead under Claude Code's 5 minutes is accepted, with a warning.
+    // The 60 s floor would allow one refresh a minute; the debug seam lowers it to 1 s so the
+    // soak still sees a refresh every 2 s.
     let daemon = Cmd::new(&home)
         .server(&server)
+        .env("CLAUDE_TOKEND_TEST_FLOOR_MS", "1000")
         .args(["--refresh-before", "1s"])
         .timeout(duration + Duration::from_secs(60))
         .spawn();

@@ -207,15 +207,23 @@ pub struct Busy {
 /// `deadline` (`None`: as long as it takes). `on_wait` is called once, when a wait begins, so
 /// the caller can say why it is waiting. A lock whose directory cannot be created for another
 /// reason than "held" (no write permission on its parent) is skipped with a debug note:
-/// Claude Code could not take it either.
+/// Claude Code could not take it either. `keep_alive` is called every [`HEARTBEAT`] while
+/// waiting: the caller heartbeats the locks it already holds, which must not look abandoned
+/// to Claude Code however long this wait lasts.
 pub async fn take(
     path: &Path,
     stale: Duration,
     deadline: Option<Instant>,
     on_wait: &dyn Fn(&Path, Duration),
+    keep_alive: &dyn Fn(),
 ) -> Result<Option<DirLock>, Busy> {
     let mut announced = false;
+    let mut last_beat = Instant::now();
     loop {
+        if last_beat.elapsed() >= HEARTBEAT {
+            keep_alive();
+            last_beat = Instant::now();
+        }
         match DirLock::try_take(path, stale) {
             Ok(Attempt::Taken(lock)) => return Ok(Some(lock)),
             Ok(Attempt::Held { age }) => {
@@ -258,11 +266,25 @@ impl RefreshLocks {
         on_wait: &dyn Fn(&Path, Duration),
         record: &dyn Fn(&DirLock),
     ) -> Result<RefreshLocks, Busy> {
-        let oauth_refresh = take(&paths.oauth_refresh, REFRESH_STALE, deadline, on_wait).await?;
+        let oauth_refresh = take(
+            &paths.oauth_refresh,
+            REFRESH_STALE,
+            deadline,
+            on_wait,
+            &|| {},
+        )
+        .await?;
         if let Some(l) = &oauth_refresh {
             record(l);
         }
-        let config = take(&paths.config, REFRESH_STALE, deadline, on_wait).await?;
+        // The first lock is ours while we wait for the second: it must stay fresh, or after
+        // 60 s Claude Code would take it over from under us.
+        let keep_first = || {
+            if let Some(l) = &oauth_refresh {
+                l.touch();
+            }
+        };
+        let config = take(&paths.config, REFRESH_STALE, deadline, on_wait, &keep_first).await?;
         if let Some(l) = &config {
             record(l);
         }
@@ -422,6 +444,7 @@ mod tests {
             REFRESH_STALE,
             Some(Instant::now() + Duration::from_millis(400)),
             &|_, _| waited.set(true),
+            &|| {},
         )
         .await;
         assert!(r.is_err(), "a live lock is not taken");

@@ -40,6 +40,19 @@ impl OAuthView {
         self.access_token.is_blank() && self.refresh_token.as_ref().is_none_or(Secret::is_blank)
     }
 
+    /// A fingerprint of the login's own fields (`accessToken`, `refreshToken`, `expiresAt`,
+    /// `clientId`): only a change to these is a new login state. A rewrite that changes
+    /// anything else (an MCP token, a setting) leaves it as it was. Process-local; never stored.
+    pub fn own_fields_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.access_token.expose().hash(&mut h);
+        self.refresh_token.as_ref().map(Secret::expose).hash(&mut h);
+        self.expires_at.hash(&mut h);
+        self.client_id.hash(&mut h);
+        h.finish()
+    }
+
     /// The refresh token, if there is a usable one.
     pub fn usable_refresh_token(&self) -> Option<&Secret> {
         self.refresh_token.as_ref().filter(|t| !t.is_blank())
@@ -168,19 +181,13 @@ impl Credentials {
         }
     }
 
-    /// Writes a new login: like [`apply`](Self::apply), but a refresh token or refresh-token
-    /// expiry that the new grant does not carry is removed, not kept from the old login (the
-    /// old refresh token belongs to a session that is being replaced).
-    pub fn apply_login(&mut self, update: &TokenUpdate) {
+    /// Writes a new login: `claudeAiOauth` is replaced whole by the grant's fields. A new login
+    /// is a new identity: nothing of the old one (its refresh token, `clientId`, plan, account)
+    /// may survive inside it. Top-level keys stay, and `claudeAiOauth` keeps its place.
+    pub fn replace_login(&mut self, update: &TokenUpdate) {
+        self.root
+            .insert(OAUTH_KEY.into(), Value::Object(Map::new()));
         self.apply(update);
-        if let Some(Value::Object(oauth)) = self.root.get_mut(OAUTH_KEY) {
-            if update.refresh_token.is_none() {
-                oauth.shift_remove("refreshToken");
-            }
-            if update.refresh_token_expires_at.is_none() {
-                oauth.shift_remove("refreshTokenExpiresAt");
-            }
-        }
     }
 
     /// Removes `claudeAiOauth` and nothing else. Returns whether there was one.
@@ -358,7 +365,7 @@ mod tests {
     #[test]
     fn login_replaces_the_old_refresh_token_and_logout_keeps_the_rest() {
         let mut doc = Credentials::parse(SAMPLE.as_bytes()).unwrap();
-        doc.apply_login(&TokenUpdate {
+        doc.replace_login(&TokenUpdate {
             refresh_token: None,
             refresh_token_expires_at: None,
             ..update()
@@ -368,7 +375,17 @@ mod tests {
             o.refresh_token.is_none(),
             "a login without a refresh token saves none"
         );
-        assert_eq!(o.subscription_type.as_deref(), Some("max"));
+        assert_eq!(
+            o.subscription_type, None,
+            "a new login is a new identity: the old plan does not survive inside it"
+        );
+        assert_eq!(o.client_id, None, "nor the old client id");
+        let keys: Vec<_> = doc.root.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            ["first", "claudeAiOauth", "mcpOAuth", "zeta"],
+            "claudeAiOauth keeps its place"
+        );
         assert!(doc.remove_login());
         assert!(!doc.remove_login());
         let keys: Vec<_> = doc.root.keys().cloned().collect();

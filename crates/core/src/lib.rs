@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod login;
 pub mod oauth;
 pub mod refresh;
+pub mod save;
 pub mod schedule;
 pub mod seams;
 pub mod secret;

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,8 +12,11 @@ use sha2::{Digest, Sha256};
 
 use crate::claude_locks;
 use crate::oauth::{ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient};
-use crate::refresh::{read_settled, save_merged};
-use crate::schedule::{Backoff, random_unit};
+use crate::refresh::read_settled;
+use crate::save::{self, Change};
+use crate::schedule::{
+    Backoff, GrantRecord, boot_millis, epoch_millis, random_unit, token_fingerprint,
+};
 use crate::secret::Secret;
 use crate::settings::Url;
 use crate::store::{Store, StoreError};
@@ -242,16 +245,15 @@ pub async fn save_login(
     budget: Duration,
 ) -> Result<Saved, LoginError> {
     store.ensure_dir().map_err(LoginError::Store)?;
-    let deadline = Instant::now() + budget;
-    let lock = store
-        .lock(Some(deadline))
-        .await
-        .map_err(LoginError::Store)?;
+    let deadline = Instant::now().checked_add(budget);
+    let lock = store.lock(deadline).await.map_err(LoginError::Store)?;
     crate::refresh::tidy(store, &lock);
-    match read_settled(store).await {
-        Ok(_) | Err(StoreError::Missing { .. }) => {}
+    // A malformed file is refused here, before the code is spent.
+    let base = match read_settled(store).await {
+        Ok(snapshot) => Some(snapshot.doc),
+        Err(StoreError::Missing { .. }) => None,
         Err(e) => return Err(LoginError::Store(e)),
-    }
+    };
     let pending = store.begin_write().map_err(LoginError::Store)?;
     let client = TokenClient::new(req.client).map_err(LoginError::Refused)?;
     let exchange = CodeExchange {
@@ -263,6 +265,7 @@ pub async fn save_login(
         expires_in: req.expires_in,
     };
     let mut retries = 0;
+    let (sent_wall, sent_boot) = (epoch_millis(SystemTime::now()), boot_millis());
     let grant = loop {
         match client.exchange_code(&exchange).await {
             Ok(grant) => break grant,
@@ -274,7 +277,9 @@ pub async fn save_login(
                     retries,
                     random_unit(),
                     error.retry_after(),
-                    deadline.saturating_duration_since(Instant::now()),
+                    deadline.map_or(Duration::MAX, |d| {
+                        d.saturating_duration_since(Instant::now())
+                    }),
                 ) else {
                     return Err(LoginError::Unavailable(error));
                 };
@@ -285,12 +290,23 @@ pub async fn save_login(
             Err(ExchangeError { error, .. }) => return Err(LoginError::Refused(error)),
         }
     };
+    // A login is a grant this program obtained: the floor holds for it too.
+    if let Some(rt) = &grant.refresh_token {
+        lock.set_grant_record(&GrantRecord {
+            obtained_at: sent_wall,
+            obtained_boot: sent_boot,
+            lifetime_ms: grant.expires_at.saturating_sub(sent_wall),
+            token: token_fingerprint(rt),
+        });
+    }
     let lock_paths = claude_locks::lock_paths(store.path());
-    save_merged(store, &lock, &lock_paths, pending, true, |doc| {
-        doc.apply_login(&grant)
-    })
-    .await
-    .map_err(LoginError::Store)?;
+    let change = Change::Login {
+        grant: &grant,
+        base: base.as_ref(),
+    };
+    save::save(store, &lock, &lock_paths, &|| {}, pending, change)
+        .await
+        .map_err(LoginError::Store)?;
     Ok(Saved {
         path: store.path().to_path_buf(),
         access_token: grant.access_token.masked(),
@@ -311,31 +327,22 @@ pub enum LoggedOut {
 }
 
 /// Removes `claudeAiOauth` only, under the lock, atomically; deletes the file when nothing
-/// else remains in it.
+/// else remains in it. The decision is made on the store as re-read under Claude Code's
+/// storage-write lock, so a write Claude Code made a moment before is neither lost nor undone.
 pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreError> {
-    let lock = store.lock(Some(Instant::now() + budget)).await?;
+    let lock = store.lock(Instant::now().checked_add(budget)).await?;
     crate::refresh::tidy(store, &lock);
-    let mut doc = read_settled(store).await?.doc;
-    if !doc.remove_login() {
-        return Ok(LoggedOut::NothingToDo);
-    }
-    if doc.is_empty() {
-        store.remove()?;
-        return Ok(LoggedOut::Deleted);
-    }
+    // Refused early, with nothing taken: a malformed or missing file has no login to remove.
+    read_settled(store).await?;
     let lock_paths = claude_locks::lock_paths(store.path());
-    save_merged(
-        store,
-        &lock,
-        &lock_paths,
-        store.begin_write()?,
-        false,
-        |doc| {
-            doc.remove_login();
-        },
-    )
-    .await?;
-    Ok(LoggedOut::Removed)
+    let pending = store.begin_write()?;
+    match save::save(store, &lock, &lock_paths, &|| {}, pending, Change::Logout).await? {
+        save::Saved::Written {
+            fingerprint: None, ..
+        } => Ok(LoggedOut::Deleted),
+        save::Saved::Written { .. } => Ok(LoggedOut::Removed),
+        _ => Ok(LoggedOut::NothingToDo),
+    }
 }
 
 #[cfg(test)]

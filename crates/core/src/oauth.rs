@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 
 use crate::credentials::TokenUpdate;
-use crate::schedule::{epoch_millis, parse_retry_after};
+use crate::schedule::{cap_retry_after, epoch_millis, parse_retry_after};
 use crate::secret::{Secret, mask};
 use crate::settings::Url;
 
@@ -372,7 +372,20 @@ pub fn interpret_response(
                 "the token endpoint answered HTTP {status}{}",
                 describe_error(json.as_ref())
             ),
-            retry_after: answer.retry_after.and_then(|v| parse_retry_after(v, now)),
+            retry_after: answer
+                .retry_after
+                .and_then(|v| parse_retry_after(v, now))
+                .map(|asked| {
+                    let (honoured, capped) = cap_retry_after(asked);
+                    if capped {
+                        tracing::warn!(
+                            "the token endpoint asked to wait {}s (Retry-After); capped at {}s",
+                            asked.as_secs(),
+                            honoured.as_secs()
+                        );
+                    }
+                    honoured
+                }),
         }),
         _ => Err(OAuthError::Permanent {
             reason: format!(

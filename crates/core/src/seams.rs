@@ -36,8 +36,33 @@ mod active {
         }
     }
 
-    /// `CLAUDE_TOKEND_TEST_RENAME_ERRNO=N`: the rename fails with errno N (16 EBUSY, 18 EXDEV).
+    /// `CLAUDE_TOKEND_TEST_LOCK_WAIT_LIMIT_MS=N`: one-shot commands stop waiting for other
+    /// processes' locks after N ms instead of `limit` (2 minutes is too long for a test).
+    pub fn lock_wait_limit(limit: Duration) -> Duration {
+        std::env::var("CLAUDE_TOKEND_TEST_LOCK_WAIT_LIMIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(limit, Duration::from_millis)
+    }
+
+    /// `CLAUDE_TOKEND_TEST_FLOOR_MS=N`: the floor under the refresh rate is N ms instead of
+    /// `floor`, so the soak and kill loops can still refresh back to back.
+    pub fn floor(floor: Duration) -> Duration {
+        std::env::var("CLAUDE_TOKEND_TEST_FLOOR_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(floor, Duration::from_millis)
+    }
+
+    /// `CLAUDE_TOKEND_TEST_RENAME_ERRNO=N`: the rename fails with errno N (16 EBUSY, 18 EXDEV,
+    /// 13 EACCES). With `CLAUDE_TOKEND_TEST_RENAME_FAIL_WHILE=PATH`, only while PATH exists, so
+    /// a test can let a failing save succeed later.
     pub fn rename_error() -> Option<std::io::Error> {
+        if let Some(marker) = std::env::var_os("CLAUDE_TOKEND_TEST_RENAME_FAIL_WHILE")
+            && !std::path::Path::new(&marker).exists()
+        {
+            return None;
+        }
         std::env::var("CLAUDE_TOKEND_TEST_RENAME_ERRNO")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -54,6 +79,14 @@ mod inert {
     pub fn crash_point(_step: &str) {}
     #[inline(always)]
     pub fn crash_in_flight(_step: &str) {}
+    #[inline(always)]
+    pub fn lock_wait_limit(limit: std::time::Duration) -> std::time::Duration {
+        limit
+    }
+    #[inline(always)]
+    pub fn floor(floor: std::time::Duration) -> std::time::Duration {
+        floor
+    }
     #[inline(always)]
     pub fn rename_error() -> Option<std::io::Error> {
         None

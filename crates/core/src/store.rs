@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::credentials::{Credentials, ParseError};
+use crate::schedule::GrantRecord;
 
 /// The file mode the credentials file always has.
 pub const FILE_MODE: u32 = 0o600;
@@ -255,6 +256,52 @@ impl Store {
         })
     }
 
+    /// Copies the store's bytes, unchanged, to `<target>.malformed-<UTC yyyymmddThhmmssZ>`
+    /// (0600, synced), before new tokens in hand are written over a file that does not parse:
+    /// nothing the file held is lost. Returns the copy's path.
+    pub fn copy_aside(&self) -> Result<PathBuf, StoreError> {
+        let target = self.target();
+        let bytes =
+            fs::read(&target).map_err(write_error("reading the malformed file", &target))?;
+        let stamp = utc_stamp(std::time::SystemTime::now());
+        let mut n = 1;
+        loop {
+            let mut name = target.clone().into_os_string();
+            name.push(format!(".malformed-{stamp}"));
+            if n > 1 {
+                name.push(format!("-{n}"));
+            }
+            let copy = PathBuf::from(name);
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&copy);
+            let mut file = match created {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 100 => {
+                    n += 1;
+                    continue;
+                }
+                other => other.map_err(write_error(
+                    "creating the copy of the malformed file",
+                    &copy,
+                ))?,
+            };
+            let err = write_error("writing the copy of the malformed file", &copy);
+            file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                .and_then(|()| file.write_all(&bytes))
+                .and_then(|()| file.sync_all())
+                .map_err(err)?;
+            tracing::warn!(
+                "{} did not parse; its bytes were copied unchanged to {} before the new tokens \
+                 were written",
+                self.path.display(),
+                copy.display()
+            );
+            return Ok(copy);
+        }
+    }
+
     /// Creates the target's directory (0700, and any missing parents) when it does not exist:
     /// a first login on a machine where Claude Code never ran.
     pub fn ensure_dir(&self) -> Result<(), StoreError> {
@@ -411,6 +458,32 @@ fn write_error(stage: &'static str, path: &Path) -> impl FnOnce(io::Error) -> St
     }
 }
 
+/// `20261202T041233Z`: a UTC time for file names (civil date from days, Howard Hinnant's
+/// algorithm, so no time-zone crate is needed in the library).
+pub fn utc_stamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Removes temp files a crashed writer left behind. Called with the lock held: every writer
 /// holds it for as long as its temp file exists, so any temp file found now is an orphan.
 fn remove_stale_temps(dir: &Path, prefix: &std::ffi::OsStr) {
@@ -484,10 +557,11 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// The note the last holder left in the lock file: which of Claude Code's lock directories
-    /// it held (see `claude_locks::ledger`). Whoever holds the lock now may read it: the
-    /// previous holder is gone, and a note it did not clear means it died holding them.
-    pub fn read_note(&self) -> String {
+    /// The lock file's text. Whoever holds the lock may read it: the previous holder is gone.
+    /// It holds two things: the [`GrantRecord`] of the last grant this program obtained (one
+    /// line), and the ledger of Claude Code lock directories held (see `claude_locks::ledger`):
+    /// a ledger the last holder did not clear means it died holding them.
+    fn read_raw(&self) -> String {
         use std::io::{Read, Seek};
         let mut text = String::new();
         let mut f = &self.file;
@@ -496,22 +570,69 @@ impl FileLock {
         text
     }
 
-    /// Replaces the note. Not synced: it only has to outlive the process, not the machine
-    /// (a reboot ends every holder anyway).
-    pub fn write_note(&self, note: &str) {
+    /// Replaces the text. Not synced: it only has to outlive the process, not the machine (a
+    /// reboot ends every holder anyway, and a lost grant record only means a lead-based
+    /// schedule until the next refresh).
+    fn write_raw(&self, text: &str) {
         use std::io::{Seek, Write};
         let mut f = &self.file;
-        // Write first, cut the tail after: a process killed in between leaves the new note
+        // Write first, cut the tail after: a process killed in between leaves the new text
         // (plus, at worst, a stale tail that names directories whose identity will not match),
         // never an empty one.
         let _ = f.seek(io::SeekFrom::Start(0));
-        let _ = f.write_all(note.as_bytes());
-        let _ = f.set_len(note.len() as u64);
+        let _ = f.write_all(text.as_bytes());
+        let _ = f.set_len(text.len() as u64);
     }
 
-    /// Adds to the note.
-    pub fn append_note(&self, more: &str) {
-        self.write_note(&(self.read_note() + more));
+    /// Splits the text into the grant record and the ledger lines.
+    fn parts(&self) -> (Option<GrantRecord>, String) {
+        let mut record = None;
+        let mut ledger = String::new();
+        for line in self.read_raw().lines() {
+            match GrantRecord::from_line(line) {
+                Some(r) => record = Some(r),
+                None if !line.is_empty() => {
+                    ledger.push_str(line);
+                    ledger.push('\n');
+                }
+                None => {}
+            }
+        }
+        (record, ledger)
+    }
+
+    fn write_parts(&self, record: Option<&GrantRecord>, ledger: &str) {
+        let mut text = record.map(GrantRecord::to_line).unwrap_or_default();
+        text.push_str(ledger);
+        self.write_raw(&text);
+    }
+
+    /// The ledger of Claude Code lock directories the last holder held.
+    pub fn ledger(&self) -> String {
+        self.parts().1
+    }
+
+    /// Replaces the ledger; the grant record stays.
+    pub fn set_ledger(&self, ledger: &str) {
+        let (record, _) = self.parts();
+        self.write_parts(record.as_ref(), ledger);
+    }
+
+    /// Adds to the ledger.
+    pub fn append_ledger(&self, more: &str) {
+        let (record, ledger) = self.parts();
+        self.write_parts(record.as_ref(), &(ledger + more));
+    }
+
+    /// The record of the last grant this program obtained for this store.
+    pub fn grant_record(&self) -> Option<GrantRecord> {
+        self.parts().0
+    }
+
+    /// Replaces the grant record; the ledger stays.
+    pub fn set_grant_record(&self, record: &GrantRecord) {
+        let (_, ledger) = self.parts();
+        self.write_parts(Some(record), &ledger);
     }
 }
 
@@ -797,6 +918,51 @@ mod tests {
         assert!(is_mount_point(&io::Error::from_raw_os_error(libc::EBUSY)));
         assert!(is_mount_point(&io::Error::from_raw_os_error(libc::EXDEV)));
         assert!(!is_mount_point(&io::Error::from_raw_os_error(libc::EACCES)));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn utc_stamps_by_table() {
+        let at = |secs: u64| utc_stamp(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "19700101T000000Z");
+        assert_eq!(at(951_782_400), "20000229T000000Z");
+        assert_eq!(at(1_796_184_753), "20261202T041233Z");
+        assert_eq!(at(4_102_444_799), "20991231T235959Z");
+    }
+
+    #[test]
+    fn copy_aside_keeps_the_bytes_and_the_grant_record_survives_the_ledger() {
+        let dir = temp_dir("aside");
+        let store = Store::new(dir.join(FILE_NAME));
+        fs::write(dir.join(FILE_NAME), b"{not json\x00").unwrap();
+        let first = store.copy_aside().unwrap();
+        let second = store.copy_aside().unwrap();
+        assert_ne!(
+            first, second,
+            "a second copy in the same second gets its own name"
+        );
+        assert_eq!(fs::read(&first).unwrap(), b"{not json\x00");
+        assert_eq!(
+            fs::metadata(&first).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let name = first.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(name.starts_with(".credentials.json.malformed-2"), "{name}");
+
+        let lock = store.try_lock().unwrap().unwrap();
+        let record = GrantRecord {
+            obtained_at: 5,
+            obtained_boot: 6,
+            lifetime_ms: 600_000,
+            token: "0123456789abcdef".into(),
+        };
+        lock.append_ledger("/x/.oauth_refresh.lock\t1\t2\t3\n");
+        lock.set_grant_record(&record);
+        lock.set_ledger("");
+        assert_eq!(lock.grant_record(), Some(record.clone()));
+        lock.append_ledger("/y\t1\t2\t-\n");
+        assert_eq!(lock.ledger(), "/y\t1\t2\t-\n");
+        assert_eq!(lock.grant_record(), Some(record));
         fs::remove_dir_all(dir).unwrap();
     }
 

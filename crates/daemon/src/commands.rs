@@ -2,17 +2,18 @@
 //! store and policy from the settings, the tokio runtime (only when a request may be needed),
 //! and the mapping from outcomes to messages and exit codes.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use tokend_core::oauth::ClientConfig;
-use tokend_core::refresh::{self, Mode, Outcome, Policy, RefreshError};
+use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError};
 use tokend_core::schedule::{due_at, epoch_millis, is_due};
-use tokend_core::settings::format_duration;
 use tokend_core::store::{self, FILE_MODE, Store, StoreError};
 
-use crate::cli::Settings;
+use crate::cli::{DEFAULT_CLIENT_ID, Settings};
 use crate::exit;
+use crate::show::{describe_expiry, emit, local_time, relative, when};
 
 /// Finds the credentials file from the settings and the environment (the contract's order).
 pub fn store_for(settings: &Settings) -> Result<Store, u8> {
@@ -30,9 +31,22 @@ pub fn store_for(settings: &Settings) -> Result<Store, u8> {
 }
 
 pub fn policy_for(settings: &Settings) -> Policy {
+    // Where the client id came from, for a message when the server refuses it. The flag and the
+    // variable carry the same value when both are set, so the variable is named only when it
+    // is the one that set it.
+    let from_env = std::env::var("ANTHROPIC_CLIENT_ID")
+        .is_ok_and(|v| !v.trim().is_empty() && v.trim() == settings.client_id);
+    let client_id_origin = if from_env {
+        "ANTHROPIC_CLIENT_ID"
+    } else if settings.client_id == DEFAULT_CLIENT_ID {
+        "the built-in default of --client-id"
+    } else {
+        "the --client-id setting"
+    };
     Policy {
         lead: settings.refresh_before,
         client_id: settings.client_id.clone(),
+        client_id_origin: client_id_origin.to_owned(),
         client: ClientConfig {
             token_url: settings.token_url.clone(),
             user_agent: settings.user_agent.clone(),
@@ -63,6 +77,7 @@ pub fn exit_code(e: &RefreshError) -> u8 {
         RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. } => exit::LOGIN_NEEDED,
         RefreshError::Store(StoreError::Lock { .. } | StoreError::Write { .. })
         | RefreshError::SaveFailed { .. }
+        | RefreshError::ClientRefused { .. }
         | RefreshError::Endpoint { .. } => exit::FAILURE,
     }
 }
@@ -107,10 +122,27 @@ pub fn once(settings: &Settings) -> u8 {
     ));
     match result {
         Ok(outcome) => {
+            warn_malformed_copy(&outcome);
             tracing::info!("{}", describe_outcome(&outcome));
             exit::OK
         }
         Err(e) => report(&e),
+    }
+}
+
+/// The one success `--once` is not silent about: the store did not parse when the new tokens
+/// arrived, and its bytes were copied aside before they were written.
+fn warn_malformed_copy(outcome: &Outcome) {
+    if let Outcome::Refreshed {
+        malformed_copy: Some(copy),
+        ..
+    } = outcome
+    {
+        eprintln!(
+            "claude-tokend: warning: the credentials file did not parse when the new tokens \
+             arrived; its bytes were copied unchanged to {} and the tokens were saved",
+            copy.display()
+        );
     }
 }
 
@@ -124,13 +156,19 @@ pub fn refresh(settings: &Settings) -> u8 {
     let result = runtime().block_on(refresh::refresh_with_budget(
         &store,
         &policy,
-        Mode::Force { expected: None },
+        Mode::Force {
+            expected: None,
+            floor: Floor::Exempt,
+        },
         settings.retry_budget,
     ));
     match result {
         Ok(outcome) => {
-            println!("{}", describe_outcome(&outcome));
-            exit::OK
+            warn_malformed_copy(&outcome);
+            match emit(format!("{}\n", describe_outcome(&outcome)).as_bytes()) {
+                Ok(()) => exit::OK,
+                Err(code) => code,
+            }
         }
         Err(e) => report(&e),
     }
@@ -138,7 +176,7 @@ pub fn refresh(settings: &Settings) -> u8 {
 
 pub fn describe_outcome(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Fresh { expires_at } => {
+        Outcome::Fresh { expires_at, .. } => {
             format!("Token is fresh; {}", describe_expiry(*expires_at))
         }
         Outcome::Refreshed {
@@ -153,40 +191,6 @@ pub fn describe_outcome(outcome: &Outcome) -> String {
             "Another process had already refreshed the token; {}",
             describe_expiry(*expires_at)
         ),
-    }
-}
-
-/// `expires 2026-11-27 11:02:03 CET (in 7h 12m)`.
-pub fn describe_expiry(expires_at: Option<i64>) -> String {
-    match expires_at {
-        None => "expiry unknown".into(),
-        Some(ms) => format!("expires {}", when(ms)),
-    }
-}
-
-/// A moment as local time plus how far away it is: `2026-11-27 11:02:03 CET (in 7h 12m)`.
-pub fn when(ms: i64) -> String {
-    format!("{} ({})", local_time(ms), relative(ms))
-}
-
-pub fn local_time(ms: i64) -> String {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(ts) => ts
-            .to_zoned_datetime(jiff::tz::TimeZone::system())
-            .strftime("%Y-%m-%d %H:%M:%S %Z")
-            .to_string(),
-        Err(_) => format!("{ms} ms after the epoch"),
-    }
-}
-
-pub fn relative(ms: i64) -> String {
-    let now = epoch_millis(SystemTime::now());
-    let delta = ms.saturating_sub(now);
-    let d = Duration::from_millis(delta.unsigned_abs());
-    if delta >= 0 {
-        format!("in {}", format_duration(d))
-    } else {
-        format!("{} ago", format_duration(d))
     }
 }
 
@@ -205,14 +209,18 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
     let target_text = (target != store.path()).then(|| target.display().to_string());
     let mode_ok = snapshot.mode & 0o077 == 0;
     let mode_text = format!("{:04o}", snapshot.mode);
+    // Everything for stdout is gathered first and written once: a reader that goes away (a
+    // closed pipe) then costs nothing but the write.
+    let mut out = String::new();
     let view = match snapshot.doc.oauth() {
         Ok(Some(v)) if !v.is_logged_out() => v,
         Ok(_) => {
             if as_json {
                 let doc = json!({"path": path, "target": target_text, "loggedIn": false,
                                  "fileMode": mode_text, "fileModeOk": mode_ok});
-                println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+                out = pretty(&doc);
             }
+            let _ = emit(out.as_bytes());
             eprintln!(
                 "claude-tokend: {path}: no login in the file; a new login is needed: \
                  run `claude-tokend login` (or sign in with Claude Code)"
@@ -235,7 +243,7 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             "refreshToken": view.refresh_token.as_ref().map(|t| t.masked()),
             "expiresAt": view.expires_at,
             "expiresAtLocal": view.expires_at.map(local_time),
-            "expiresInSeconds": view.expires_at.map(|at| (at - now) / 1000),
+            "expiresInSeconds": view.expires_at.map(|at| at.saturating_sub(now) / 1000),
             "expired": expired,
             "refreshDueAt": refresh_due,
             "refreshTokenExpiresAt": view.refresh_token_expires_at,
@@ -247,9 +255,11 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             "fileMode": mode_text,
             "fileModeOk": mode_ok,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+        out = pretty(&doc);
     } else {
-        let row = |k: &str, v: String| println!("{k:<15}{v}");
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(out, "{k:<15}{v}");
+        };
         row("Credentials:", path.clone());
         if let Some(t) = &target_text {
             row("Symlink to:", t.clone());
@@ -265,11 +275,7 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         row(
             "Expires:",
             match view.expires_at {
-                Some(at) if at <= now => format!(
-                    "{} (expired {})",
-                    local_time(at),
-                    relative(at).trim_end_matches(" ago").to_owned() + " ago"
-                ),
+                Some(at) if at <= now => format!("{} (expired {})", local_time(at), relative(at)),
                 Some(at) => when(at),
                 None => "unknown".into(),
             },
@@ -293,8 +299,11 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             (None, None) => {}
         }
     }
+    if let Err(code) = emit(out.as_bytes()) {
+        return code;
+    }
     if let Some(at) = view.refresh_token_expires_at
-        && at - now <= 3 * 86_400_000
+        && at.saturating_sub(now) <= 3 * 86_400_000
     {
         eprintln!(
             "claude-tokend: warning: the login itself ends {}; no refresh can extend it: \
@@ -309,6 +318,10 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         );
     }
     if expired { exit::FAILURE } else { exit::OK }
+}
+
+fn pretty(doc: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(doc).expect("a JSON value always serializes") + "\n"
 }
 
 /// `read_settled` without a runtime: `status` must stay as cheap as the `--once` fast path.
@@ -337,8 +350,7 @@ pub fn daemon(settings: &Settings) -> u8 {
             Ok(signals) => {
                 crate::daemon::Daemon::new(store, policy, crate::daemon::SystemClock)
                     .run(signals)
-                    .await;
-                exit::OK
+                    .await
             }
             Err(e) => {
                 eprintln!("claude-tokend: cannot install signal handlers: {e}");

@@ -16,8 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::cli::{LoginArgs, Settings};
-use crate::commands::{describe_expiry, policy_for, runtime, store_for};
+use crate::commands::{policy_for, runtime, store_for};
 use crate::exit;
+use crate::show::describe_expiry;
 
 /// How long the loopback flow waits for the browser to come back.
 const LOOPBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);

@@ -9,6 +9,7 @@ mod daemon;
 mod logging;
 mod login;
 mod service;
+mod show;
 
 use std::process::ExitCode;
 

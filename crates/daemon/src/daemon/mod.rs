@@ -14,14 +14,15 @@ use std::cell::Cell;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokend_core::oauth::TokenClient;
-use tokend_core::refresh::{self, Mode, Outcome, Policy, RefreshError, Step};
-use tokend_core::schedule::{Backoff, due_at, epoch_millis, random_unit};
+use tokend_core::credentials::OAuthView;
+use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
+use tokend_core::schedule::{Backoff, epoch_millis, random_unit};
 use tokend_core::store::{Store, StoreError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::commands::{local_time, when};
+use crate::exit;
+use crate::show::{local_time, when};
 use notify_systemd::Notifier;
 use plan::{Next, State, Waiting};
 use watch::{Ping, Watch};
@@ -48,6 +49,11 @@ const MALFORMED_RETRY: Duration = Duration::from_millis(250);
 const MALFORMED_TRIES: u32 = 5;
 /// From this long before `refreshTokenExpiresAt`, the daemon warns that a new login is needed.
 const LOGIN_EXPIRY_WARNING_MS: i64 = 3 * 24 * 3600 * 1000;
+/// On SIGTERM with new tokens not yet saved, saving is retried for this long before giving up.
+const UNSAVED_GRACE: Duration = Duration::from_secs(10);
+/// The shortest pause between two attempts that sent nothing (the store said "not due" or
+/// another process had refreshed): a guard against a scheduling mistake turning into a loop.
+const IDLE_ATTEMPT_GAP: Duration = Duration::from_secs(1);
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -129,9 +135,15 @@ pub struct Daemon<C: Clock> {
     /// When a coalesced or retried re-read is due.
     reread_at: Option<Instant>,
     malformed_tries: u32,
-    /// Built on the first refresh attempt and dropped after success, so the idle daemon holds
-    /// no TLS state and no connection pool.
-    client: Option<TokenClient>,
+    /// The HTTP client (built on the first attempt and dropped after success, so the idle
+    /// daemon holds no TLS state and no connection pool) and new tokens not saved yet.
+    refresher: Refresher,
+    /// [`OAuthView::own_fields_key`] of the login last read: a rewrite that leaves the login's
+    /// own fields as they were (an MCP token, a setting) neither re-sends a refused refresh
+    /// token nor cuts a backoff short.
+    login_key: Option<u64>,
+    /// The short-grant warning is logged once.
+    warned_short_grant: bool,
     /// The last "waiting for ..." message logged, so each is logged once.
     said: Option<String>,
     watch: Option<Watch>,
@@ -155,7 +167,9 @@ impl<C: Clock> Daemon<C> {
             last_stamp: None,
             reread_at: None,
             malformed_tries: 0,
-            client: None,
+            refresher: Refresher::new(),
+            login_key: None,
+            warned_short_grant: false,
             said: None,
             watch: None,
             login_expires_at: None,
@@ -165,8 +179,9 @@ impl<C: Clock> Daemon<C> {
         }
     }
 
-    /// Runs until SIGTERM or SIGINT. Returns normally: a clean stop is exit 0.
-    pub async fn run(mut self, mut signals: Signals) {
+    /// Runs until SIGTERM or SIGINT, and returns the exit code: 0 for a clean stop, 1 when new
+    /// tokens could not be saved before stopping.
+    pub async fn run(mut self, mut signals: Signals) -> u8 {
         tracing::info!(
             "claude-tokend {} started; credentials at {}",
             env!("CARGO_PKG_VERSION"),
@@ -177,7 +192,8 @@ impl<C: Clock> Daemon<C> {
         self.notifier.ready();
         loop {
             let event = match self.next_step() {
-                Next::RefreshNow => Event::RefreshNow,
+                Next::RefreshNow { force: false } => Event::RefreshNow,
+                Next::RefreshNow { force: true } => Event::ForceRefresh,
                 Next::Sleep(sleep) => self.wait(sleep, &mut signals).await,
             };
             let flow = match event {
@@ -186,9 +202,12 @@ impl<C: Clock> Daemon<C> {
                 Event::Reload => self.on_reload(),
                 Event::RefreshNow => self.on_refresh(Mode::IfDue, &mut signals).await,
                 Event::ForceRefresh => {
-                    tracing::info!("SIGUSR1: refreshing now");
-                    self.on_refresh(Mode::Force { expected: None }, &mut signals)
-                        .await
+                    tracing::info!("refreshing now (SIGUSR1)");
+                    let mode = Mode::Force {
+                        expected: None,
+                        floor: Floor::Honour,
+                    };
+                    self.on_refresh(mode, &mut signals).await
                 }
                 Event::Shutdown(why) => {
                     tracing::info!("{why}: stopping");
@@ -201,11 +220,58 @@ impl<C: Clock> Daemon<C> {
             }
         }
         self.notifier.stopping();
+        self.save_before_exit().await
+    }
+
+    /// Stopping with new tokens in hand: the old refresh token is spent, so these are the
+    /// login. Their save is retried for a while; giving up is an error the user must see.
+    async fn save_before_exit(&mut self) -> u8 {
+        if !self.refresher.has_unsaved_grant() {
+            return exit::OK;
+        }
+        tracing::warn!("new tokens are not saved yet; retrying the save before stopping");
+        let deadline = Instant::now() + UNSAVED_GRACE;
+        let mut retries = 0;
+        loop {
+            let result = self
+                .refresher
+                .attempt(
+                    &self.store,
+                    &self.policy,
+                    &mut Mode::IfDue,
+                    Some(deadline),
+                    &refresh::unobserved,
+                )
+                .await;
+            match result {
+                Err(RefreshError::SaveFailed { .. } | RefreshError::Store(_))
+                    if self.refresher.has_unsaved_grant() =>
+                {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match Backoff::SAVE.delay_within(retries, random_unit(), None, left) {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => break,
+                    }
+                    retries += 1;
+                }
+                _ => break,
+            }
+        }
+        if self.refresher.has_unsaved_grant() {
+            tracing::error!(
+                "stopping with new tokens that could not be saved to {}: the old refresh token \
+                 is spent, so the login may be lost; if Claude Code reports that you are logged \
+                 out, run `claude-tokend login`",
+                self.store.path().display()
+            );
+            return exit::FAILURE;
+        }
+        exit::OK
     }
 
     /// What to do next, by the wall clock (read through the seam).
     fn next_step(&self) -> Next {
-        plan::next(&self.state, self.clock.now(), self.policy.lead)
+        plan::next(&self.state, self.clock.now(), Instant::now())
     }
 
     /// Sleeps until the next deadline or an event, whichever is first.
@@ -318,15 +384,28 @@ impl<C: Clock> Daemon<C> {
                 }
                 self.known = Some(snapshot.fingerprint);
                 let view = snapshot.doc.oauth().ok().flatten();
+                let key = view.as_ref().map(OAuthView::own_fields_key);
+                let same_login = key.is_some() && key == self.login_key;
+                self.login_key = key;
+                // Only the login's own fields re-arm: a refused token is not sent again, and a
+                // backoff (or the retried save of tokens in hand) is not cut short, because an
+                // MCP token or a setting changed.
+                let settled = matches!(
+                    self.state,
+                    State::Waiting(Waiting::LoginNeeded(_) | Waiting::Misconfigured(_))
+                        | State::BackingOff { .. }
+                        | State::Scheduled { .. }
+                );
+                if (same_login && settled) || self.refresher.has_unsaved_grant() {
+                    return;
+                }
                 match view {
                     Some(v) if !v.is_logged_out() => {
                         self.said = None;
                         self.login_expires_at = v.refresh_token_expires_at;
                         self.check_login_expiry();
-                        self.state = State::Scheduled {
-                            expires_at: v.expires_at,
-                        };
-                        self.log_schedule(v.expires_at);
+                        let at = refresh::next_at_unlocked(&self.store, &v, self.policy.lead);
+                        self.schedule(v.expires_at, at, false);
                     }
                     _ => self.wait_for(Waiting::LoggedOut),
                 }
@@ -397,22 +476,34 @@ impl<C: Clock> Daemon<C> {
         self.said = Some(text);
     }
 
-    fn log_schedule(&self, expires_at: Option<i64>) {
+    /// Schedules the next refresh at `at` (wall clock) and says so.
+    fn schedule(&mut self, expires_at: Option<i64>, at: i64, force: bool) {
+        self.state = State::Scheduled {
+            expires_at,
+            at,
+            force,
+        };
+        let now = self.clock.now();
         match expires_at {
-            Some(at) => {
-                let due = due_at(at, self.policy.lead);
-                if due <= self.clock.now() {
-                    tracing::info!("token expires {}; refreshing now", when(at));
-                } else {
-                    tracing::info!(
-                        "token expires {}; next refresh at {}",
-                        when(at),
-                        local_time(due)
-                    );
-                }
+            Some(exp) if at <= now => {
+                tracing::info!("token expires {}; refreshing now", when(exp))
             }
-            None => tracing::info!("token has no expiry time; refreshing now"),
+            Some(exp) => tracing::info!(
+                "token expires {}; next refresh at {}",
+                when(exp),
+                local_time(at)
+            ),
+            None if at <= now => tracing::info!("token has no expiry time; refreshing now"),
+            None => tracing::info!("token has no expiry time; refreshing at {}", local_time(at)),
         }
+    }
+
+    /// Re-reads the store after an attempt and schedules from it, whatever was known before
+    /// (the attempt has just looked at it under the lock).
+    fn rearm_from_store(&mut self) {
+        self.login_key = None;
+        self.state = State::Unknown;
+        self.reread(true);
     }
 
     /// One refresh attempt, racing shutdown signals: a shutdown before the request went out
@@ -428,14 +519,9 @@ impl<C: Clock> Daemon<C> {
         };
         let mut stop_after = None;
         let result = {
-            let attempt = refresh::attempt(
-                &self.store,
-                &self.policy,
-                &mut mode,
-                &mut self.client,
-                None,
-                &observe,
-            );
+            let attempt =
+                self.refresher
+                    .attempt(&self.store, &self.policy, &mut mode, None, &observe);
             tokio::pin!(attempt);
             loop {
                 // An attempt may wait a long time for another refresher's lock: keep feeding
@@ -461,7 +547,8 @@ impl<C: Clock> Daemon<C> {
                 }
             }
         };
-        self.handle_result(result);
+        let forced = matches!(mode, Mode::Force { .. });
+        self.handle_result(result, forced);
         match stop_after {
             Some(why) => {
                 tracing::info!("{why}: stopping");
@@ -471,42 +558,62 @@ impl<C: Clock> Daemon<C> {
         }
     }
 
-    fn handle_result(&mut self, result: Result<Outcome, RefreshError>) {
+    fn handle_result(&mut self, result: Result<Outcome, RefreshError>, forced: bool) {
         match result {
             Ok(Outcome::Refreshed {
                 expires_at,
+                next_at,
                 fingerprint,
+                short_grant,
                 ..
             }) => {
-                self.client = None;
+                self.refresher.drop_client();
                 self.known = Some(fingerprint);
                 if let Ok(Some(v)) = self.store.read().map(|s| s.doc.oauth().ok().flatten()) {
                     self.login_expires_at = v.refresh_token_expires_at;
+                    self.login_key = Some(v.own_fields_key());
                 }
                 self.last_stamp = stamp(&self.store);
                 self.said = None;
-                self.state = State::Scheduled {
-                    expires_at: Some(expires_at),
-                };
-                self.log_schedule(Some(expires_at));
+                if short_grant && !self.warned_short_grant {
+                    self.warned_short_grant = true;
+                    tracing::warn!(
+                        "the server's tokens live no longer than --refresh-before ({}); they are \
+                         refreshed at half their lifetime instead, and never twice within a minute",
+                        tokend_core::settings::format_duration(self.policy.lead)
+                    );
+                }
+                self.schedule(Some(expires_at), next_at, false);
             }
-            Ok(Outcome::Fresh { .. } | Outcome::Adopted { .. }) => {
-                self.client = None;
-                self.reread(true);
+            Ok(Outcome::Fresh {
+                expires_at,
+                next_at,
+            }) => {
+                self.refresher.drop_client();
+                let earliest = self
+                    .clock
+                    .now()
+                    .saturating_add(IDLE_ATTEMPT_GAP.as_millis() as i64);
+                self.note_store();
+                self.schedule(expires_at, next_at.max(earliest), forced);
+            }
+            Ok(Outcome::Adopted { .. }) => {
+                self.refresher.drop_client();
+                self.rearm_from_store();
             }
             Err(
                 e @ (RefreshError::LoginNeeded { .. }
                 | RefreshError::Rejected { .. }
+                | RefreshError::ClientRefused { .. }
                 | RefreshError::Endpoint { .. }),
             ) => {
-                self.client = None;
-                // Remember the file as it is now: only a change to it (a new login) ends the wait.
-                if let Ok(s) = self.store.read() {
-                    self.known = Some(s.fingerprint);
-                }
-                self.last_stamp = stamp(&self.store);
+                self.refresher.drop_client();
+                // Remember the login as it is now: only a change to its own fields ends the wait.
+                self.note_store();
                 let why = match e {
-                    RefreshError::Endpoint { .. } => Waiting::Misconfigured(e.to_string()),
+                    RefreshError::Endpoint { .. } | RefreshError::ClientRefused { .. } => {
+                        Waiting::Misconfigured(e.to_string())
+                    }
                     _ => Waiting::LoginNeeded(e.to_string()),
                 };
                 self.wait_for(why);
@@ -516,18 +623,40 @@ impl<C: Clock> Daemon<C> {
                 self.known = None;
                 self.wait_for(Waiting::Malformed(e.to_string()));
             }
-            Err(e) => self.back_off(&e),
+            Err(e @ RefreshError::SaveFailed { .. }) => {
+                tracing::error!("{e}");
+                self.back_off(&e, Backoff::SAVE);
+            }
+            Err(e) => self.back_off(&e, Backoff::STANDARD),
         }
     }
 
-    fn back_off(&mut self, e: &RefreshError) {
+    /// Records the store as it is now (bytes, identity, the login's own fields) without
+    /// changing the schedule.
+    fn note_store(&mut self) {
+        if let Ok(s) = self.store.read() {
+            self.known = Some(s.fingerprint);
+            if let Ok(Some(v)) = s.doc.oauth() {
+                self.login_key = Some(v.own_fields_key());
+                self.login_expires_at = v.refresh_token_expires_at;
+            }
+        }
+        self.last_stamp = stamp(&self.store);
+    }
+
+    fn back_off(&mut self, e: &RefreshError, policy: Backoff) {
         let retries = match &self.state {
-            State::BackingOff { retries, .. } => retries + 1,
+            State::BackingOff { retries, .. } => retries.saturating_add(1),
             _ => 0,
         };
-        let delay = Backoff::STANDARD.delay(retries, random_unit(), e.retry_after());
-        let until = self.clock.now() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-        tracing::warn!("backing off for {:.1}s because {e}", delay.as_secs_f64());
+        let delay = policy.delay(retries, random_unit(), e.retry_after());
+        let now = Instant::now();
+        // `delay` is at most an hour (Retry-After is capped), so this cannot overflow; if it
+        // somehow did, a minute is a safe answer.
+        let until = now.checked_add(delay).unwrap_or(now + plan::MAX_SLEEP);
+        if !self.refresher.has_unsaved_grant() {
+            tracing::warn!("backing off for {:.1}s because {e}", delay.as_secs_f64());
+        }
         self.state = State::BackingOff {
             until,
             retries,
@@ -559,16 +688,21 @@ impl<C: Clock> Daemon<C> {
         let text = match &self.state {
             State::Unknown => "starting".to_owned(),
             State::Scheduled {
-                expires_at: Some(at),
+                expires_at: Some(exp),
+                at,
+                ..
             } => format!(
                 "next refresh at {}; token expires {}",
-                local_time(due_at(*at, self.policy.lead)),
-                local_time(*at)
+                local_time(*at),
+                local_time(*exp)
             ),
-            State::Scheduled { expires_at: None } => "refreshing".to_owned(),
-            State::BackingOff { until, reason, .. } => {
-                format!("retrying at {}; last error: {reason}", local_time(*until))
-            }
+            State::Scheduled {
+                expires_at: None, ..
+            } => "refreshing".to_owned(),
+            State::BackingOff { until, reason, .. } => format!(
+                "retrying in {}s; last error: {reason}",
+                until.saturating_duration_since(Instant::now()).as_secs()
+            ),
             State::Waiting(Waiting::Missing) => {
                 format!("waiting for {}", self.store.path().display())
             }
@@ -589,7 +723,7 @@ impl<C: Clock> Daemon<C> {
 mod tests {
     use super::*;
     use std::rc::Rc;
-    use tokend_core::oauth::ClientConfig;
+    use tokend_core::oauth::{ClientConfig, OAuthError};
     use tokend_core::settings::parse_endpoint_url;
 
     /// A wall clock the test moves by hand.
@@ -606,6 +740,7 @@ mod tests {
         let policy = Policy {
             lead: Duration::from_secs(15 * 60),
             client_id: "test-client".into(),
+            client_id_origin: "the test".into(),
             client: ClientConfig {
                 token_url: parse_endpoint_url("http://127.0.0.1:9/token").unwrap(),
                 user_agent: "test".into(),
@@ -622,12 +757,14 @@ mod tests {
         let mut d = daemon(clock.clone());
         d.state = State::Scheduled {
             expires_at: Some(start + 8 * HOUR),
+            at: start + 8 * HOUR - HOUR / 4,
+            force: false,
         };
         // Hours before the deadline, the loop sleeps no longer than a minute at a time.
         assert_eq!(d.next_step(), Next::Sleep(plan::MAX_SLEEP));
         // The laptop sleeps for nine hours; on waking, the first look at the clock says "now".
         clock.0.set(start + 9 * HOUR);
-        assert_eq!(d.next_step(), Next::RefreshNow);
+        assert_eq!(d.next_step(), Next::RefreshNow { force: false });
         // A clock set backwards moves the deadline away again rather than firing early.
         clock.0.set(start - 24 * HOUR);
         assert_eq!(d.next_step(), Next::Sleep(plan::MAX_SLEEP));
@@ -648,34 +785,56 @@ mod tests {
         assert_eq!(d.login_ending(), Some(104 * DAY), "past it: still says so");
     }
 
-    #[test]
-    fn backoff_grows_and_honours_retry_after() {
-        let clock = FakeClock(Rc::new(Cell::new(1_000_000)));
-        let mut d = daemon(clock.clone());
-        let transient = |ra: Option<u64>| RefreshError::Transient {
-            error: tokend_core::oauth::OAuthError::Transient {
+    fn transient(ra: Option<u64>) -> RefreshError {
+        RefreshError::Transient {
+            error: OAuthError::Transient {
                 reason: "HTTP 503".into(),
                 retry_after: ra.map(Duration::from_secs),
             },
             attempts: 1,
-        };
-        d.back_off(&transient(Some(30)));
-        let State::BackingOff { until, retries, .. } = d.state.clone() else {
+        }
+    }
+
+    fn left(d: &Daemon<FakeClock>) -> Duration {
+        let State::BackingOff { until, .. } = &d.state else {
             panic!("expected backoff, got {:?}", d.state)
         };
-        assert_eq!(retries, 0);
-        assert!(until >= 1_000_000 + 30_000, "Retry-After is a minimum");
+        until.saturating_duration_since(Instant::now())
+    }
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let clock = FakeClock(Rc::new(Cell::new(1_000_000)));
+        let mut d = daemon(clock.clone());
+        d.back_off(&transient(Some(30)), Backoff::STANDARD);
+        assert!(
+            left(&d) >= Duration::from_secs(29),
+            "Retry-After is a minimum"
+        );
         for _ in 0..12 {
-            d.back_off(&transient(None));
+            d.back_off(&transient(None), Backoff::STANDARD);
         }
-        let State::BackingOff { until, retries, .. } = d.state.clone() else {
+        let State::BackingOff { retries, .. } = d.state.clone() else {
             panic!("expected backoff")
         };
         assert_eq!(retries, 12);
-        assert!(until <= 1_000_000 + 300_000, "capped at 5 minutes");
-        assert_eq!(
-            d.next_step(),
-            Next::Sleep(plan::MAX_SLEEP.min(Duration::from_millis((until - 1_000_000) as u64)))
-        );
+        assert!(left(&d) <= Duration::from_secs(300), "capped at 5 minutes");
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped_and_the_wall_clock_does_not_matter() {
+        let clock = FakeClock(Rc::new(Cell::new(i64::MAX - 5)));
+        let mut d = daemon(clock.clone());
+        for secs in [31_536_000, 9_223_372_036_854_775, u64::MAX] {
+            d.back_off(&transient(Some(secs)), Backoff::STANDARD);
+            let l = left(&d);
+            assert!(
+                l <= Duration::from_secs(3600) && l >= Duration::from_secs(3590),
+                "Retry-After {secs} gives {l:?}"
+            );
+        }
+        // A wall clock stepped back by an hour (or to anything) leaves the backoff as it is.
+        clock.0.set(i64::MIN);
+        assert!(matches!(d.next_step(), Next::Sleep(s) if s == plan::MAX_SLEEP));
     }
 }
