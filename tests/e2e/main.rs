@@ -13,4 +13,5 @@ mod locate;
 mod login;
 mod refresh;
 mod safety;
+mod settings;
 mod status;

@@ -12,7 +12,7 @@ mod service;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use cli::{Cli, Command};
 
@@ -32,7 +32,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     if cli.once && cli.command.is_some() {
         Cli::command()
             .error(

@@ -1,0 +1,121 @@
+//! Settings from the environment and their bounds: a bad value from a variable is reported under
+//! the variable's name, an empty `CLAUDE_TOKEND_*` variable counts as unset, and every duration
+//! has an allowed range, so no value, however absurd, crashes the program (exit 2 instead).
+
+use claude_tokend_e2e::*;
+
+/// A HOME with a due login and a server that would accept it: any request shows.
+fn setup() -> (TempHome, Login, TokenServer) {
+    let home = TempHome::new();
+    let login = Login::due();
+    home.write_creds(&login.doc());
+    let server = TokenServer::for_login(&login);
+    (home, login, server)
+}
+
+/// The environment variables `--help` says the program reads, so a setting added later is
+/// covered by the tests below without editing them.
+fn documented_variables() -> Vec<String> {
+    let out = Cmd::bare().arg("--help").run();
+    out.expect_code(0);
+    let text = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    let names: Vec<String> = text
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('=').map(|(name, _)| name.to_owned()))
+        .collect();
+    for known in [
+        "CLAUDE_TOKEND_CREDENTIALS",
+        "CLAUDE_TOKEND_TOKEN_URL",
+        "CLAUDE_TOKEND_REFRESH_BEFORE",
+        "CLAUDE_TOKEND_RETRY_BUDGET",
+        "CLAUDE_TOKEND_USER_AGENT",
+        "ANTHROPIC_CLIENT_ID",
+    ] {
+        out.check(
+            names.iter().any(|n| n == known),
+            format!("--help should name {known}; found {names:?}"),
+        );
+    }
+    names
+}
+
+#[test]
+fn a_bad_value_from_the_environment_is_reported_under_the_variable() {
+    let cases = [
+        ("CLAUDE_TOKEND_REFRESH_BEFORE", "banana", "--refresh-before"),
+        ("CLAUDE_TOKEND_RETRY_BUDGET", "3", "--retry-budget"),
+        (
+            "CLAUDE_TOKEND_TOKEN_URL",
+            "http://example.com/token",
+            "--token-url",
+        ),
+        ("CLAUDE_TOKEND_USER_AGENT", "   ", "--user-agent"),
+        ("ANTHROPIC_CLIENT_ID", " ", "--client-id"),
+    ];
+    for (var, value, flag) in cases {
+        let (home, login, server) = setup();
+        let before = home.state();
+        // The variable is set after the server's URL, so a bad CLAUDE_TOKEND_TOKEN_URL replaces it.
+        let out = Cmd::new(&home)
+            .server(&server)
+            .env(var, value)
+            .arg("--once")
+            .run();
+        out.expect_code(2)
+            .expect_stderr_contains(&format!("invalid value '{value}' for {var}"))
+            .check(
+                !out.stderr.contains(&format!("'{flag}")),
+                format!("the error should name {var}, not {flag}"),
+            )
+            .check_eq("requests sent", server.count(), 0)
+            .expect_untouched(&home.creds_path(), &before)
+            .expect_no_secret(&login.secrets());
+    }
+}
+
+/// The flag wins over the variable, as it does for a good value: a bad variable it overrides is
+/// never used, so it is not an error.
+#[test]
+fn a_flag_overrides_a_bad_variable() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let out = Cmd::new(&home)
+        .env("CLAUDE_TOKEND_REFRESH_BEFORE", "banana")
+        .args(["status", "--refresh-before", "15m"])
+        .run();
+    out.expect_code(0);
+}
+
+#[test]
+fn empty_variables_count_as_unset() {
+    let names = documented_variables();
+    // One at a time, so a failure names the variable; `status` sends nothing whatever the URLs.
+    for name in &names {
+        let home = TempHome::new();
+        home.write_creds(&Login::fresh().doc());
+        let out = Cmd::new(&home).env(name, "").arg("status").run();
+        out.check_eq(format!("exit code with {name}= (empty)"), out.code, 0);
+    }
+    // All at once, on a refresh: the request carries the defaults (client id, User-Agent), and
+    // the default lead (15 minutes) finds the login due.
+    let (home, _login, server) = setup();
+    let mut cmd = Cmd::new(&home);
+    for name in &names {
+        cmd = cmd.env(name, "");
+    }
+    let out = cmd.args(["--once", "--token-url", &server.url()]).run();
+    out.expect_code(0)
+        .check_eq("requests sent", server.count(), 1);
+    let req = &server.requests()[0];
+    out.check_eq(
+        "client_id",
+        req.body["client_id"].as_str(),
+        Some(DEFAULT_CLIENT_ID),
+    )
+    .check_eq(
+        "User-Agent",
+        req.header("user-agent").map(str::to_owned),
+        Some(default_user_agent()),
+    );
+}
