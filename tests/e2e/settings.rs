@@ -119,3 +119,35 @@ fn empty_variables_count_as_unset() {
         Some(default_user_agent()),
     );
 }
+
+/// A lead over 4 hours is refused, by flag and by variable (named), with the allowed range; 4
+/// hours itself is accepted.
+#[test]
+fn a_refresh_lead_over_four_hours_is_refused() {
+    for (by_flag, value) in [(true, "5h"), (false, "5h"), (true, "4h1s"), (false, "1d")] {
+        let (home, login, server) = setup();
+        let before = home.state();
+        let cmd = Cmd::new(&home).server(&server).arg("--once");
+        let cmd = if by_flag {
+            cmd.args(["--refresh-before", value])
+        } else {
+            cmd.env("CLAUDE_TOKEND_REFRESH_BEFORE", value)
+        };
+        let out = cmd.run();
+        out.expect_code(2)
+            .expect_stderr_contains("from 0s to 4h")
+            .check(
+                by_flag || out.stderr.contains("CLAUDE_TOKEND_REFRESH_BEFORE"),
+                "the variable is named",
+            )
+            .check_eq("requests sent", server.count(), 0)
+            .expect_untouched(&home.creds_path(), &before)
+            .expect_no_secret(&login.secrets());
+    }
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let out = Cmd::new(&home)
+        .args(["status", "--refresh-before", "4h"])
+        .run();
+    out.expect_code(0);
+}

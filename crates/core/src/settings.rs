@@ -10,6 +10,10 @@ pub use reqwest::Url;
 /// Claude Code refreshes in the last 5 minutes; a shorter lead than that races it.
 pub const CLAUDE_CODE_MARGIN: Duration = Duration::from_secs(5 * 60);
 
+/// The longest refresh lead: access tokens live about 8 hours, and a lead near that would refresh
+/// again as soon as a refresh is done.
+pub const MAX_REFRESH_LEAD: Duration = Duration::from_secs(4 * 3600);
+
 /// Parses `90s`, `15m`, `1h`, `1h30m`, `500ms`, `2d`. A bare number is refused: `15` could mean
 /// seconds or minutes, and guessing wrong would be silent.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -48,6 +52,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total.saturating_add(piece);
     }
     Ok(total)
+}
+
+/// A duration no longer than `max` (written `max_text`); the message names the allowed range and
+/// why there is one.
+fn parse_at_most(
+    text: &str,
+    (max, max_text): (Duration, &str),
+    why: &str,
+) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d > max {
+        return Err(format!(
+            "`{}` is too long: allowed from 0s to {max_text}; {why}",
+            text.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// The refresh lead (`--refresh-before`): at most [`MAX_REFRESH_LEAD`]. A lead under Claude
+/// Code's 5 minutes is allowed; the caller warns about it.
+pub fn parse_refresh_lead(text: &str) -> Result<Duration, String> {
+    parse_at_most(
+        text,
+        (MAX_REFRESH_LEAD, "4h"),
+        "access tokens live about 8 hours, and a longer lead would refresh almost without pause",
+    )
 }
 
 /// Formats a duration the way `parse_duration` reads it, coarsely: `7h 12m`, `3m 5s`, `42s`.
@@ -122,6 +153,19 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn the_refresh_lead_is_at_most_four_hours() {
+        assert_eq!(parse_refresh_lead("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_refresh_lead("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_refresh_lead("4h"), Ok(MAX_REFRESH_LEAD));
+        assert_eq!(parse_refresh_lead("3h60m"), Ok(MAX_REFRESH_LEAD));
+        for long in ["4h1s", "4h0m0s1ms", "5h", "1d", "240m1s"] {
+            let err = parse_refresh_lead(long).unwrap_err();
+            assert!(err.contains("from 0s to 4h"), "{long}: {err}");
+        }
+        assert!(parse_refresh_lead("banana").is_err());
     }
 
     #[test]

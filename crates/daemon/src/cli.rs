@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use tokend_core::settings::{Url, parse_duration, parse_endpoint_url};
+use tokend_core::settings::{Url, parse_duration, parse_endpoint_url, parse_refresh_lead};
 
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
@@ -137,9 +137,9 @@ pub struct Settings {
           default_value = DEFAULT_CLIENT_ID, value_parser = non_empty)]
     pub client_id: String,
 
-    /// Refresh this long before the access token expires (like 90s, 15m, 1h).
+    /// Refresh this long before the access token expires (like 90s, 15m, 1h; at most 4h).
     #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_REFRESH_BEFORE",
-          default_value = "15m", value_parser = parse_duration)]
+          default_value = "15m", value_parser = parse_refresh_lead)]
     pub refresh_before: Duration,
 
     /// The User-Agent header sent to the endpoints.
