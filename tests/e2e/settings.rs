@@ -151,3 +151,68 @@ fn a_refresh_lead_over_four_hours_is_refused() {
         .run();
     out.expect_code(0);
 }
+
+/// Absurd durations end with a usage error, never a crash (`Instant + Duration` overflowing
+/// used to abort `--once` with 134): every duration setting has an allowed range.
+#[test]
+fn absurd_durations_are_usage_errors_not_crashes() {
+    let cases = [
+        (
+            "--retry-budget",
+            "CLAUDE_TOKEND_RETRY_BUDGET",
+            "999999999999999d",
+            "1d",
+        ),
+        ("--retry-budget", "CLAUDE_TOKEND_RETRY_BUDGET", "2d", "1d"),
+        (
+            "--retry-budget",
+            "CLAUDE_TOKEND_RETRY_BUDGET",
+            "99999999999999999999999s",
+            "1d",
+        ),
+        (
+            "--refresh-before",
+            "CLAUDE_TOKEND_REFRESH_BEFORE",
+            "999999999999999d",
+            "4h",
+        ),
+        (
+            "--refresh-before",
+            "CLAUDE_TOKEND_REFRESH_BEFORE",
+            "18446744073709551615s1s",
+            "4h",
+        ),
+    ];
+    for (flag, var, value, max) in cases {
+        for command in ["--once", "refresh"] {
+            for by_flag in [true, false] {
+                let (home, login, server) = setup();
+                let before = home.state();
+                let cmd = Cmd::new(&home).server(&server).arg(command);
+                let cmd = if by_flag {
+                    cmd.args([flag, value])
+                } else {
+                    cmd.env(var, value)
+                };
+                let out = cmd.run();
+                out.expect_code(2)
+                    .expect_stderr_contains(&format!("allowed from 0s to {max}"))
+                    .check(
+                        by_flag || out.stderr.contains(var),
+                        format!("the error should name {var}"),
+                    )
+                    .check_eq("requests sent", server.count(), 0)
+                    .expect_untouched(&home.creds_path(), &before)
+                    .expect_no_secret(&login.secrets());
+            }
+        }
+    }
+    // The largest budget allowed runs normally.
+    let (home, _login, server) = setup();
+    let out = Cmd::new(&home)
+        .server(&server)
+        .args(["--once", "--retry-budget", "1d"])
+        .run();
+    out.expect_code(0)
+        .check_eq("requests sent", server.count(), 1);
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use tokend_core::settings::{Url, parse_duration, parse_endpoint_url, parse_refresh_lead};
+use tokend_core::settings::{Url, parse_endpoint_url, parse_refresh_lead, parse_retry_budget};
 
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
@@ -147,9 +147,9 @@ pub struct Settings {
           default_value = DEFAULT_USER_AGENT, value_parser = non_empty)]
     pub user_agent: String,
 
-    /// How long --once and refresh keep retrying temporary failures before exiting 75.
+    /// How long --once and refresh keep retrying temporary failures before exiting 75 (at most 1d).
     #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_RETRY_BUDGET",
-          default_value = "60s", value_parser = parse_duration)]
+          default_value = "60s", value_parser = parse_retry_budget)]
     pub retry_budget: Duration,
 
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG, when set, wins.

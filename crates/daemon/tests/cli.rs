@@ -55,6 +55,8 @@ fn bad_command_lines_exit_2() {
         &["status", "--refresh-before", "15"],
         &["--once", "--token-url", "http://example.com/token"],
         &["-v", "-q", "status"],
+        &["--once", "--retry-budget", "999999999999999d"],
+        &["status", "--refresh-before", "5h"],
     ] {
         let (code, _, err) = run(args);
         assert_eq!(code, 2, "{args:?} should exit 2; stderr: {err}");
