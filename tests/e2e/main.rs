@@ -15,3 +15,4 @@ mod refresh;
 mod safety;
 mod settings;
 mod status;
+mod suspects;
