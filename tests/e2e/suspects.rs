@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -156,4 +157,153 @@ fn a_provider_error_is_printed_with_control_characters_escaped() {
         )
         .expect_stderr_contains("access_denied")
         .expect_stderr_contains(r"\u{1b}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A relative credentials path: the lock names Claude Code uses
+
+/// Starts the binary in `dir` (the harness's `Cmd` has no working directory of its own).
+fn spawn_in(dir: &Path, home: &TempHome, env: &[(&str, &str)], args: &[&str]) -> Child {
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("start claude-tokend")
+}
+
+fn collect(mut child: Child, what: &str) -> Out {
+    if !wait_until(RUN_TIMEOUT, || matches!(child.try_wait(), Ok(Some(_)))) {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for claude-tokend");
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let _ = child.stdout.take().unwrap().read_to_string(&mut stdout);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        cmd: what.to_owned(),
+        elapsed: Duration::ZERO,
+    }
+}
+
+/// Directories whose names end in `.lock` under `dir` (not the flock file, which is a file).
+fn lock_dirs_in(dir: &Path) -> Vec<String> {
+    list_names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".lock") && dir.join(n).is_dir())
+        .collect()
+}
+
+/// Claude Code resolves its config directory to an absolute path lexically (relative to the
+/// working directory, `.` and `..` collapsed, symlinks kept) and locks `<that>.lock`. A relative
+/// `CLAUDE_CONFIG_DIR` or `--credentials` must lead to the same lock names: a live Claude Code
+/// holding `HOME/.claude.lock` is waited for, and no `..lock` is made beside the file.
+#[test]
+fn a_relative_config_dir_takes_the_lock_names_claude_code_uses() {
+    // (working directory under HOME, environment, arguments)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 4] = [
+        (".claude", &[("CLAUDE_CONFIG_DIR", ".")], &["--once"]),
+        (".claude/sub", &[("CLAUDE_CONFIG_DIR", "..")], &["--once"]),
+        (
+            ".claude",
+            &[],
+            &["--once", "--credentials", ".credentials.json"],
+        ),
+        (
+            "",
+            &[],
+            &[
+                "--once",
+                "--credentials",
+                "sub/../.claude/.credentials.json",
+            ],
+        ),
+    ];
+    for (cwd, env, args) in cases {
+        let what = format!("cd HOME/{cwd} && {env:?} claude-tokend {}", args.join(" "));
+        let home = TempHome::new();
+        let login = Login::due();
+        home.write_creds(&login.doc());
+        std::fs::create_dir(home.claude_dir().join("sub")).unwrap();
+        std::fs::create_dir(home.path().join("sub")).unwrap();
+        let server = TokenServer::for_login(&login);
+        let token_url = server.url();
+        let mut env = env.to_vec();
+        env.push(("CLAUDE_TOKEND_TOKEN_URL", &token_url));
+        // A live Claude Code refresh holds `HOME/.claude.lock` (just made, so fresh).
+        let holder = home.path().join(".claude.lock");
+        std::fs::create_dir(&holder).unwrap();
+        let mut child = spawn_in(&home.path().join(cwd), &home, &env, args);
+        let waiting = wait_until(Duration::from_secs(20), || {
+            home.claude_dir().join(".oauth_refresh.lock").is_dir()
+                || matches!(child.try_wait(), Ok(Some(_)))
+        });
+        let running = matches!(child.try_wait(), Ok(None));
+        let sent_while_held = server.count();
+        let made = [
+            lock_dirs_in(&home.claude_dir()),
+            lock_dirs_in(&home.claude_dir().join("sub")),
+            lock_dirs_in(&home.path().join("sub")),
+        ]
+        .concat();
+        std::fs::remove_dir(&holder).unwrap();
+        let out = collect(child, &what);
+        out.check(
+            waiting && running,
+            format!(
+                "{what}: should take .claude/.oauth_refresh.lock and wait for HOME/.claude.lock"
+            ),
+        )
+        .check_eq(
+            format!("{what}: requests sent while Claude Code held its lock"),
+            sent_while_held,
+            0,
+        )
+        .check_eq(
+            format!("{what}: lock directories beside the file while waiting"),
+            made,
+            vec![".oauth_refresh.lock".to_owned()],
+        )
+        .expect_code(0)
+        .check_eq("requests sent", server.count(), 1)
+        .check_eq(
+            "leftovers (besides the test's own sub/)",
+            leftovers(&home)
+                .into_iter()
+                .filter(|n| n != "sub")
+                .collect::<Vec<_>>(),
+            Vec::<String>::new(),
+        );
+    }
+}
+
+/// Messages name the file by its absolute path, not as typed relative to somewhere unknown.
+#[test]
+fn a_relative_location_is_reported_as_an_absolute_path() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let child = spawn_in(
+        &home.claude_dir(),
+        &home,
+        &[("CLAUDE_CONFIG_DIR", ".")],
+        &["status"],
+    );
+    let out = collect(
+        child,
+        "cd HOME/.claude && CLAUDE_CONFIG_DIR=. claude-tokend status",
+    );
+    out.expect_code(0).check(
+        out.stdout
+            .contains(&home.creds_path().display().to_string()),
+        format!("status should name {}", home.creds_path().display()),
+    );
 }

@@ -49,25 +49,62 @@ impl std::error::Error for NoHomeError {}
 
 /// The contract's lookup order: explicit path, then `CLAUDE_CONFIG_DIR`, then `HOME`.
 /// Empty values count as unset, as a shell's `VAR=` usually means "not this".
+///
+/// The path is made absolute lexically (see [`absolute_lexically`]), as Claude Code makes its
+/// config directory absolute: the lock directories are named after that directory, so
+/// `CLAUDE_CONFIG_DIR=.` must lock `<working dir>.lock` as Claude Code does, not `..lock`. Every
+/// later use (locks, messages, the daemon's watch) takes the path from here.
 pub fn locate(
     explicit: Option<&Path>,
     config_dir: Option<OsString>,
     home: Option<OsString>,
 ) -> Result<(PathBuf, Origin), NoHomeError> {
     let non_empty = |v: Option<OsString>| v.filter(|v| !v.is_empty());
-    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
-        return Ok((p.to_path_buf(), Origin::Explicit));
-    }
-    if let Some(dir) = non_empty(config_dir) {
-        return Ok((PathBuf::from(dir).join(FILE_NAME), Origin::ConfigDir));
-    }
-    if let Some(home) = non_empty(home) {
-        return Ok((
+    let (path, origin) = if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        (p.to_path_buf(), Origin::Explicit)
+    } else if let Some(dir) = non_empty(config_dir) {
+        (PathBuf::from(dir).join(FILE_NAME), Origin::ConfigDir)
+    } else if let Some(home) = non_empty(home) {
+        (
             PathBuf::from(home).join(".claude").join(FILE_NAME),
             Origin::Home,
-        ));
+        )
+    } else {
+        return Err(NoHomeError);
+    };
+    Ok((absolute_lexically(&path), origin))
+}
+
+/// `path` made absolute the way Node's `path.resolve` does it (which is how Claude Code makes
+/// its config directory absolute): relative to the working directory, `.` and `..` collapsed
+/// by name, symlinks not resolved. Without a working directory (it was deleted), the path is
+/// returned as it is.
+pub fn absolute_lexically(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return absolute_from(Path::new("/"), path);
     }
-    Err(NoHomeError)
+    match std::env::current_dir() {
+        Ok(cwd) => absolute_from(&cwd, path),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// [`absolute_lexically`] against a given working directory (absolute).
+fn absolute_from(cwd: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for part in cwd.components().chain(path.components()) {
+        match part {
+            Component::RootDir => out = PathBuf::from("/"),
+            Component::CurDir | Component::Prefix(_) => {}
+            // `pop` at the root leaves the root, as `/..` is `/`.
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+        }
+    }
+    out
 }
 
 /// Follows a chain of symlinks at the last path component to the file that holds the data.
@@ -693,6 +730,41 @@ mod tests {
                 .map_err(|_| NoHomeError);
             assert_eq!(got, want, "explicit={explicit:?} cfg={cfg:?} home={home:?}");
         }
+    }
+
+    #[test]
+    fn paths_are_made_absolute_lexically_like_node_path_resolve() {
+        let cases = [
+            ("/home/u/w", ".", "/home/u/w"),
+            ("/home/u/w", "..", "/home/u"),
+            (
+                "/home/u/w",
+                "./.credentials.json",
+                "/home/u/w/.credentials.json",
+            ),
+            ("/home/u/w", "a/../b/./c.json", "/home/u/w/b/c.json"),
+            ("/home/u/w", "../../../../x", "/x"),
+            ("/home/u/w", "/abs/./p/../q", "/abs/q"),
+            ("/home/u/w", "a//b/", "/home/u/w/a/b"),
+            ("/", "..", "/"),
+        ];
+        for (cwd, path, want) in cases {
+            assert_eq!(
+                absolute_from(Path::new(cwd), Path::new(path)),
+                PathBuf::from(want),
+                "{cwd} + {path}"
+            );
+        }
+        // The lock names follow: `.` in /home/u/.claude locks /home/u/.claude.lock.
+        let (path, _) = locate(None, Some(".".into()), None).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(path, cwd.join(FILE_NAME));
+        assert!(
+            locate(Some(Path::new("rel/x.json")), None, None)
+                .unwrap()
+                .0
+                .is_absolute()
+        );
     }
 
     #[test]
