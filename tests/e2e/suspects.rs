@@ -307,3 +307,39 @@ fn a_relative_location_is_reported_as_an_absolute_path() {
         format!("status should name {}", home.creds_path().display()),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The in-place fallback leaves the file 0600
+
+/// A bind-mounted file refuses rename (the debug seam makes rename fail with EBUSY), so it is
+/// written in place; a file that was 0644 is 0600 afterwards, as after every write.
+#[test]
+fn the_in_place_fallback_leaves_a_0644_file_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TempHome::new();
+    let login = Login::due();
+    home.write_creds(&login.doc());
+    std::fs::set_permissions(home.creds_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = TokenServer::for_login(&login);
+    let before = home.state();
+    let out = Cmd::new(&home)
+        .server(&server)
+        .env("CLAUDE_TOKEND_TEST_RENAME_ERRNO", "16")
+        .arg("--once")
+        .run();
+    out.expect_code(0)
+        .check_eq("requests sent", server.count(), 1)
+        .check_eq(
+            "inode (written in place; if this fails, is the binary built with the test seams?)",
+            home.state().inode,
+            before.inode,
+        )
+        .check_eq(
+            "refreshToken saved",
+            home.read_creds()["claudeAiOauth"]["refreshToken"]
+                .as_str()
+                .map(str::to_owned),
+            server.last_issued().refresh,
+        )
+        .check_eq("mode", format!("{:o}", home.mode()), "600".to_owned());
+}

@@ -641,6 +641,16 @@ impl PendingWrite {
             .write(true)
             .open(&self.target)
             .map_err(err("opening the file to write in place", &self.target))?;
+        // A renamed file gets the temp file's 0600; one written in place keeps its mode unless
+        // it is set here, before the new tokens go in. If it cannot be (a file owned by someone
+        // else), saving the tokens still comes first: they are no more exposed than the old ones.
+        if let Err(e) = f.set_permissions(fs::Permissions::from_mode(FILE_MODE)) {
+            tracing::warn!(
+                "cannot make {} mode 0600 ({e}); run `chmod 600 {}`",
+                self.target.display(),
+                self.target.display()
+            );
+        }
         f.write_all(bytes)
             .and_then(|()| f.set_len(bytes.len() as u64))
             .and_then(|()| f.sync_all())
@@ -851,6 +861,7 @@ mod tests {
             r#"{"keep": [1, 2, 3], "long": "a much longer document than the new one"}"#,
         )
         .unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
         let store = Store::new(&target);
         let pending = store.begin_write().unwrap();
         let doc = Credentials::parse(br#"{"keep": 1}"#).unwrap();
@@ -860,6 +871,11 @@ mod tests {
             fs::read(&target).unwrap(),
             doc.to_bytes(),
             "no tail of the old content"
+        );
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            FILE_MODE,
+            "a file written in place is 0600 too"
         );
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
