@@ -13,4 +13,6 @@ mod locate;
 mod login;
 mod refresh;
 mod safety;
+mod settings;
 mod status;
+mod suspects;

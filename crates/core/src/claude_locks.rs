@@ -34,15 +34,18 @@ pub struct LockPaths {
 }
 
 /// The lock directories for a credentials path *as given* (before symlinks are resolved):
-/// Claude Code derives them from its config directory, which is the file's directory.
+/// Claude Code derives them from its config directory, which is the file's directory made
+/// absolute lexically. `store::locate` already returns such a path; a relative one is made
+/// absolute here too, so `.credentials.json` can never lock `..lock`.
 pub fn lock_paths(credentials_path: &Path) -> LockPaths {
-    let dir = credentials_path
+    let absolute = crate::store::absolute_lexically(credentials_path);
+    let dir = absolute
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("/"));
     let mut config = dir.as_os_str().to_os_string();
     // `~/.claude` → `~/.claude.lock`. A trailing slash or `.` would make this a child, not a
-    // sibling; `parent()` never leaves one.
+    // sibling; a lexically absolute path has neither.
     config.push(".lock");
     LockPaths {
         oauth_refresh: dir.join(".oauth_refresh.lock"),
@@ -356,6 +359,15 @@ mod tests {
             p.storage_write,
             Path::new("/home/u/.claude/.storage-write.lock")
         );
+        // Relative: named after the absolute config directory, never `..lock`.
+        let cwd = std::env::current_dir().unwrap();
+        let p = lock_paths(Path::new(".credentials.json"));
+        let mut config = cwd.clone().into_os_string();
+        config.push(".lock");
+        assert_eq!(p.config, PathBuf::from(config));
+        assert_eq!(p.oauth_refresh, cwd.join(".oauth_refresh.lock"));
+        let p = lock_paths(Path::new("/home/u/x/../.claude/.credentials.json"));
+        assert_eq!(p.config, Path::new("/home/u/.claude.lock"));
     }
 
     #[test]

@@ -290,6 +290,9 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::
 }
 
 fn transport_error(e: &reqwest::Error, secrets: &[&Secret]) -> OAuthError {
+    if let Some(cert) = certificate_error(e) {
+        return certificate_refused(cert, &scrub(&error_chain(e), secrets));
+    }
     let what = if e.is_timeout() {
         "the token endpoint did not answer in time"
     } else if e.is_connect() {
@@ -305,6 +308,78 @@ fn transport_error(e: &reqwest::Error, secrets: &[&Secret]) -> OAuthError {
             reason,
             retry_after: None,
         }
+    }
+}
+
+/// The TLS certificate problem behind a failed request, if that is what it was. rustls's error
+/// sits inside `io::Error`s, whose `source()` skips the error they wrap, so each `io::Error` on
+/// the way is opened by hand.
+fn certificate_error<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e rustls::CertificateError> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(cert)) = err.downcast_ref::<rustls::Error>() {
+            return Some(cert);
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
+}
+
+/// How to make this machine trust a certificate authority, as the verifier in use reads it:
+/// reqwest checks certificates with rustls-platform-verifier, which on macOS asks the system's
+/// Keychain trust settings and elsewhere reads the system's CA bundle (found the way OpenSSL
+/// finds it) or, when set, only `SSL_CERT_FILE` / `SSL_CERT_DIR`.
+#[cfg(target_os = "macos")]
+pub const CA_HINT: &str = "If your network (a corporate proxy, say) uses its own certificate \
+    authority, add that CA to the System keychain and trust it for SSL: in Keychain Access, or \
+    with `sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain \
+    ca.pem`.";
+#[cfg(not(target_os = "macos"))]
+pub const CA_HINT: &str = "If your network (a corporate proxy, say) uses its own certificate \
+    authority, add that CA to the system's trust store (Debian and Ubuntu: copy it as a .crt \
+    file into /usr/local/share/ca-certificates/ and run `sudo update-ca-certificates`; Fedora \
+    and RHEL: /etc/pki/ca-trust/source/anchors/ and `sudo update-ca-trust`), or set \
+    SSL_CERT_FILE to a PEM file that holds it. SSL_CERT_FILE replaces the system's list, so that \
+    file must also hold the usual CAs: the system bundle with yours appended.";
+
+/// A certificate the client refused. Whether waiting can help depends on why: a certificate
+/// that is expired or not yet valid may be this machine's clock, still unset early after boot,
+/// which fixes itself (transient). Any other refusal (no trusted authority signed it, it names
+/// another host) is a setting of this machine or of `--token-url` that must change: retrying
+/// cannot help, so it ends the attempt at once (exit 1; the daemon waits for a change). Nothing
+/// was sent: the handshake failed before the request.
+fn certificate_refused(cert: &rustls::CertificateError, detail: &str) -> OAuthError {
+    use rustls::CertificateError as C;
+    match cert {
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            OAuthError::Transient {
+                reason: format!(
+                    "the token endpoint's TLS certificate is outside its validity period \
+                     ({detail}); check this machine's clock"
+                ),
+                retry_after: None,
+            }
+        }
+        C::UnknownIssuer => OAuthError::Misdirected {
+            reason: format!(
+                "the token endpoint's TLS certificate is not trusted: no certificate authority \
+                 this machine trusts signed it ({detail}). {CA_HINT}"
+            ),
+        },
+        _ => OAuthError::Misdirected {
+            reason: format!(
+                "the token endpoint's TLS certificate was refused ({detail}); check --token-url. \
+                 {CA_HINT}"
+            ),
+        },
     }
 }
 
@@ -661,6 +736,34 @@ mod tests {
         assert!(
             out.contains("9d1c250a-e61b-44d9-88ed-5944d1962f5e"),
             "a client id stays readable: {out}"
+        );
+    }
+
+    #[test]
+    fn certificate_refusals_are_sorted_by_whether_waiting_helps() {
+        use rustls::CertificateError as C;
+        let detail = "invalid peer certificate";
+        for clock in [C::Expired, C::NotValidYet] {
+            let e = certificate_refused(&clock, detail);
+            assert!(e.is_transient(), "{clock:?}: {e}");
+            assert!(e.to_string().contains("clock"), "{e}");
+        }
+        for setting in [C::UnknownIssuer, C::NotValidForName, C::BadSignature] {
+            let e = certificate_refused(&setting, detail);
+            assert!(
+                matches!(e, OAuthError::Misdirected { .. }),
+                "{setting:?}: {e}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("TLS certificate") && text.contains(CA_HINT),
+                "{text}"
+            );
+        }
+        assert!(
+            certificate_refused(&C::UnknownIssuer, detail)
+                .to_string()
+                .contains("not trusted")
         );
     }
 

@@ -10,44 +10,99 @@ pub use reqwest::Url;
 /// Claude Code refreshes in the last 5 minutes; a shorter lead than that races it.
 pub const CLAUDE_CODE_MARGIN: Duration = Duration::from_secs(5 * 60);
 
+/// The longest refresh lead: access tokens live about 8 hours, and a lead near that would refresh
+/// again as soon as a refresh is done.
+pub const MAX_REFRESH_LEAD: Duration = Duration::from_secs(4 * 3600);
+
+/// The longest retry budget of a one-shot command. A day already outlasts any cron interval and
+/// any outage worth waiting out in one process; a longer value is a typo, and an unbounded one
+/// would overflow the monotonic deadline it sets (`Instant + Duration` panics).
+pub const MAX_RETRY_BUDGET: Duration = Duration::from_secs(86_400);
+
 /// Parses `90s`, `15m`, `1h`, `1h30m`, `500ms`, `2d`. A bare number is refused: `15` could mean
 /// seconds or minutes, and guessing wrong would be silent.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    read_duration(text).map_err(|e| e.unwrap_or_else(|| format!("`{}` is too large", text.trim())))
+}
+
+/// `parse_duration`, with `Err(None)` for a well-formed duration too large to hold.
+fn read_duration(text: &str) -> Result<Duration, Option<String>> {
     let hint = "write a number and a unit, like 90s, 15m or 1h";
     let s = text.trim();
     if s.is_empty() {
-        return Err(format!("empty duration: {hint}"));
+        return Err(Some(format!("empty duration: {hint}")));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("`{s}` is not a duration: {hint}"));
+            return Err(Some(format!("`{s}` is not a duration: {hint}")));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{s}` is too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let piece = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            "" => return Err(format!("`{s}` has no unit: {hint}")),
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = after.split_at(unit_len);
+        rest = after;
+        let secs_per_unit = match unit {
+            "ms" => None,
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
+            "" => return Err(Some(format!("`{s}` has no unit: {hint}"))),
             other => {
-                return Err(format!(
+                return Err(Some(format!(
                     "`{other}` is not a unit (use ms, s, m, h or d): {hint}"
-                ));
+                )));
             }
         };
-        total = total.saturating_add(piece);
+        // Only digits: the one way this parse fails is a number too large for a u64. Checked,
+        // not saturating, from here on: a number too large to hold is refused rather than
+        // silently read as another one.
+        let n: u64 = number.parse().map_err(|_| None)?;
+        let piece = match secs_per_unit {
+            None => Some(Duration::from_millis(n)),
+            Some(per) => n.checked_mul(per).map(Duration::from_secs),
+        };
+        total = piece.and_then(|p| total.checked_add(p)).ok_or(None)?;
     }
     Ok(total)
+}
+
+/// A duration no longer than `max` (written `max_text`); the message names the allowed range and
+/// why there is one.
+fn parse_at_most(
+    text: &str,
+    (max, max_text): (Duration, &str),
+    why: &str,
+) -> Result<Duration, String> {
+    match read_duration(text) {
+        Ok(d) if d <= max => Ok(d),
+        Ok(_) | Err(None) => Err(format!(
+            "`{}` is too long: allowed from 0s to {max_text}; {why}",
+            text.trim()
+        )),
+        Err(Some(message)) => Err(message),
+    }
+}
+
+/// The refresh lead (`--refresh-before`): at most [`MAX_REFRESH_LEAD`]. A lead under Claude
+/// Code's 5 minutes is allowed; the caller warns about it.
+pub fn parse_refresh_lead(text: &str) -> Result<Duration, String> {
+    parse_at_most(
+        text,
+        (MAX_REFRESH_LEAD, "4h"),
+        "access tokens live about 8 hours, and a longer lead would refresh almost without pause",
+    )
+}
+
+/// The retry budget of one-shot commands (`--retry-budget`): at most [`MAX_RETRY_BUDGET`].
+pub fn parse_retry_budget(text: &str) -> Result<Duration, String> {
+    parse_at_most(
+        text,
+        (MAX_RETRY_BUDGET, "1d"),
+        "a longer budget would outlast any cron interval",
+    )
 }
 
 /// Formats a duration the way `parse_duration` reads it, coarsely: `7h 12m`, `3m 5s`, `42s`.
@@ -91,6 +146,7 @@ fn is_loopback(url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn durations_by_table() {
@@ -121,6 +177,94 @@ mod tests {
             "99999999999999999999s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn the_refresh_lead_is_at_most_four_hours() {
+        assert_eq!(parse_refresh_lead("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_refresh_lead("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_refresh_lead("4h"), Ok(MAX_REFRESH_LEAD));
+        assert_eq!(parse_refresh_lead("3h60m"), Ok(MAX_REFRESH_LEAD));
+        for long in ["4h1s", "4h0m0s1ms", "5h", "1d", "240m1s"] {
+            let err = parse_refresh_lead(long).unwrap_err();
+            assert!(err.contains("from 0s to 4h"), "{long}: {err}");
+        }
+        assert!(parse_refresh_lead("banana").is_err());
+    }
+
+    #[test]
+    fn the_retry_budget_is_at_most_a_day() {
+        assert_eq!(parse_retry_budget("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_retry_budget("1d"), Ok(MAX_RETRY_BUDGET));
+        for long in ["1d1ms", "25h", "999999999999999d", "18446744073709551615s"] {
+            let err = parse_retry_budget(long).unwrap_err();
+            assert!(err.contains("from 0s to 1d"), "{long}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_too_large_to_hold_are_refused() {
+        for huge in [
+            "18446744073709551616s",
+            "213503982334602d",
+            "18446744073709551615s1s",
+            "9223372036854775807h9223372036854775807h",
+        ] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("too large"), "{huge}: {err}");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615s"),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    /// The value a duration's pieces add up to, in milliseconds, computed wide enough that it
+    /// cannot overflow.
+    fn exact_millis(pieces: &[(u64, &str)]) -> u128 {
+        pieces
+            .iter()
+            .map(|&(n, unit)| {
+                let per: u128 = match unit {
+                    "ms" => 1,
+                    "s" => 1000,
+                    "m" => 60_000,
+                    "h" => 3_600_000,
+                    _ => 86_400_000,
+                };
+                u128::from(n) * per
+            })
+            .sum()
+    }
+
+    proptest! {
+        /// Any text at all: a duration or a message, never a panic.
+        #[test]
+        fn parse_duration_never_panics(text in any::<String>()) {
+            let _ = parse_duration(&text);
+            let _ = parse_refresh_lead(&text);
+            let _ = parse_retry_budget(&text);
+        }
+
+        /// Numbers of any size with each unit: the exact value, or "too large"; never a value
+        /// that wrapped or saturated.
+        #[test]
+        fn huge_numbers_are_exact_or_refused(
+            pieces in prop::collection::vec(
+                (any::<u64>(), prop::sample::select(vec!["ms", "s", "m", "h", "d"])),
+                1..4,
+            ),
+        ) {
+            let text: String = pieces.iter().map(|(n, u)| format!("{n}{u}")).collect();
+            let exact = exact_millis(&pieces);
+            match parse_duration(&text) {
+                Ok(d) => prop_assert_eq!(d.as_millis(), exact, "{}", text),
+                Err(e) => {
+                    prop_assert!(e.contains("too large"), "{}: {}", text, e);
+                    prop_assert!(exact > Duration::MAX.as_millis(), "{} fits, yet: {}", text, e);
+                }
+            }
         }
     }
 

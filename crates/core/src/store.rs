@@ -50,25 +50,62 @@ impl std::error::Error for NoHomeError {}
 
 /// The contract's lookup order: explicit path, then `CLAUDE_CONFIG_DIR`, then `HOME`.
 /// Empty values count as unset, as a shell's `VAR=` usually means "not this".
+///
+/// The path is made absolute lexically (see [`absolute_lexically`]), as Claude Code makes its
+/// config directory absolute: the lock directories are named after that directory, so
+/// `CLAUDE_CONFIG_DIR=.` must lock `<working dir>.lock` as Claude Code does, not `..lock`. Every
+/// later use (locks, messages, the daemon's watch) takes the path from here.
 pub fn locate(
     explicit: Option<&Path>,
     config_dir: Option<OsString>,
     home: Option<OsString>,
 ) -> Result<(PathBuf, Origin), NoHomeError> {
     let non_empty = |v: Option<OsString>| v.filter(|v| !v.is_empty());
-    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
-        return Ok((p.to_path_buf(), Origin::Explicit));
-    }
-    if let Some(dir) = non_empty(config_dir) {
-        return Ok((PathBuf::from(dir).join(FILE_NAME), Origin::ConfigDir));
-    }
-    if let Some(home) = non_empty(home) {
-        return Ok((
+    let (path, origin) = if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        (p.to_path_buf(), Origin::Explicit)
+    } else if let Some(dir) = non_empty(config_dir) {
+        (PathBuf::from(dir).join(FILE_NAME), Origin::ConfigDir)
+    } else if let Some(home) = non_empty(home) {
+        (
             PathBuf::from(home).join(".claude").join(FILE_NAME),
             Origin::Home,
-        ));
+        )
+    } else {
+        return Err(NoHomeError);
+    };
+    Ok((absolute_lexically(&path), origin))
+}
+
+/// `path` made absolute the way Node's `path.resolve` does it (which is how Claude Code makes
+/// its config directory absolute): relative to the working directory, `.` and `..` collapsed
+/// by name, symlinks not resolved. Without a working directory (it was deleted), the path is
+/// returned as it is.
+pub fn absolute_lexically(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return absolute_from(Path::new("/"), path);
     }
-    Err(NoHomeError)
+    match std::env::current_dir() {
+        Ok(cwd) => absolute_from(&cwd, path),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// [`absolute_lexically`] against a given working directory (absolute).
+fn absolute_from(cwd: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for part in cwd.components().chain(path.components()) {
+        match part {
+            Component::RootDir => out = PathBuf::from("/"),
+            Component::CurDir | Component::Prefix(_) => {}
+            // `pop` at the root leaves the root, as `/..` is `/`.
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+        }
+    }
+    out
 }
 
 /// Follows a chain of symlinks at the last path component to the file that holds the data.
@@ -725,6 +762,16 @@ impl PendingWrite {
             .write(true)
             .open(&self.target)
             .map_err(err("opening the file to write in place", &self.target))?;
+        // A renamed file gets the temp file's 0600; one written in place keeps its mode unless
+        // it is set here, before the new tokens go in. If it cannot be (a file owned by someone
+        // else), saving the tokens still comes first: they are no more exposed than the old ones.
+        if let Err(e) = f.set_permissions(fs::Permissions::from_mode(FILE_MODE)) {
+            tracing::warn!(
+                "cannot make {} mode 0600 ({e}); run `chmod 600 {}`",
+                self.target.display(),
+                self.target.display()
+            );
+        }
         f.write_all(bytes)
             .and_then(|()| f.set_len(bytes.len() as u64))
             .and_then(|()| f.sync_all())
@@ -817,6 +864,41 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_made_absolute_lexically_like_node_path_resolve() {
+        let cases = [
+            ("/home/u/w", ".", "/home/u/w"),
+            ("/home/u/w", "..", "/home/u"),
+            (
+                "/home/u/w",
+                "./.credentials.json",
+                "/home/u/w/.credentials.json",
+            ),
+            ("/home/u/w", "a/../b/./c.json", "/home/u/w/b/c.json"),
+            ("/home/u/w", "../../../../x", "/x"),
+            ("/home/u/w", "/abs/./p/../q", "/abs/q"),
+            ("/home/u/w", "a//b/", "/home/u/w/a/b"),
+            ("/", "..", "/"),
+        ];
+        for (cwd, path, want) in cases {
+            assert_eq!(
+                absolute_from(Path::new(cwd), Path::new(path)),
+                PathBuf::from(want),
+                "{cwd} + {path}"
+            );
+        }
+        // The lock names follow: `.` in /home/u/.claude locks /home/u/.claude.lock.
+        let (path, _) = locate(None, Some(".".into()), None).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(path, cwd.join(FILE_NAME));
+        assert!(
+            locate(Some(Path::new("rel/x.json")), None, None)
+                .unwrap()
+                .0
+                .is_absolute()
+        );
+    }
+
+    #[test]
     fn resolves_relative_and_chained_symlinks() {
         let dir = temp_dir("links");
         fs::create_dir(dir.join("real")).unwrap();
@@ -900,6 +982,7 @@ mod tests {
             r#"{"keep": [1, 2, 3], "long": "a much longer document than the new one"}"#,
         )
         .unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
         let store = Store::new(&target);
         let pending = store.begin_write().unwrap();
         let doc = Credentials::parse(br#"{"keep": 1}"#).unwrap();
@@ -909,6 +992,11 @@ mod tests {
             fs::read(&target).unwrap(),
             doc.to_bytes(),
             "no tail of the old content"
+        );
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            FILE_MODE,
+            "a file written in place is 0600 too"
         );
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()

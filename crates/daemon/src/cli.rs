@@ -1,13 +1,17 @@
 //! The command line: every flag, its environment variable and default, in one clap definition
 //! (which the man page and completions are generated from). Parsing and checking settings here
 //! means a bad value from a flag or from the environment fails the same way: exit 2, before
-//! anything is read or sent.
+//! anything is read or sent. A bad value from the environment is reported under the variable's
+//! name (see [`parse`]), and an empty `CLAUDE_TOKEND_*` variable counts as unset.
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
-use tokend_core::settings::{Url, parse_duration, parse_endpoint_url};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use tokend_core::settings::{Url, parse_endpoint_url, parse_refresh_lead, parse_retry_budget};
 
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
@@ -133,9 +137,9 @@ pub struct Settings {
           default_value = DEFAULT_CLIENT_ID, value_parser = non_empty)]
     pub client_id: String,
 
-    /// Refresh this long before the access token expires (like 90s, 15m, 1h).
+    /// Refresh this long before the access token expires (like 90s, 15m, 1h; at most 4h).
     #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_REFRESH_BEFORE",
-          default_value = "15m", value_parser = parse_duration)]
+          default_value = "15m", value_parser = parse_refresh_lead)]
     pub refresh_before: Duration,
 
     /// The User-Agent header sent to the endpoints.
@@ -143,9 +147,9 @@ pub struct Settings {
           default_value = DEFAULT_USER_AGENT, value_parser = non_empty)]
     pub user_agent: String,
 
-    /// How long --once and refresh keep retrying temporary failures before exiting 75.
+    /// How long --once and refresh keep retrying temporary failures before exiting 75 (at most 1d).
     #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_RETRY_BUDGET",
-          default_value = "60s", value_parser = parse_duration)]
+          default_value = "60s", value_parser = parse_retry_budget)]
     pub retry_budget: Duration,
 
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG, when set, wins.
@@ -155,6 +159,143 @@ pub struct Settings {
     /// Less log output (-q warnings and errors only, -qq errors only).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
+}
+
+/// Parses the process's command line and environment into a [`Cli`], exiting 2 with a message on
+/// a bad value: `Cli::parse()`, except for the environment. Clap on its own treats an empty
+/// variable as a value and names the flag when a variable's value is bad; the contract wants
+/// empty `CLAUDE_TOKEND_*` variables to count as unset and a bad value to be reported under the
+/// variable's name. So before clap parses, every variable the definition reads is looked at:
+/// empty ones are taken out of what clap sees, and the rest are checked with the argument's own
+/// value parser; a bad one is taken out too and reported, under its name, only if the flag did
+/// not override it. The environment itself is never changed.
+pub fn parse() -> Cli {
+    let mut cmd = Cli::command();
+    let mut bad = Vec::new();
+    for var in env_settings(&cmd, &[]) {
+        let value = std::env::var_os(&var.name);
+        let drop_env = match value {
+            None => false,
+            Some(v) if v.is_empty() => counts_as_unset_when_empty(&var.name),
+            Some(v) => match check_value(&cmd, &var, &v) {
+                Ok(()) => false,
+                Err(message) => {
+                    bad.push((var.clone(), v, message));
+                    true
+                }
+            },
+        };
+        if drop_env {
+            cmd = without_env(cmd, &var.path, &var.id);
+        }
+    }
+    let mut matches = cmd
+        .try_get_matches_from_mut(std::env::args_os())
+        .unwrap_or_else(|e| e.exit());
+    for (var, value, message) in bad {
+        if let Some(m) = matches_at(&matches, &var.path)
+            && m.value_source(&var.id) != Some(ValueSource::CommandLine)
+        {
+            cmd.error(
+                ErrorKind::ValueValidation,
+                format!(
+                    "invalid value '{}' for {}: {message}",
+                    value.to_string_lossy(),
+                    var.name
+                ),
+            )
+            .exit();
+        }
+    }
+    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+}
+
+/// An argument the definition fills from an environment variable.
+#[derive(Clone, Debug)]
+struct EnvSetting {
+    /// The subcommands leading to the argument (empty for the top level and global flags).
+    path: Vec<String>,
+    id: String,
+    name: String,
+}
+
+/// Every argument with an `env`, in the command and its subcommands.
+fn env_settings(cmd: &clap::Command, path: &[String]) -> Vec<EnvSetting> {
+    let mut found: Vec<EnvSetting> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            Some(EnvSetting {
+                path: path.to_vec(),
+                id: a.get_id().to_string(),
+                name: a.get_env()?.to_string_lossy().into_owned(),
+            })
+        })
+        .collect();
+    for sub in cmd.get_subcommands() {
+        let mut deeper = path.to_vec();
+        deeper.push(sub.get_name().to_owned());
+        found.extend(env_settings(sub, &deeper));
+    }
+    found
+}
+
+/// The contract: an empty `CLAUDE_TOKEND_*` variable counts as unset; Claude Code's own variables
+/// keep Claude Code's meaning. `ANTHROPIC_CLIENT_ID` is Claude Code's, but an empty client id
+/// means nothing to anyone (the server would refuse it), so an empty one counts as unset as well,
+/// the same reading as a shell's `VAR=`: "not this".
+fn counts_as_unset_when_empty(name: &str) -> bool {
+    name.starts_with("CLAUDE_TOKEND_") || name == "ANTHROPIC_CLIENT_ID"
+}
+
+/// Checks a variable's value with its argument's own value parser (run on a one-argument command,
+/// as clap exposes no other way to call one), returning the parser's message.
+fn check_value(cmd: &clap::Command, var: &EnvSetting, value: &OsStr) -> Result<(), String> {
+    let Some(arg) = find_arg(cmd, &var.path, &var.id) else {
+        return Ok(());
+    };
+    let probe = clap::Command::new("env").no_binary_name(true).arg(
+        clap::Arg::new("value")
+            .num_args(1)
+            .allow_hyphen_values(true)
+            .value_parser(arg.get_value_parser().clone()),
+    );
+    let Err(e) = probe.try_get_matches_from([OsString::from(value)]) else {
+        return Ok(());
+    };
+    if let Some(source) = std::error::Error::source(&e) {
+        return Err(source.to_string());
+    }
+    if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
+        return Err(format!("use one of {}", valid.join(", ")));
+    }
+    Err(e.kind().as_str().unwrap_or("not a valid value").to_owned())
+}
+
+fn find_arg<'c>(cmd: &'c clap::Command, path: &[String], id: &str) -> Option<&'c clap::Arg> {
+    match path.split_first() {
+        None => cmd.get_arguments().find(|a| a.get_id() == id),
+        Some((first, rest)) => find_arg(cmd.find_subcommand(first)?, rest, id),
+    }
+}
+
+/// The command with the argument's `env` taken away: clap no longer reads that variable.
+fn without_env(cmd: clap::Command, path: &[String], id: &str) -> clap::Command {
+    let id = id.to_owned();
+    match path.split_first() {
+        None => cmd.mut_arg(id, |a| a.env(None)),
+        Some((first, rest)) => {
+            let rest = rest.to_vec();
+            cmd.mut_subcommand(first, move |sub| without_env(sub, &rest, &id))
+        }
+    }
+}
+
+/// The matches of the subcommand at `path`, if that subcommand was the one run.
+fn matches_at<'m>(matches: &'m ArgMatches, path: &[String]) -> Option<&'m ArgMatches> {
+    match path.split_first() {
+        None => Some(matches),
+        Some((first, rest)) => matches_at(matches.subcommand_matches(first)?, rest),
+    }
 }
 
 fn non_empty(s: &str) -> Result<String, String> {
@@ -169,7 +310,6 @@ fn non_empty(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {

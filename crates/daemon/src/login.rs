@@ -247,6 +247,22 @@ async fn answer_callback(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     };
+    // The state first: any local process can reach this port, and only a callback that carries
+    // this login's state comes from the sign-in page we opened. Anything else, an error included,
+    // is ignored and the login keeps waiting.
+    if param("state").as_deref() != Some(state) {
+        respond(
+            &mut stream,
+            "400 Bad Request",
+            "This sign-in link belongs to another login attempt; it was ignored.",
+        )
+        .await;
+        tracing::warn!(
+            "ignored a callback whose state does not match this login (another login attempt, \
+             or another program); still waiting"
+        );
+        return None;
+    }
     if let Some(error) = param("error") {
         respond(
             &mut stream,
@@ -256,18 +272,10 @@ async fn answer_callback(
         .await;
         let detail = param("error_description").unwrap_or_default();
         return Some(Err(format!(
-            "the sign-in page reported `{error}` {detail}; nothing was saved"
+            "the sign-in page reported `{}` {}; nothing was saved",
+            printable(&error),
+            printable(&detail)
         )));
-    }
-    if param("state").as_deref() != Some(state) {
-        respond(
-            &mut stream,
-            "400 Bad Request",
-            "This sign-in link belongs to another login attempt; it was ignored.",
-        )
-        .await;
-        tracing::warn!("ignored a callback whose state does not match this login");
-        return None;
     }
     match param("code").filter(|c| !c.trim().is_empty()) {
         Some(code) => {
@@ -289,6 +297,20 @@ async fn answer_callback(
             None
         }
     }
+}
+
+/// Text from the provider, safe to print: control characters (escape sequences, newlines) are
+/// shown escaped, so a callback cannot drive the user's terminal, and it is kept short.
+fn printable(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(300) {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 async fn respond(stream: &mut tokio::net::TcpStream, status: &str, message: &str) {

@@ -13,7 +13,7 @@ mod show;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use cli::{Cli, Command};
 
@@ -33,7 +33,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     if cli.once && cli.command.is_some() {
         Cli::command()
             .error(

@@ -55,9 +55,31 @@ fn bad_command_lines_exit_2() {
         &["status", "--refresh-before", "15"],
         &["--once", "--token-url", "http://example.com/token"],
         &["-v", "-q", "status"],
+        &["--once", "--retry-budget", "999999999999999d"],
+        &["status", "--refresh-before", "5h"],
     ] {
         let (code, _, err) = run(args);
         assert_eq!(code, 2, "{args:?} should exit 2; stderr: {err}");
         assert!(!err.is_empty(), "{args:?} should say why");
     }
+}
+
+/// A subcommand's own variable is checked and named like the global ones.
+#[test]
+fn a_bad_subcommand_variable_is_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_claude-tokend"))
+        .args(["service", "status"])
+        .env_clear()
+        .env("HOME", "/nonexistent-home-for-cli-tests")
+        .env("CLAUDE_TOKEND_SERVICE_MANAGER", "bogus")
+        .output()
+        .expect("run claude-tokend");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "invalid value 'bogus' for CLAUDE_TOKEND_SERVICE_MANAGER: use one of systemd, launchd"
+        ),
+        "{err}"
+    );
 }
