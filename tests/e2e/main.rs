@@ -14,3 +14,5 @@ mod login;
 mod refresh;
 mod safety;
 mod status;
+mod waste;
+mod waste_daemon;
