@@ -16,3 +16,5 @@ mod safety;
 mod settings;
 mod status;
 mod suspects;
+mod waste;
+mod waste_daemon;
