@@ -125,6 +125,11 @@ impl Credentials {
         out
     }
 
+    /// The document as one line of JSON, as Claude Code stores it in the Keychain.
+    pub fn to_compact_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.root).expect("a serde_json::Map always serializes")
+    }
+
     /// The typed view of `claudeAiOauth`; `Ok(None)` when the key is absent or null.
     pub fn oauth(&self) -> Result<Option<OAuthView>, ParseError> {
         let oauth = match self.root.get(OAUTH_KEY) {

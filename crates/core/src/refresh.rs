@@ -25,7 +25,7 @@ use crate::schedule::{
 use crate::seams;
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{FileLock, Snapshot, Store, StoreError};
+use crate::store::{FileLock, Place, Snapshot, Store, StoreError};
 
 /// What the sequence needs to know besides the store.
 #[derive(Clone, Debug)]
@@ -117,9 +117,9 @@ pub enum RefreshError {
     Store(StoreError),
     /// No usable login in the store: no `claudeAiOauth`, blank tokens, no refresh token, or a
     /// logout while the request was in flight.
-    LoginNeeded { path: PathBuf, why: &'static str },
+    LoginNeeded { place: Place, why: &'static str },
     /// The server refused the grant, and no other process has a newer token.
-    Rejected { path: PathBuf, error: OAuthError },
+    Rejected { place: Place, error: OAuthError },
     /// The server refused the client (`invalid_client`, `unauthorized_client`,
     /// `invalid_scope`): a setting, not the login, is wrong.
     ClientRefused {
@@ -150,16 +150,14 @@ impl fmt::Display for RefreshError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RefreshError::Store(e) => e.fmt(f),
-            RefreshError::LoginNeeded { path, why } => write!(
+            RefreshError::LoginNeeded { place, why } => write!(
                 f,
-                "{}: {why}; a new login is needed: run `claude-tokend login` (or sign in with Claude Code)",
-                path.display()
+                "{place}: {why}; a new login is needed: run `claude-tokend login` (or sign in with Claude Code)"
             ),
-            RefreshError::Rejected { path, error } => write!(
+            RefreshError::Rejected { place, error } => write!(
                 f,
-                "{error}. The refresh token in {} no longer works; a new login is needed: \
-                 run `claude-tokend login` (or sign in with Claude Code)",
-                path.display()
+                "{error}. The refresh token in {place} no longer works; a new login is needed: \
+                 run `claude-tokend login` (or sign in with Claude Code)"
             ),
             RefreshError::ClientRefused {
                 client_id,
@@ -219,9 +217,9 @@ pub async fn read_settled(store: &Store) -> Result<Snapshot, StoreError> {
 
 /// The client id a refresh must use, and where it came from: the store's, when it names one
 /// (the token belongs to that client), else the setting.
-fn client_id_for<'a>(view: &'a OAuthView, policy: &'a Policy, path: &Path) -> (&'a str, String) {
+fn client_id_for<'a>(view: &'a OAuthView, policy: &'a Policy, place: &Place) -> (&'a str, String) {
     match view.client_id.as_deref().filter(|c| !c.trim().is_empty()) {
-        Some(id) => (id, format!("clientId in {}", path.display())),
+        Some(id) => (id, format!("clientId in {place}")),
         None => (&policy.client_id, policy.client_id_origin.clone()),
     }
 }
@@ -268,19 +266,19 @@ fn decide(
     mode: &mut Mode,
     policy: &Policy,
     lock: &FileLock,
-    path: &Path,
+    place: &Place,
 ) -> Result<Decision, RefreshError> {
     let view = snapshot
         .doc
         .oauth()
         .expect("Credentials::parse validated the owned fields")
         .ok_or(RefreshError::LoginNeeded {
-            path: path.to_path_buf(),
+            place: place.clone(),
             why: "the file has no claudeAiOauth login",
         })?;
     if view.is_logged_out() {
         return Err(RefreshError::LoginNeeded {
-            path: path.to_path_buf(),
+            place: place.clone(),
             why: "the login in the file is blank (logged out)",
         });
     }
@@ -327,7 +325,7 @@ fn decide(
     }
     if view.usable_refresh_token().is_none() {
         return Err(RefreshError::LoginNeeded {
-            path: path.to_path_buf(),
+            place: place.clone(),
             why: "the login has no refresh token, so it cannot be renewed",
         });
     }
@@ -412,7 +410,7 @@ impl Refresher {
         lock_deadline: Option<Instant>,
         observe: &dyn Fn(Step),
     ) -> Result<Outcome, RefreshError> {
-        let path = store.path().to_path_buf();
+        let place = store.place();
         let started = Instant::now();
         let lock = store.lock(lock_deadline).await?;
         observe(Step::Locked);
@@ -421,7 +419,7 @@ impl Refresher {
         let mut view = None;
         if self.in_hand.is_none() {
             let snapshot = read_settled(store).await?;
-            if let Decision::Done(outcome) = decide(&snapshot, mode, policy, &lock, &path)? {
+            if let Decision::Done(outcome) = decide(&snapshot, mode, policy, &lock, &place)? {
                 return Ok(outcome);
             }
         }
@@ -441,7 +439,7 @@ impl Refresher {
             })?;
         let snapshot = if self.in_hand.is_none() {
             let snapshot = read_settled(store).await?;
-            match decide(&snapshot, mode, policy, &lock, &path)? {
+            match decide(&snapshot, mode, policy, &lock, &place)? {
                 Decision::Done(outcome) => return Ok(outcome),
                 Decision::Refresh(v) => view = Some(v),
             }
@@ -469,7 +467,7 @@ impl Refresher {
                 );
             }
             let client = self.client.as_ref().expect("just built");
-            let (client_id, origin) = client_id_for(&view, policy, &path);
+            let (client_id, origin) = client_id_for(&view, policy, &place);
             let request = RefreshRequest {
                 refresh_token: &refresh_token,
                 client_id,
@@ -490,7 +488,7 @@ impl Refresher {
                 Ok(grant) => grant,
                 Err(error) => {
                     drop(pending);
-                    return failed(store, &path, error, &refresh_token, client_id, origin).await;
+                    return failed(store, &place, error, &refresh_token, client_id, origin).await;
                 }
             };
             let kept = grant.refresh_token.as_ref().unwrap_or(&refresh_token);
@@ -572,7 +570,7 @@ impl Refresher {
                 Ok(Outcome::Adopted { expires_at })
             }
             Saved::LoggedOut | Saved::NothingToRemove => Err(RefreshError::LoginNeeded {
-                path,
+                place,
                 why: "the login was removed (a logout) while the refresh was in flight, and that \
                       logout was not undone",
             }),
@@ -585,7 +583,7 @@ impl Refresher {
 /// and theirs is the answer.
 async fn failed(
     store: &Store,
-    path: &Path,
+    place: &Place,
     error: OAuthError,
     sent: &Secret,
     client_id: &str,
@@ -617,7 +615,7 @@ async fn failed(
             }
         }
         _ => RefreshError::Rejected {
-            path: path.to_path_buf(),
+            place: place.clone(),
             error,
         },
     })
@@ -665,6 +663,11 @@ pub async fn refresh_with_budget(
             Err(e @ RefreshError::SaveFailed { .. }) => (
                 Backoff::SAVE.delay_within(retries, random_unit(), None, remaining),
                 e,
+            ),
+            // A locked or busy Keychain: like a network error, it may pass.
+            Err(RefreshError::Store(e)) if e.is_transient() => (
+                Backoff::STANDARD.delay_within(retries, random_unit(), None, remaining),
+                RefreshError::Store(e),
             ),
             other => return other,
         };

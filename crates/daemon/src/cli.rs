@@ -106,6 +106,14 @@ pub struct LoginArgs {
     pub loopback: bool,
 }
 
+/// The `--store` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    Auto,
+    File,
+    Keychain,
+}
+
 #[derive(Debug, Args)]
 pub struct Settings {
     /// The credentials file [default: $CLAUDE_CONFIG_DIR/.credentials.json, else ~/.claude/.credentials.json]
@@ -116,6 +124,19 @@ pub struct Settings {
         env = "CLAUDE_TOKEND_CREDENTIALS"
     )]
     pub credentials: Option<PathBuf>,
+
+    /// Where the login is kept: `file`, `keychain` (macOS: the item Claude Code keeps there,
+    /// through the `security` command), or `auto` (on macOS the Keychain item when it exists,
+    /// else the file; elsewhere the file).
+    #[arg(
+        long,
+        global = true,
+        value_name = "STORE",
+        env = "CLAUDE_TOKEND_STORE",
+        default_value = "auto",
+        value_enum
+    )]
+    pub store: StoreChoice,
 
     /// The OAuth token endpoint (https; http only to a loopback host).
     #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_TOKEN_URL",

@@ -9,24 +9,54 @@ use serde_json::json;
 use tokend_core::oauth::ClientConfig;
 use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError};
 use tokend_core::schedule::{due_at, epoch_millis, is_due};
-use tokend_core::store::{self, FILE_MODE, Store, StoreError};
+use tokend_core::store::{self, FILE_MODE, Keychain, Kind, LocateEnv, Place, Store, StoreError};
 
-use crate::cli::{DEFAULT_CLIENT_ID, Settings};
+use crate::cli::{DEFAULT_CLIENT_ID, Settings, StoreChoice};
 use crate::exit;
 use crate::show::{describe_expiry, emit, local_time, relative, when};
 
-/// Finds the credentials file from the settings and the environment (the contract's order).
+/// Finds the login's store from the settings and the environment: the credentials path in
+/// the contract's order, and the kind of store `--store` asks for.
 pub fn store_for(settings: &Settings) -> Result<Store, u8> {
-    match store::locate(
-        settings.credentials.as_deref(),
-        std::env::var_os("CLAUDE_CONFIG_DIR"),
-        std::env::var_os("HOME"),
-    ) {
-        Ok((path, _origin)) => Ok(Store::new(path)),
+    let env = LocateEnv::from_process();
+    let path = match store::locate(settings.credentials.as_deref(), &env) {
+        Ok((path, _origin)) => path,
         Err(e) => {
             eprintln!("claude-tokend: {e}");
+            return Err(exit::USAGE);
+        }
+    };
+    let item = || Keychain {
+        service: store::keychain_service(&env),
+        account: store::keychain_account(&env),
+    };
+    match settings.store {
+        StoreChoice::File => Ok(Store::new(path)),
+        StoreChoice::Keychain if settings.credentials.is_some() => {
+            eprintln!(
+                "claude-tokend: --credentials (or CLAUDE_TOKEND_CREDENTIALS) names a file, which \
+                 --store keychain does not use: drop one of them (CLAUDE_CONFIG_DIR chooses the \
+                 Keychain item of another config directory)"
+            );
             Err(exit::USAGE)
         }
+        StoreChoice::Keychain => Ok(Store::keychain(path, item())),
+        StoreChoice::Auto => Ok(auto_store(path, item, settings.credentials.is_some())),
+    }
+}
+
+/// `--store auto`: where Claude Code itself keeps the login. On macOS that is the Keychain
+/// item when it exists, else the file when it exists, else the Keychain (where a new login
+/// goes); a Keychain that cannot be asked (locked) is a Keychain failure, never a reason to use
+/// the file. Elsewhere, and for an explicit `--credentials`, the file.
+fn auto_store(path: std::path::PathBuf, item: impl FnOnce() -> Keychain, explicit: bool) -> Store {
+    if !cfg!(target_os = "macos") || explicit {
+        return Store::new(path);
+    }
+    let item = item();
+    match item.exists() {
+        Ok(false) if path.exists() => Store::new(path),
+        _ => Store::keychain(path, item),
     }
 }
 
@@ -71,9 +101,10 @@ pub fn exit_code(e: &RefreshError) -> u8 {
             | StoreError::Unreadable { .. }
             | StoreError::Malformed { .. },
         ) => exit::CONFIG,
-        RefreshError::Store(StoreError::LockTimeout { .. }) | RefreshError::Transient { .. } => {
-            exit::TEMPFAIL
-        }
+        RefreshError::Store(
+            StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },
+        )
+        | RefreshError::Transient { .. } => exit::TEMPFAIL,
         RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. } => exit::LOGIN_NEEDED,
         RefreshError::Store(StoreError::Lock { .. } | StoreError::Write { .. })
         | RefreshError::SaveFailed { .. }
@@ -204,9 +235,34 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         Ok(s) => s,
         Err(e) => return report(&RefreshError::Store(e)),
     };
-    let path = store.path().display().to_string();
+    let place = store.place();
     let target = store.target();
     let target_text = (target != store.path()).then(|| target.display().to_string());
+    // What every JSON object says about where the login is (the same keys in the array a
+    // multi-login status prints).
+    let mut located = serde_json::Map::new();
+    located.insert("store".into(), json!(store.kind().name()));
+    located.insert(
+        "configDir".into(),
+        json!(store.path().parent().map(|d| d.display().to_string())),
+    );
+    match &place {
+        Place::File(path) => {
+            located.insert("path".into(), json!(path.display().to_string()));
+            located.insert("target".into(), json!(target_text));
+        }
+        Place::Item { service, account } => {
+            located.insert("service".into(), json!(service));
+            located.insert("account".into(), json!(account));
+        }
+    }
+    let with_location = |rest: serde_json::Value| {
+        let mut doc = located.clone();
+        if let serde_json::Value::Object(rest) = rest {
+            doc.extend(rest);
+        }
+        serde_json::Value::Object(doc)
+    };
     let mode_ok = snapshot.mode & 0o077 == 0;
     let mode_text = format!("{:04o}", snapshot.mode);
     // Everything for stdout is gathered first and written once: a reader that goes away (a
@@ -216,13 +272,13 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         Ok(Some(v)) if !v.is_logged_out() => v,
         Ok(_) => {
             if as_json {
-                let doc = json!({"path": path, "target": target_text, "loggedIn": false,
-                                 "fileMode": mode_text, "fileModeOk": mode_ok});
+                let doc = with_location(json!({"loggedIn": false,
+                                 "fileMode": mode_text, "fileModeOk": mode_ok}));
                 out = pretty(&doc);
             }
             let _ = emit(out.as_bytes());
             eprintln!(
-                "claude-tokend: {path}: no login in the file; a new login is needed: \
+                "claude-tokend: {place}: no login there; a new login is needed: \
                  run `claude-tokend login` (or sign in with Claude Code)"
             );
             return exit::LOGIN_NEEDED;
@@ -235,9 +291,7 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         .expires_at
         .map(|at| due_at(at, settings.refresh_before));
     if as_json {
-        let doc = json!({
-            "path": path,
-            "target": target_text,
+        let doc = with_location(json!({
             "loggedIn": true,
             "accessToken": view.access_token.masked(),
             "refreshToken": view.refresh_token.as_ref().map(|t| t.masked()),
@@ -254,15 +308,23 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             "clientId": view.client_id,
             "fileMode": mode_text,
             "fileModeOk": mode_ok,
-        });
+        }));
         out = pretty(&doc);
     } else {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(out, "{k:<15}{v}");
         };
-        row("Credentials:", path.clone());
-        if let Some(t) = &target_text {
-            row("Symlink to:", t.clone());
+        row("Store:", store.kind().name().to_owned());
+        match &place {
+            Place::File(path) => {
+                row("Credentials:", path.display().to_string());
+                if let Some(t) = &target_text {
+                    row("Symlink to:", t.clone());
+                }
+            }
+            Place::Item { service, account } => {
+                row("Keychain item:", format!("{service} (account {account})"));
+            }
         }
         row("Access token:", view.access_token.masked());
         row(
@@ -311,10 +373,10 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             when(at)
         );
     }
-    if !mode_ok {
+    if !mode_ok && store.kind() == Kind::File {
         eprintln!(
-            "claude-tokend: warning: {path} has mode {mode_text}; it should be {FILE_MODE:04o} \
-             (run: chmod 600 {path})"
+            "claude-tokend: warning: {place} has mode {mode_text}; it should be {FILE_MODE:04o} \
+             (run: chmod 600 {place})"
         );
     }
     if expired { exit::FAILURE } else { exit::OK }

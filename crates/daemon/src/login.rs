@@ -89,7 +89,7 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     };
     match rt.block_on(login::save_login(&store, &request, settings.retry_budget)) {
         Ok(saved) => {
-            println!("Signed in. Saved to {}", saved.path.display());
+            println!("Signed in. Saved to {}", store.place());
             println!(
                 "Access token {}, {}",
                 saved.access_token,
@@ -111,9 +111,10 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
                     | StoreError::Unreadable { .. }
                     | StoreError::Malformed { .. },
                 ) => exit::CONFIG,
-                LoginError::Store(StoreError::LockTimeout { .. }) | LoginError::Unavailable(_) => {
-                    exit::TEMPFAIL
-                }
+                LoginError::Store(
+                    StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },
+                )
+                | LoginError::Unavailable(_) => exit::TEMPFAIL,
                 LoginError::Store(_) => exit::FAILURE,
                 LoginError::Refused(_) => exit::LOGIN_NEEDED,
             }
@@ -331,7 +332,7 @@ pub fn logout(settings: &Settings, yes: bool) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let path = store.path().display().to_string();
+    let path = store.place().to_string();
     if !yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
@@ -368,7 +369,9 @@ pub fn logout(settings: &Settings, yes: bool) -> u8 {
                 StoreError::Missing { .. }
                 | StoreError::Unreadable { .. }
                 | StoreError::Malformed { .. } => exit::CONFIG,
-                StoreError::LockTimeout { .. } => exit::TEMPFAIL,
+                StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. } => {
+                    exit::TEMPFAIL
+                }
                 _ => exit::FAILURE,
             }
         }

@@ -640,12 +640,11 @@ fn check_value(what: &str, value: &str) -> Result<(), u8> {
 /// (Claude Code's lock directory `<config dir>.lock` is made there), and, for a symlinked file,
 /// the directory of the file it points at. A directory inside another on the list is dropped.
 fn writable_dirs(settings: &Settings, home: &Home) -> Result<Vec<String>, u8> {
-    let (path, _) = store::locate(
-        settings.credentials.as_deref(),
-        std::env::var_os("CLAUDE_CONFIG_DIR"),
-        Some(OsString::from(home.home.as_os_str())),
-    )
-    .map_err(|e| {
+    let env = store::LocateEnv {
+        home: Some(OsString::from(home.home.as_os_str())),
+        ..store::LocateEnv::from_process()
+    };
+    let (path, _) = store::locate(settings.credentials.as_deref(), &env).map_err(|e| {
         eprintln!("claude-tokend: {e}");
         exit::USAGE
     })?;

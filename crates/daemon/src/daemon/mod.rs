@@ -12,12 +12,13 @@ mod watch;
 
 use std::cell::Cell;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokend_core::credentials::OAuthView;
 use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
 use tokend_core::schedule::{Backoff, epoch_millis, random_unit};
-use tokend_core::store::{Store, StoreError};
+use tokend_core::store::{Kind, Store, StoreError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -51,6 +52,10 @@ const MALFORMED_TRIES: u32 = 5;
 const LOGIN_EXPIRY_WARNING_MS: i64 = 3 * 24 * 3600 * 1000;
 /// On SIGTERM with new tokens not yet saved, saving is retried for this long before giving up.
 const UNSAVED_GRACE: Duration = Duration::from_secs(10);
+/// The first pause before reading a locked or busy Keychain again, doubled on each failure up
+/// to [`UNAVAILABLE_RETRY_MAX`].
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
+const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(300);
 /// The shortest pause between two attempts that sent nothing (the store said "not due" or
 /// another process had refreshed): a guard against a scheduling mistake turning into a loop.
 const IDLE_ATTEMPT_GAP: Duration = Duration::from_secs(1);
@@ -112,8 +117,8 @@ struct Stamp {
     mtime_ns: i128,
 }
 
-fn stamp(store: &Store) -> Option<Stamp> {
-    let m = std::fs::metadata(store.target()).ok()?;
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
     Some(Stamp {
         dev: m.dev(),
         ino: m.ino(),
@@ -132,6 +137,13 @@ pub struct Daemon<C: Clock> {
     known: Option<u64>,
     /// File identity at the last read, for the periodic check.
     last_stamp: Option<Stamp>,
+    /// For a Keychain login: the keychain file that holds the item (found once per watch, so
+    /// the minute check is a `stat`, not a `security` run), and whether it was only assumed
+    /// because the item did not exist yet.
+    keychain_file: Option<(PathBuf, bool)>,
+    /// Consecutive reads that found the Keychain locked or busy: they are retried with a
+    /// growing pause, never taken for a logout.
+    unavailable_tries: u32,
     /// When a coalesced or retried re-read is due.
     reread_at: Option<Instant>,
     malformed_tries: u32,
@@ -165,6 +177,8 @@ impl<C: Clock> Daemon<C> {
             state: State::Unknown,
             known: None,
             last_stamp: None,
+            keychain_file: None,
+            unavailable_tries: 0,
             reread_at: None,
             malformed_tries: 0,
             refresher: Refresher::new(),
@@ -185,7 +199,7 @@ impl<C: Clock> Daemon<C> {
         tracing::info!(
             "claude-tokend {} started; credentials at {}",
             env!("CARGO_PKG_VERSION"),
-            self.store.path().display()
+            self.store.place()
         );
         self.arm_watch();
         self.reread(true);
@@ -262,7 +276,7 @@ impl<C: Clock> Daemon<C> {
                 "stopping with new tokens that could not be saved to {}: the old refresh token \
                  is spent, so the login may be lost; if Claude Code reports that you are logged \
                  out, run `claude-tokend login`",
-                self.store.path().display()
+                self.store.place()
             );
             return exit::FAILURE;
         }
@@ -297,8 +311,21 @@ impl<C: Clock> Daemon<C> {
         }
     }
 
+    /// The identity of the file whose change means "read again".
+    fn stamp(&self) -> Option<Stamp> {
+        match self.store.kind() {
+            Kind::File => stamp(&self.store.target()),
+            Kind::Keychain => stamp(&self.keychain_file.as_ref()?.0),
+        }
+    }
+
     fn on_file_changed(&mut self, ping: Ping) -> Flow {
-        if ping == Ping::Rearm {
+        if ping == Ping::Rearm
+            || self
+                .keychain_file
+                .as_ref()
+                .is_some_and(|(_, guessed)| *guessed)
+        {
             self.arm_watch();
         }
         // Coalesce: the first ping of a burst sets the re-read time; later ones ride along.
@@ -315,7 +342,7 @@ impl<C: Clock> Daemon<C> {
         if self.reread_at.is_some_and(|at| now >= at) {
             self.reread_at = None;
             self.reread(false);
-        } else if stamp(&self.store) != self.last_stamp {
+        } else if self.stamp() != self.last_stamp {
             // A change the watch did not report.
             self.reread(false);
         }
@@ -330,7 +357,7 @@ impl<C: Clock> Daemon<C> {
     }
 
     fn on_reload(&mut self) -> Flow {
-        tracing::info!("SIGHUP: re-reading {}", self.store.path().display());
+        tracing::info!("SIGHUP: re-reading {}", self.store.place());
         self.said = None;
         self.arm_watch();
         self.reread(true);
@@ -339,7 +366,11 @@ impl<C: Clock> Daemon<C> {
 
     /// (Re)arms the directory watch. A failure is logged once; the minute timer tries again.
     fn arm_watch(&mut self) {
-        match Watch::arm(&self.store) {
+        let (files, guessed) = watch::watched_files(&self.store);
+        if self.store.kind() == Kind::Keychain {
+            self.keychain_file = files.first().map(|f| (f.clone(), guessed));
+        }
+        match Watch::arm(&files) {
             Ok((watch, rx)) => {
                 let dirs: Vec<_> = watch.dirs().map(|d| d.display().to_string()).collect();
                 if watch.complete {
@@ -347,7 +378,7 @@ impl<C: Clock> Daemon<C> {
                 } else {
                     tracing::info!(
                         "waiting for the directory of {} to appear (watching {})",
-                        self.store.path().display(),
+                        self.store.place(),
                         dirs.join(" and ")
                     );
                 }
@@ -370,7 +401,7 @@ impl<C: Clock> Daemon<C> {
     /// Reads the file and updates the state from it. `force`: even if the bytes are the ones
     /// already known (startup, SIGHUP).
     fn reread(&mut self, force: bool) {
-        self.last_stamp = stamp(&self.store);
+        self.last_stamp = self.stamp();
         // A claude-tokend that crashed mid-refresh may have left lock directories that make
         // Claude Code wait; clear them when the lock is free (never waiting for it here).
         if let Ok(Some(lock)) = self.store.try_lock() {
@@ -379,6 +410,7 @@ impl<C: Clock> Daemon<C> {
         match self.store.read() {
             Ok(snapshot) => {
                 self.malformed_tries = 0;
+                self.unavailable_tries = 0;
                 if !force && Some(snapshot.fingerprint) == self.known {
                     return;
                 }
@@ -414,6 +446,19 @@ impl<C: Clock> Daemon<C> {
                 self.malformed_tries += 1;
                 self.reread_at = Some(Instant::now() + MALFORMED_RETRY);
             }
+            Err(e) if e.is_transient() => {
+                // A locked or busy Keychain: read again later, with a growing pause; the state
+                // (a scheduled refresh, say) stands.
+                let pause = UNAVAILABLE_RETRY
+                    .saturating_mul(1 << self.unavailable_tries.min(6))
+                    .min(UNAVAILABLE_RETRY_MAX);
+                self.unavailable_tries = self.unavailable_tries.saturating_add(1);
+                self.say_once(
+                    tracing::Level::WARN,
+                    format!("{e}; reading it again in {}s", pause.as_secs()),
+                );
+                self.reread_at = Some(Instant::now() + pause);
+            }
             Err(StoreError::Missing { .. }) => self.wait_for(Waiting::Missing),
             Err(e @ StoreError::Malformed { .. }) => {
                 self.malformed_tries = 0;
@@ -425,7 +470,7 @@ impl<C: Clock> Daemon<C> {
     }
 
     fn wait_for(&mut self, why: Waiting) {
-        let path = self.store.path().display().to_string();
+        let path = self.store.place().to_string();
         let (level, text) = match &why {
             Waiting::Missing => (
                 tracing::Level::INFO,
@@ -573,7 +618,7 @@ impl<C: Clock> Daemon<C> {
                     self.login_expires_at = v.refresh_token_expires_at;
                     self.login_key = Some(v.own_fields_key());
                 }
-                self.last_stamp = stamp(&self.store);
+                self.last_stamp = self.stamp();
                 self.said = None;
                 if short_grant && !self.warned_short_grant {
                     self.warned_short_grant = true;
@@ -641,7 +686,7 @@ impl<C: Clock> Daemon<C> {
                 self.login_expires_at = v.refresh_token_expires_at;
             }
         }
-        self.last_stamp = stamp(&self.store);
+        self.last_stamp = self.stamp();
     }
 
     fn back_off(&mut self, e: &RefreshError, policy: Backoff) {
@@ -704,7 +749,7 @@ impl<C: Clock> Daemon<C> {
                 until.saturating_duration_since(Instant::now()).as_secs()
             ),
             State::Waiting(Waiting::Missing) => {
-                format!("waiting for {}", self.store.path().display())
+                format!("waiting for {}", self.store.place())
             }
             State::Waiting(Waiting::LoggedOut) => "waiting for a login".to_owned(),
             State::Waiting(Waiting::LoginNeeded(e)) => format!("login needed: {e}"),

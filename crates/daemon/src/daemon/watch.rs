@@ -1,4 +1,6 @@
-//! Watching the credentials file for outside changes. The *directory* is watched, not the file:
+//! Watching the store for outside changes: the credentials file, or for a Keychain login the
+//! keychain file that holds the item (it changes on every write; `security` is never polled).
+//! The *directory* is watched, not the file:
 //! writers replace the file by rename (editors, Claude Code, this program), which a watch on the
 //! old inode would never see, and they also rewrite it in place, which the directory watch sees
 //! as a modification of the name. Events are filtered by name and forwarded as bare "look
@@ -38,12 +40,28 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// The directories to watch and the names to look for: the path as given and, for a symlink,
-/// the resolved target too.
-fn wanted(store: &Store) -> (Vec<PathBuf>, Vec<OsString>) {
+/// The files whose changes mean "read the store again", and whether that list is only a guess:
+/// the credentials file (as given and, for a symlink, as resolved), or the keychain file that
+/// holds the Keychain item. While the item does not exist `security` cannot name its keychain,
+/// so the login keychain is assumed (where Claude Code creates the item) and the watch is armed
+/// again after the next change.
+pub fn watched_files(store: &Store) -> (Vec<PathBuf>, bool) {
+    match store.watched_files() {
+        Some(files) => (files, false),
+        None => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            (vec![home.join("Library/Keychains/login.keychain-db")], true)
+        }
+    }
+}
+
+/// The directories to watch and the names to look for in them.
+fn wanted(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<OsString>) {
     let mut dirs = Vec::new();
     let mut names = Vec::new();
-    for p in [store.path().to_path_buf(), store.target()] {
+    for p in files {
         let dir = p
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -62,10 +80,11 @@ fn wanted(store: &Store) -> (Vec<PathBuf>, Vec<OsString>) {
 }
 
 impl Watch {
-    /// Arms a watch and returns it with the channel its pings arrive on.
-    pub fn arm(store: &Store) -> notify::Result<(Watch, UnboundedReceiver<Ping>)> {
+    /// Arms a watch of `files` (see [`watched_files`]) and returns it with the channel its
+    /// pings arrive on.
+    pub fn arm(files: &[PathBuf]) -> notify::Result<(Watch, UnboundedReceiver<Ping>)> {
         let (tx, rx) = unbounded_channel();
-        let (dirs, names) = wanted(store);
+        let (dirs, names) = wanted(files);
         let handler = Handler {
             tx,
             names,

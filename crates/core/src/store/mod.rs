@@ -1,0 +1,430 @@
+//! Where a login is kept, behind one seam: the credentials file or Claude Code's macOS Keychain
+//! item. [`Store`] is that seam; the refresh sequence, the daemon and the commands never ask
+//! which kind they hold. The kinds differ only in how bytes are read, written, removed and
+//! watched (`file`, `keychain`); what they share lives here: the places messages name, the
+//! errors, this program's own flock (`lockfile`), and where a login's locks are (always the
+//! credentials directory Claude Code would use, as `locate` finds it).
+//!
+//! Nothing else in the program writes a store, and no write here ever truncates a file in
+//! place except the bind-mount fallback: a new version goes to a temp file, is synced, and is
+//! renamed over the old one (or handed to `security` whole, for the Keychain).
+
+mod file;
+mod keychain;
+mod locate;
+mod lockfile;
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::credentials::{Credentials, ParseError};
+
+pub use file::{FileWrite, utc_stamp};
+pub use keychain::{Keychain, MAX_INTERACTIVE_LINE, decode_hex, encode_hex, interactive_line};
+pub use locate::{
+    FALLBACK_ACCOUNT, FILE_NAME, KEYCHAIN_SERVICE, LocateEnv, NoHomeError, Origin,
+    absolute_lexically, keychain_account, keychain_service, locate, resolve_symlinks,
+};
+pub use lockfile::FileLock;
+
+/// The file mode the credentials file always has.
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of a directory this program creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// The store a message names: a file path, or a Keychain item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    File(PathBuf),
+    Item { service: String, account: String },
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::File(path) => write!(f, "{}", path.display()),
+            Place::Item { service, account } => {
+                write!(f, "the Keychain item \"{service}\" (account \"{account}\")")
+            }
+        }
+    }
+}
+
+/// What went wrong with the store. Every variant names the place; none carries its content.
+#[derive(Debug)]
+pub enum StoreError {
+    Missing {
+        place: Place,
+    },
+    Unreadable {
+        place: Place,
+        source: io::Error,
+    },
+    Malformed {
+        place: Place,
+        reason: ParseError,
+    },
+    /// `security` could not read or write the item: the keychain is locked (`locked`), or it
+    /// failed in a way that may pass. Transient: never a reason to think the user logged out.
+    KeychainUnavailable {
+        place: Place,
+        locked: bool,
+        detail: String,
+    },
+    Lock {
+        path: PathBuf,
+        source: io::Error,
+    },
+    LockTimeout {
+        path: PathBuf,
+        waited: Duration,
+    },
+    Write {
+        path: PathBuf,
+        stage: &'static str,
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// A parse failure that may only mean a writer is half-way through the file.
+    pub fn may_be_mid_write(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Malformed {
+                reason: ParseError::Syntax(_),
+                ..
+            }
+        )
+    }
+
+    /// A failure worth retrying with backoff (a locked or busy keychain).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::KeychainUnavailable { .. })
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Missing {
+                place: Place::File(path),
+            } => write!(
+                f,
+                "no credentials file at {}: sign in with Claude Code first, \
+                 or point --credentials or CLAUDE_CONFIG_DIR at the file",
+                path.display()
+            ),
+            StoreError::Missing { place } => write!(
+                f,
+                "no login in the Keychain: {place} does not exist; sign in with Claude Code \
+                 (or `claude-tokend login`) first, or choose the store with --store"
+            ),
+            StoreError::Unreadable { place, source } => {
+                write!(f, "cannot read {place}: {source}")
+            }
+            StoreError::Malformed { place, reason } => write!(
+                f,
+                "{place} is not a usable credentials document: {reason}; it was left untouched"
+            ),
+            StoreError::KeychainUnavailable {
+                place,
+                locked: true,
+                ..
+            } => write!(
+                f,
+                "the login keychain is locked, so {place} cannot be used: unlock it with \
+                 `security unlock-keychain` (over SSH, run that in the SSH session)"
+            ),
+            StoreError::KeychainUnavailable { detail, .. } => {
+                write!(f, "{detail}; the Keychain may be busy, try again")
+            }
+            StoreError::Lock { path, source } => {
+                write!(f, "cannot take the lock {}: {source}", path.display())
+            }
+            StoreError::LockTimeout { path, waited } => write!(
+                f,
+                "another process held the lock {} for {}s; try again later",
+                path.display(),
+                waited.as_secs()
+            ),
+            StoreError::Write {
+                path,
+                stage,
+                source,
+            } => write!(f, "cannot write {} ({stage}): {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Unreadable { source, .. }
+            | StoreError::Lock { source, .. }
+            | StoreError::Write { source, .. } => Some(source),
+            StoreError::Malformed { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// One read of the store.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub doc: Credentials,
+    /// A hash of the exact bytes, so the daemon can tell its own write from someone else's.
+    pub fingerprint: u64,
+    /// The permission bits the file had (a Keychain item counts as private: 0600).
+    pub mode: u32,
+}
+
+/// A hash of stored bytes. Not cryptographic: it only tells "the bytes we wrote" from others.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Which kind of store, for messages and `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Keychain,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Keychain => "keychain",
+        }
+    }
+}
+
+/// One login's store. `path` is the credentials path as located (before symlinks): for the
+/// file store it is the file; for both kinds its directory is the config directory whose lock
+/// directories Claude Code takes.
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+    item: Option<Keychain>,
+}
+
+impl Store {
+    /// The file store at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Store {
+            path: path.into(),
+            item: None,
+        }
+    }
+
+    /// The Keychain store: `item`, locked like the file at `path` would be.
+    pub fn keychain(path: impl Into<PathBuf>, item: Keychain) -> Self {
+        Store {
+            path: path.into(),
+            item: Some(item),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.item {
+            None => Kind::File,
+            Some(_) => Kind::Keychain,
+        }
+    }
+
+    pub fn keychain_item(&self) -> Option<&Keychain> {
+        self.item.as_ref()
+    }
+
+    /// What messages call this store.
+    pub fn place(&self) -> Place {
+        match &self.item {
+            None => Place::File(self.path.clone()),
+            Some(item) => item.place(),
+        }
+    }
+
+    /// The credentials path as located (possibly a symlink; for a Keychain login, where the
+    /// file would be).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file that holds the data, resolved anew on every call so a re-pointed link is
+    /// followed. A Keychain login has none: its `path` is returned.
+    pub fn target(&self) -> PathBuf {
+        match self.item {
+            None => resolve_symlinks(&self.path).unwrap_or_else(|_| self.path.clone()),
+            Some(_) => self.path.clone(),
+        }
+    }
+
+    /// The flock file: `<resolved target>.lock` for a file (never renamed or removed, so every
+    /// process that opens it locks the same inode), `<config dir>/.credentials.json.lock` for a
+    /// Keychain login.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.target().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    /// The directory of the target: the config directory, for a Keychain login.
+    fn dir(&self) -> PathBuf {
+        self.target()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    fn read_bytes(&self) -> Result<(Vec<u8>, u32), StoreError> {
+        match &self.item {
+            None => file::read(&self.path, &self.target()),
+            Some(item) => item.read().map(|bytes| (bytes, FILE_MODE)),
+        }
+    }
+
+    pub fn read(&self) -> Result<Snapshot, StoreError> {
+        let (bytes, mode) = self.read_bytes()?;
+        let doc = Credentials::parse(&bytes).map_err(|reason| StoreError::Malformed {
+            place: self.place(),
+            reason,
+        })?;
+        Ok(Snapshot {
+            doc,
+            fingerprint: fingerprint(&bytes),
+            mode,
+        })
+    }
+
+    /// Copies the store's bytes, unchanged, to `<target>.malformed-<UTC yyyymmddThhmmssZ>`
+    /// (for a Keychain login `<config dir>/.credentials.json.malformed-…`), 0600 and synced,
+    /// before new tokens in hand are written over a document that does not parse: nothing it
+    /// held is lost. Returns the copy's path.
+    pub fn copy_aside(&self) -> Result<PathBuf, StoreError> {
+        let target = self.target();
+        let bytes = match &self.item {
+            None => std::fs::read(&target)
+                .map_err(file::write_error("reading the malformed file", &target))?,
+            Some(item) => {
+                file::ensure_dir(&self.dir())?;
+                item.read()?
+            }
+        };
+        let copy = file::copy_aside(&target, &bytes)?;
+        tracing::warn!(
+            "{} did not parse; its bytes were copied unchanged to {} before the new tokens \
+             were written",
+            self.place(),
+            copy.display()
+        );
+        Ok(copy)
+    }
+
+    /// Creates the config directory (0700, and any missing parents) when it does not exist: a
+    /// first login on a machine where Claude Code never ran.
+    pub fn ensure_dir(&self) -> Result<(), StoreError> {
+        file::ensure_dir(&self.dir())
+    }
+
+    /// Deletes the store: the file (a symlink pointing at it stays, so the next login writes
+    /// through it again) or the Keychain item. Call with the lock held.
+    pub fn remove(&self) -> Result<(), StoreError> {
+        match &self.item {
+            None => file::remove(&self.target()),
+            Some(item) => item.delete(),
+        }
+    }
+
+    /// Takes the exclusive lock without waiting; `None` when another process holds it.
+    pub fn try_lock(&self) -> Result<Option<FileLock>, StoreError> {
+        if self.item.is_some() {
+            // The item can exist before Claude Code ever made its directory; the lock needs it.
+            self.ensure_dir()?;
+        }
+        lockfile::try_lock(&self.lock_path(), &self.place())
+    }
+
+    /// Takes the exclusive lock, waiting until `deadline` (`None`: as long as it takes).
+    pub async fn lock(&self, deadline: Option<Instant>) -> Result<FileLock, StoreError> {
+        if self.item.is_some() {
+            self.ensure_dir()?;
+        }
+        lockfile::lock(&self.lock_path(), &self.place(), deadline).await
+    }
+
+    /// Removes temp files a crashed writer left. Taking the held lock as an argument is the
+    /// proof that no live writer's temp file can be among them.
+    pub fn remove_stale_temps(&self, _held: &FileLock) {
+        if self.item.is_none() {
+            let (dir, prefix) = file::temp_location(&self.target());
+            file::remove_stale_temps(&dir, &prefix);
+        }
+    }
+
+    /// Prepares the next write, *before* the request that spends a refresh token: for a file,
+    /// the temp file (0600, room reserved), so that a failure here means nothing is sent.
+    pub fn begin_write(&self) -> Result<PendingWrite, StoreError> {
+        Ok(PendingWrite(match &self.item {
+            None => Pending::File(file::begin_write(&self.target())?),
+            Some(item) => Pending::Keychain(item.clone()),
+        }))
+    }
+
+    /// The files whose changes mean "read the store again": the file (as given and as resolved)
+    /// or, for a Keychain login, the keychain file that holds the item (`None` when `security`
+    /// cannot say, e.g. the item does not exist yet).
+    pub fn watched_files(&self) -> Option<Vec<PathBuf>> {
+        match &self.item {
+            None => Some(vec![self.path.clone(), self.target()]),
+            Some(item) => item.keychain_file().map(|f| vec![f]),
+        }
+    }
+}
+
+/// A write prepared before a request. Dropped without [`commit`](PendingWrite::commit), it
+/// leaves nothing behind.
+#[derive(Debug)]
+pub struct PendingWrite(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    File(FileWrite),
+    Keychain(Keychain),
+}
+
+impl PendingWrite {
+    /// The temp file's path, for a file store (tests look for it).
+    pub fn temp_path(&self) -> Option<&Path> {
+        match &self.0 {
+            Pending::File(w) => Some(w.temp_path()),
+            Pending::Keychain(_) => None,
+        }
+    }
+
+    /// Writes `doc` whole: for a file atomically (after a crash it is the old version or the
+    /// new one, whole), for the Keychain as one `security` update of the compact JSON. Returns
+    /// the fingerprint of the bytes written.
+    pub fn commit(self, doc: &Credentials) -> Result<u64, StoreError> {
+        match self.0 {
+            Pending::File(w) => {
+                let bytes = doc.to_bytes();
+                w.commit(&bytes)?;
+                Ok(fingerprint(&bytes))
+            }
+            Pending::Keychain(item) => {
+                let bytes = doc.to_compact_bytes();
+                item.write(&bytes)?;
+                Ok(fingerprint(&bytes))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
