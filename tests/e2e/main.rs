@@ -16,5 +16,6 @@ mod safety;
 mod settings;
 mod status;
 mod suspects;
+mod token;
 mod waste;
 mod waste_daemon;

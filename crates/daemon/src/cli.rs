@@ -54,6 +54,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a valid access token on stdout, for scripts, status bars and proxies: refreshed
+    /// first (under the same locks as --once) when due, so they never refresh on their own.
+    /// Prints nothing else on success; exit codes as --once.
+    Token {
+        /// Print {"accessToken":…,"expiresAt":…} instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sign in (OAuth with PKCE) and save the login to the credentials file, keeping every
     /// other key in it. Prints the sign-in URL, then reads the code you paste (CODE#STATE).
     Login(LoginArgs),

@@ -10,6 +10,7 @@ mod logging;
 mod login;
 mod service;
 mod show;
+mod token;
 
 use std::process::ExitCode;
 
@@ -44,7 +45,9 @@ fn main() -> ExitCode {
     }
     let s = &cli.settings;
     let is_daemon = cli.command.is_none() && !cli.once;
-    logging::init(cli.once, s.verbose, s.quiet, is_daemon);
+    // `token` is as silent as `--once` when it succeeds: its stdout is read by a program.
+    let silent = cli.once || matches!(cli.command, Some(Command::Token { .. }));
+    logging::init(silent, s.verbose, s.quiet, is_daemon);
     if s.refresh_before < tokend_core::settings::CLAUDE_CODE_MARGIN {
         tracing::warn!(
             "--refresh-before {}s is shorter than Claude Code's own 5-minute margin; \
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         (None, true) => commands::once(&cli.settings),
         (Some(Command::Refresh), _) => commands::refresh(&cli.settings),
         (Some(Command::Status { json }), _) => commands::status(&cli.settings, *json),
+        (Some(Command::Token { json }), _) => token::token(&cli.settings, *json),
         (Some(Command::Login(args)), _) => login::login(&cli.settings, args),
         (Some(Command::Logout { yes }), _) => login::logout(&cli.settings, *yes),
         (Some(Command::Service { action }), _) => service::run(&cli.settings, action),
