@@ -1,9 +1,13 @@
-//! The account behind a login, as Claude Code knows it: the API's profile lookup
+//! The account behind a login, as Claude Code knows it. Two sources: the API's profile lookup
 //! (`GET <api base>/api/oauth/profile`), which `login` makes after the code exchange so the login
-//! it saves carries the plan (`subscriptionType`, `rateLimitTier`) Claude Code would have stored.
-//! It is an optional extra: nothing here can fail a login.
+//! it saves carries the plan (`subscriptionType`, `rateLimitTier`) Claude Code would have stored;
+//! and Claude Code's own config, `.claude.json`, whose `oauthAccount.emailAddress` `status`
+//! shows. Both are optional extras: nothing here can fail a login or a status, and the config is
+//! only ever read.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
@@ -131,11 +135,38 @@ pub fn subscription_type(organization_type: &str) -> Option<&'static str> {
 }
 
 /// An email fit to print: trimmed, not empty, short, and with no control characters (it comes
-/// from a server, and must not drive the user's terminal).
+/// from a server or a file, and must not drive the user's terminal).
 fn plausible_email(text: &str) -> Option<String> {
     let t = text.trim();
     (!t.is_empty() && t.chars().count() <= 320 && !t.chars().any(char::is_control))
         .then(|| t.to_owned())
+}
+
+/// Where Claude Code keeps its config: `$CLAUDE_CONFIG_DIR/.claude.json` when that is set (and
+/// not empty, as for the credentials), else `~/.claude.json`.
+pub fn claude_config_path(config_dir: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let non_empty = |v: Option<OsString>| v.filter(|v| !v.is_empty());
+    match (non_empty(config_dir), non_empty(home)) {
+        (Some(dir), _) => Some(PathBuf::from(dir).join(".claude.json")),
+        (None, Some(home)) => Some(PathBuf::from(home).join(".claude.json")),
+        (None, None) => None,
+    }
+}
+
+/// The signed-in account's email from Claude Code's config (`oauthAccount.emailAddress`), if
+/// the file is there and says. Read only; a missing, unreadable or malformed file is no error:
+/// the email is an extra.
+pub fn email_from_claude_config(
+    config_dir: Option<OsString>,
+    home: Option<OsString>,
+) -> Option<String> {
+    let bytes = std::fs::read(claude_config_path(config_dir, home)?).ok()?;
+    let config: Value = serde_json::from_slice(&bytes).ok()?;
+    config
+        .get("oauthAccount")?
+        .get("emailAddress")?
+        .as_str()
+        .and_then(plausible_email)
 }
 
 #[cfg(test)]
@@ -232,6 +263,46 @@ mod tests {
         assert!(scopes_allow_lookup(&["user:inference", "user:profile"]));
         assert!(!scopes_allow_lookup(&["user:inference"]));
         assert!(!scopes_allow_lookup::<&str>(&[]));
+    }
+
+    #[test]
+    fn claude_config_is_found_like_claude_code_finds_it() {
+        let p = |dir: Option<&str>, home: Option<&str>| {
+            claude_config_path(dir.map(Into::into), home.map(Into::into))
+        };
+        assert_eq!(p(Some("/c"), Some("/h")), Some("/c/.claude.json".into()));
+        assert_eq!(p(Some(""), Some("/h")), Some("/h/.claude.json".into()));
+        assert_eq!(p(None, Some("/h")), Some("/h/.claude.json".into()));
+        assert_eq!(p(None, None), None);
+    }
+
+    #[test]
+    fn the_email_is_read_from_claude_config_and_anything_odd_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("tokend-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read = |bytes: &[u8]| {
+            std::fs::write(dir.join(".claude.json"), bytes).unwrap();
+            email_from_claude_config(Some(dir.clone().into()), None)
+        };
+        assert_eq!(
+            read(br#"{"oauthAccount": {"emailAddress": " ada@example.test "}}"#).as_deref(),
+            Some("ada@example.test")
+        );
+        for odd in [
+            &b"{"[..],
+            b"[]",
+            b"{\"oauthAccount\": null}",
+            b"{\"oauthAccount\": {\"emailAddress\": 3}}",
+            b"{\"oauthAccount\": {\"emailAddress\": \"\"}}",
+        ] {
+            assert_eq!(read(odd), None, "{:?}", String::from_utf8_lossy(odd));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            email_from_claude_config(Some(dir.into()), None),
+            None,
+            "no file"
+        );
     }
 
     proptest! {
