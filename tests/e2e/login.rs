@@ -1,6 +1,8 @@
 //! `login` (paste and loopback flows, long-lived) and `logout`, run as real processes. The
 //! suite's endpoint plays the token endpoint and only accepts an exchange whose verifier hashes
-//! to the challenge in the printed URL, with the same redirect_uri, client_id and state.
+//! to the challenge in the printed URL, with the same redirect_uri, client_id and state. It also
+//! plays the API base, so the profile lookup after the exchange never leaves the machine (what
+//! the lookup does is in `login_profile`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,20 +14,27 @@ use claude_tokend_e2e::*;
 use serde_json::{Value, json};
 
 const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
-const MANUAL_REDIRECT: &str = "https://platform.claude.com/oauth/code/callback";
+pub(crate) const MANUAL_REDIRECT: &str = "https://platform.claude.com/oauth/code/callback";
+/// Claude Code 2.1.332's authorize page and the scopes it asks for: a login made with them is
+/// one Claude Code treats as its own.
+const AUTHORIZE_URL: &str = "https://claude.com/cai/oauth/authorize";
+pub(crate) const CC_SCOPES: &str = "org:create_api_key user:profile user:inference \
+                                    user:sessions:claude_code user:mcp_servers user:file_upload";
 
 /// A `login` process with piped stdin and stdout, so the test can read the URL and answer.
-struct LoginRun {
+pub(crate) struct LoginRun {
     child: Child,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
-fn start_login(home: &TempHome, server: &TokenServer, args: &[&str]) -> LoginRun {
+/// `login --no-browser ARGS` against `server`, as token endpoint and API base alike.
+pub(crate) fn start_login(home: &TempHome, server: &TokenServer, args: &[&str]) -> LoginRun {
     let mut cmd = Command::new(bin());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home.path())
         .env("CLAUDE_TOKEND_TOKEN_URL", server.url())
+        .env("CLAUDE_TOKEND_API_URL", server.base())
         .arg("login")
         .arg("--no-browser")
         .args(args)
@@ -52,12 +61,12 @@ impl LoginRun {
         (url, params)
     }
 
-    fn paste(&mut self, text: &str) {
+    pub(crate) fn paste(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{text}").expect("paste");
     }
 
-    fn finish(mut self) -> Out {
+    pub(crate) fn finish(mut self) -> Out {
         drop(self.child.stdin.take());
         let mut stdout = String::new();
         self.stdout.read_to_string(&mut stdout).unwrap();
@@ -104,7 +113,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Reads the URL, checks every parameter, and tells the server which exchange to accept.
-fn authorize(
+pub(crate) fn authorize(
     run: &mut LoginRun,
     server: &TokenServer,
     scope: &str,
@@ -112,7 +121,7 @@ fn authorize(
 ) -> (String, String) {
     let (url, q) = run.url();
     assert!(
-        url.starts_with("https://claude.ai/oauth/authorize?code=true&"),
+        url.starts_with(&format!("{AUTHORIZE_URL}?code=true&")),
         "{url}"
     );
     assert_eq!(q["client_id"], CLIENT_ID);
@@ -143,12 +152,7 @@ fn first_login_creates_the_directory_0700_and_the_file_0600() {
     let home = TempHome::new();
     let server = TokenServer::start();
     let mut run = start_login(&home, &server, &[]);
-    let (code, state) = authorize(
-        &mut run,
-        &server,
-        "org:create_api_key user:profile user:inference",
-        MANUAL_REDIRECT,
-    );
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
     run.paste(&format!("{code}#{state}"));
     let out = run.finish();
     out.expect_code(0);
@@ -195,12 +199,7 @@ fn login_over_an_existing_file_keeps_every_other_top_level_key() {
     home.write_creds(&before);
     let server = TokenServer::start();
     let mut run = start_login(&home, &server, &[]);
-    let (code, state) = authorize(
-        &mut run,
-        &server,
-        "org:create_api_key user:profile user:inference",
-        MANUAL_REDIRECT,
-    );
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
     run.paste(&format!("  {code}#{state}  "));
     let out = run.finish();
     out.expect_code(0);
@@ -238,12 +237,7 @@ fn a_wrong_pasted_state_sends_nothing_and_changes_nothing() {
     let before = home.state();
     let server = TokenServer::start();
     let mut run = start_login(&home, &server, &[]);
-    let (code, _) = authorize(
-        &mut run,
-        &server,
-        "org:create_api_key user:profile user:inference",
-        MANUAL_REDIRECT,
-    );
+    let (code, _) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
     run.paste(&format!("{code}#not-our-state"));
     let out = run.finish();
     out.check(out.code != 0, "refused");
@@ -258,12 +252,7 @@ fn a_bare_code_and_a_pasted_callback_url_are_accepted() {
         let home = TempHome::new();
         let server = TokenServer::start();
         let mut run = start_login(&home, &server, &[]);
-        let (code, state) = authorize(
-            &mut run,
-            &server,
-            "org:create_api_key user:profile user:inference",
-            MANUAL_REDIRECT,
-        );
+        let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
         match style {
             "bare" => run.paste(&code),
             _ => run.paste(&format!("{MANUAL_REDIRECT}?code={code}&state={state}")),
@@ -424,12 +413,7 @@ fn an_exchange_refused_with_429_is_retried_but_a_500_is_not() {
     let server = TokenServer::start();
     server.push(Reply::error(429).header("Retry-After", "1"));
     let mut run = start_login(&home, &server, &[]);
-    let (code, state) = authorize(
-        &mut run,
-        &server,
-        "org:create_api_key user:profile user:inference",
-        MANUAL_REDIRECT,
-    );
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
     run.paste(&format!("{code}#{state}"));
     let out = run.finish();
     out.expect_code(0);
@@ -446,12 +430,7 @@ fn an_exchange_refused_with_429_is_retried_but_a_500_is_not() {
     let server = TokenServer::start();
     server.push(Reply::error(500));
     let mut run = start_login(&home, &server, &[]);
-    let (code, state) = authorize(
-        &mut run,
-        &server,
-        "org:create_api_key user:profile user:inference",
-        MANUAL_REDIRECT,
-    );
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
     run.paste(&format!("{code}#{state}"));
     let out = run.finish();
     out.check(out.code != 0, "the login fails");

@@ -11,6 +11,7 @@ mod daemon;
 mod failures;
 mod locate;
 mod login;
+mod login_profile;
 mod refresh;
 mod safety;
 mod settings;

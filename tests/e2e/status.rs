@@ -146,3 +146,84 @@ fn status_without_a_login_exits_77() {
     let out = Cmd::new(&home).arg("status").run();
     out.expect_code(77).expect_stderr_contains("login");
 }
+
+/// Claude Code's own config, `.claude.json`, as it keeps the signed-in account.
+fn claude_json(email: &str) -> Value {
+    serde_json::json!({
+        "numStartups": 3,
+        "oauthAccount": {"accountUuid": "00000000-0000-4000-8000-000000000001",
+                         "emailAddress": email, "organizationUuid": "org"},
+        "projects": {}
+    })
+}
+
+#[test]
+fn status_shows_the_email_from_claude_codes_config_and_never_writes_it() {
+    // ~/.claude.json without CLAUDE_CONFIG_DIR.
+    let login = Login::fresh();
+    let (home, _server) = setup(&login);
+    let config = home.path().join(".claude.json");
+    write_creds_at(&config, &claude_json("ada@example.test"));
+    let before = FileState::of(&config);
+    let out = Cmd::new(&home).arg("status").run();
+    out.expect_code(0)
+        .check(
+            out.stdout.contains("ada@example.test"),
+            "status shows the email",
+        )
+        .expect_untouched(&config, &before);
+    let out = Cmd::new(&home).args(["status", "--json"]).run();
+    let parsed: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e})\n{}", out.context()));
+    out.expect_code(0)
+        .check_eq("email", &parsed["email"], &Value::from("ada@example.test"))
+        .expect_untouched(&config, &before);
+
+    // $CLAUDE_CONFIG_DIR/.claude.json when CLAUDE_CONFIG_DIR is set; ~/.claude.json is not read.
+    let dir = home.path().join("other-config");
+    write_creds_at(&dir.join(".credentials.json"), &Login::fresh().doc());
+    write_creds_at(&dir.join(".claude.json"), &claude_json("bo@example.test"));
+    let out = Cmd::new(&home)
+        .env("CLAUDE_CONFIG_DIR", &dir)
+        .arg("status")
+        .run();
+    out.expect_code(0)
+        .check(
+            out.stdout.contains("bo@example.test"),
+            "the config dir's email",
+        )
+        .check(!out.stdout.contains("ada@example.test"), "not HOME's");
+}
+
+#[test]
+fn status_ignores_a_missing_or_malformed_claude_json() {
+    let cases: [Option<&[u8]>; 5] = [
+        None,
+        Some(b"{\"oauthAccount\": {\"emailAddr"),
+        Some(b"[1, 2]"),
+        Some(b"{\"oauthAccount\": 5}"),
+        Some(b"{\"oauthAccount\": {\"emailAddress\": 7}}"),
+    ];
+    for bytes in cases {
+        let login = Login::fresh();
+        let (home, _server) = setup(&login);
+        let config = home.path().join(".claude.json");
+        if let Some(b) = bytes {
+            write_raw_at(&config, b);
+        }
+        let out = Cmd::new(&home).args(["status", "--json"]).run();
+        let parsed: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e})\n{}", out.context()));
+        out.expect_code(0)
+            .check_eq("email", &parsed["email"], &Value::Null)
+            .check(
+                out.stderr.is_empty(),
+                "nothing said about Claude Code's config",
+            );
+        let out = Cmd::new(&home).arg("status").run();
+        out.expect_code(0).check(
+            out.stderr.is_empty(),
+            "nothing said about Claude Code's config",
+        );
+    }
+}

@@ -70,6 +70,16 @@ pub struct TokenUpdate {
     pub scopes: Option<Vec<String>>,
 }
 
+/// A new login: the token response, and the plan the account's profile gave (when it was read).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoginGrant {
+    pub tokens: TokenUpdate,
+    /// `subscriptionType` as Claude Code writes it (`max`, `pro`, ...).
+    pub subscription_type: Option<String>,
+    /// `rateLimitTier`.
+    pub rate_limit_tier: Option<String>,
+}
+
 /// Why a document cannot be used. Never carries file content (it may hold tokens).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParseError {
@@ -188,11 +198,25 @@ impl Credentials {
 
     /// Writes a new login: `claudeAiOauth` is replaced whole by the grant's fields. A new login
     /// is a new identity: nothing of the old one (its refresh token, `clientId`, plan, account)
-    /// may survive inside it. Top-level keys stay, and `claudeAiOauth` keeps its place.
-    pub fn replace_login(&mut self, update: &TokenUpdate) {
+    /// may survive inside it. Top-level keys stay, and `claudeAiOauth` keeps its place. The plan
+    /// the new login's profile gave is written after the tokens, where Claude Code puts it; a
+    /// plan not known is left out, for Claude Code to fill in.
+    pub fn replace_login(&mut self, login: &LoginGrant) {
         self.root
             .insert(OAUTH_KEY.into(), Value::Object(Map::new()));
-        self.apply(update);
+        self.apply(&login.tokens);
+        let Some(Value::Object(oauth)) = self.root.get_mut(OAUTH_KEY) else {
+            unreachable!("apply leaves claudeAiOauth an object")
+        };
+        let plan = [
+            ("subscriptionType", &login.subscription_type),
+            ("rateLimitTier", &login.rate_limit_tier),
+        ];
+        for (key, value) in plan {
+            if let Some(v) = value {
+                oauth.insert(key.into(), Value::String(v.clone()));
+            }
+        }
     }
 
     /// Removes `claudeAiOauth` and nothing else. Returns whether there was one.
@@ -370,10 +394,14 @@ mod tests {
     #[test]
     fn login_replaces_the_old_refresh_token_and_logout_keeps_the_rest() {
         let mut doc = Credentials::parse(SAMPLE.as_bytes()).unwrap();
-        doc.replace_login(&TokenUpdate {
-            refresh_token: None,
-            refresh_token_expires_at: None,
-            ..update()
+        doc.replace_login(&LoginGrant {
+            tokens: TokenUpdate {
+                refresh_token: None,
+                refresh_token_expires_at: None,
+                ..update()
+            },
+            subscription_type: None,
+            rate_limit_tier: None,
         });
         let o = doc.oauth().unwrap().unwrap();
         assert!(
@@ -399,6 +427,42 @@ mod tests {
         let mut only = Credentials::parse(br#"{"claudeAiOauth": {}}"#).unwrap();
         only.remove_login();
         assert!(only.is_empty());
+    }
+
+    #[test]
+    fn login_writes_the_new_plan_after_the_tokens() {
+        let mut doc = Credentials::parse(SAMPLE.as_bytes()).unwrap();
+        doc.replace_login(&LoginGrant {
+            tokens: update(),
+            subscription_type: Some("pro".into()),
+            rate_limit_tier: Some("default_claude_ai".into()),
+        });
+        let o = doc.oauth().unwrap().unwrap();
+        assert_eq!(o.subscription_type.as_deref(), Some("pro"));
+        assert_eq!(o.rate_limit_tier.as_deref(), Some("default_claude_ai"));
+        assert_eq!(
+            o.client_id, None,
+            "the old login's other keys are still gone"
+        );
+        assert_eq!(
+            keys(&doc.root[OAUTH_KEY]),
+            [
+                "accessToken",
+                "refreshToken",
+                "expiresAt",
+                "refreshTokenExpiresAt",
+                "subscriptionType",
+                "rateLimitTier"
+            ]
+        );
+        assert_eq!(
+            keys(&Value::Object(doc.root.clone())),
+            ["first", "claudeAiOauth", "mcpOAuth", "zeta"]
+        );
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        v.as_object().unwrap().keys().map(String::as_str).collect()
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod claude_locks;
 pub mod credentials;
 pub mod login;
 pub mod oauth;
+pub mod profile;
 pub mod refresh;
 pub mod save;
 pub mod schedule;

@@ -1,6 +1,8 @@
 //! Signing in and out. It owns PKCE (verifier, challenge, and a separate `state`), the authorize
 //! URL, reading what the user pastes back, and saving a login or removing it under the same lock
-//! and atomic write as a refresh. It does no terminal or browser I/O: the binary does.
+//! and atomic write as a refresh. A login is made the way Claude Code makes one: its scopes, and
+//! the plan from the account's profile ([`crate::profile`]) saved with the tokens. It does no
+//! terminal or browser I/O: the binary does.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +13,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use crate::claude_locks;
-use crate::oauth::{ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient};
+use crate::credentials::LoginGrant;
+use crate::oauth::{
+    ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient, TokenGrant,
+};
+use crate::profile::{self, Profile, ProfileError};
 use crate::refresh::read_settled;
 use crate::save::{self, Change};
 use crate::schedule::{
@@ -21,8 +27,11 @@ use crate::secret::Secret;
 use crate::settings::Url;
 use crate::store::{Store, StoreError};
 
-/// The scopes a normal login asks for.
-pub const DEFAULT_SCOPE: &str = "org:create_api_key user:profile user:inference";
+/// The scopes a normal login asks for: Claude Code 2.1.332's own. A login with fewer (the seed's
+/// three) works for inference, but Claude Code then finds no plan for it and treats it as a
+/// lesser login than its own.
+pub const DEFAULT_SCOPE: &str = "org:create_api_key user:profile user:inference \
+                                 user:sessions:claude_code user:mcp_servers user:file_upload";
 /// The one scope a long-lived login asks for: least privilege for a token that lives a year.
 pub const LONG_LIVED_SCOPE: &str = "user:inference";
 /// A long-lived login asks for a year.
@@ -223,6 +232,17 @@ pub struct Saved {
     pub access_token: String,
     pub expires_at: i64,
     pub has_refresh_token: bool,
+    pub profile: ProfileLookup,
+}
+
+/// How the profile lookup after the exchange went. Only `Read` put a plan into the login.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProfileLookup {
+    Read(Profile),
+    /// The granted scopes lack `user:profile` (a long-lived login): not asked.
+    Skipped,
+    /// It failed: the login was saved without a plan, and the caller warns.
+    Failed(ProfileError),
 }
 
 /// The exchange parameters the binary collected.
@@ -234,6 +254,10 @@ pub struct LoginRequest<'a> {
     pub code: &'a Secret,
     /// `Some(year)` for a long-lived login.
     pub expires_in: Option<u64>,
+    /// The scopes asked for (space-separated): what was granted when the answer does not say.
+    pub scope: &'a str,
+    /// The API base the profile is looked up under.
+    pub api_url: &'a Url,
 }
 
 /// Exchanges the code and merges the new login into the file, keeping every other key. The
@@ -290,6 +314,11 @@ pub async fn save_login(
             Err(ExchangeError { error, .. }) => return Err(LoginError::Refused(error)),
         }
     };
+    let lookup = lookup_profile(req, &grant).await;
+    let plan = match &lookup {
+        ProfileLookup::Read(p) => p.clone(),
+        _ => Profile::default(),
+    };
     // A login is a grant this program obtained: the floor holds for it too.
     if let Some(rt) = &grant.refresh_token {
         lock.set_grant_record(&GrantRecord {
@@ -300,8 +329,13 @@ pub async fn save_login(
         });
     }
     let lock_paths = claude_locks::lock_paths(store.path());
+    let login = LoginGrant {
+        tokens: grant,
+        subscription_type: plan.subscription_type,
+        rate_limit_tier: plan.rate_limit_tier,
+    };
     let change = Change::Login {
-        grant: &grant,
+        grant: &login,
         base: base.as_ref(),
     };
     save::save(store, &lock, &lock_paths, &|| {}, pending, change)
@@ -309,10 +343,29 @@ pub async fn save_login(
         .map_err(LoginError::Store)?;
     Ok(Saved {
         path: store.path().to_path_buf(),
-        access_token: grant.access_token.masked(),
-        expires_at: grant.expires_at,
-        has_refresh_token: grant.refresh_token.is_some(),
+        access_token: login.tokens.access_token.masked(),
+        expires_at: login.tokens.expires_at,
+        has_refresh_token: login.tokens.refresh_token.is_some(),
+        profile: lookup,
     })
+}
+
+/// Reads the new login's profile, as Claude Code does right after its own exchange, so the
+/// login saved carries its plan. Skipped when the granted scopes (the asked ones when the answer
+/// names none) do not allow it. Made before the save, with the grant in hand, because the login
+/// is written once, whole; it is one attempt bounded by the client's timeouts.
+async fn lookup_profile(req: &LoginRequest<'_>, grant: &TokenGrant) -> ProfileLookup {
+    let allowed = match &grant.scopes {
+        Some(granted) => profile::scopes_allow_lookup(granted),
+        None => profile::scopes_allow_lookup(&req.scope.split_whitespace().collect::<Vec<_>>()),
+    };
+    if !allowed {
+        return ProfileLookup::Skipped;
+    }
+    match profile::fetch(req.api_url, &req.client.user_agent, &grant.access_token).await {
+        Ok(p) => ProfileLookup::Read(p),
+        Err(e) => ProfileLookup::Failed(e),
+    }
 }
 
 /// What `logout` did.

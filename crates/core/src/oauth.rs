@@ -79,6 +79,23 @@ pub struct ClientConfig {
     pub user_agent: String,
 }
 
+/// The HTTP client every request of this program goes through (the token endpoint, and the
+/// profile lookup after a login), so they share one policy: rustls, timeouts, no redirects, the
+/// configured User-Agent.
+pub(crate) fn http_client(user_agent: &str) -> Result<reqwest::Client, reqwest::Error> {
+    // reqwest is built without a crypto provider (to keep aws-lc's C build out); ring is
+    // installed here, once. An `Err` means one is installed already, which is the goal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        // Every request carries a secret (in the body, or as a bearer token): a redirect must
+        // never re-send it somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(user_agent)
+        .build()
+}
+
 /// A refresh request.
 #[derive(Debug)]
 pub struct RefreshRequest<'a> {
@@ -97,19 +114,9 @@ pub struct TokenClient {
 
 impl TokenClient {
     pub fn new(config: &ClientConfig) -> Result<Self, OAuthError> {
-        // reqwest is built without a crypto provider (to keep aws-lc's C build out); ring is
-        // installed here, once. An `Err` means one is installed already, which is the goal.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            // The body carries a secret: a redirect must never re-send it somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(config.user_agent.clone())
-            .build()
-            .map_err(|e| OAuthError::Misdirected {
-                reason: format!("cannot set up the HTTP client: {}", error_chain(&e)),
-            })?;
+        let http = http_client(&config.user_agent).map_err(|e| OAuthError::Misdirected {
+            reason: format!("cannot set up the HTTP client: {}", error_chain(&e)),
+        })?;
         Ok(TokenClient {
             http,
             token_url: config.token_url.clone(),
@@ -277,7 +284,7 @@ pub struct ExchangeError {
     pub code_unspent: bool,
 }
 
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = MAX_BODY.saturating_sub(body.len());
@@ -385,7 +392,7 @@ fn certificate_refused(cert: &rustls::CertificateError, detail: &str) -> OAuthEr
 
 /// The error and its sources on one line: reqwest's own message alone ("error sending request")
 /// rarely says what happened.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

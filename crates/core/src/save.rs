@@ -34,7 +34,7 @@ pub enum Change<'a> {
     /// A new login: replaces `claudeAiOauth` whole. `base` (the document read before the code
     /// was exchanged, if there was one) plays the same part as for a refresh.
     Login {
-        grant: &'a TokenUpdate,
+        grant: &'a crate::credentials::LoginGrant,
         base: Option<&'a Credentials>,
     },
     /// Removes `claudeAiOauth`; deletes the store when nothing else is in it.

@@ -14,7 +14,10 @@ use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, 
 use tokend_core::settings::{Url, parse_endpoint_url, parse_refresh_lead, parse_retry_budget};
 
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
-pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
+/// Claude Code 2.1.332's authorize page (the older `https://claude.ai/oauth/authorize` also works).
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://claude.com/cai/oauth/authorize";
+/// The API base `login` looks the account's profile up under, as Claude Code does.
+pub const DEFAULT_API_URL: &str = "https://api.anthropic.com";
 pub const DEFAULT_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 pub const DEFAULT_USER_AGENT: &str = concat!("claude-tokend/", env!("CARGO_PKG_VERSION"));
@@ -100,7 +103,8 @@ pub struct LoginArgs {
     #[arg(long)]
     pub long_lived: bool,
 
-    /// The scopes to ask for, space-separated [default: org:create_api_key user:profile user:inference].
+    /// The scopes to ask for, space-separated [default: Claude Code's: org:create_api_key
+    /// user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload].
     #[arg(long, value_name = "SCOPES", value_parser = non_empty)]
     pub scope: Option<String>,
 
@@ -155,6 +159,11 @@ pub struct Settings {
     #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_AUTHORIZE_URL",
           default_value = DEFAULT_AUTHORIZE_URL, value_parser = parse_endpoint_url)]
     pub authorize_url: Url,
+
+    /// The API base the account's profile is read from after a login (its plan, its email).
+    #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_API_URL",
+          default_value = DEFAULT_API_URL, value_parser = parse_endpoint_url)]
+    pub api_url: Url,
 
     /// The redirect URI of the paste flow (login).
     #[arg(long, global = true, value_name = "URL", env = "CLAUDE_TOKEND_REDIRECT_URI",

@@ -286,6 +286,7 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         Err(_) => unreachable!("Credentials::parse validated the owned fields"),
     };
     let now = epoch_millis(SystemTime::now());
+    let email = account_email();
     let expired = view.expires_at.is_none_or(|at| at <= now);
     let refresh_due = view
         .expires_at
@@ -306,6 +307,7 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             "subscriptionType": view.subscription_type,
             "rateLimitTier": view.rate_limit_tier,
             "clientId": view.client_id,
+            "email": email,
             "fileMode": mode_text,
             "fileModeOk": mode_ok,
         }));
@@ -360,6 +362,9 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
             (None, Some(t)) => row("Plan:", t.clone()),
             (None, None) => {}
         }
+        if let Some(e) = &email {
+            row("Account:", e.clone());
+        }
     }
     if let Err(code) = emit(out.as_bytes()) {
         return code;
@@ -380,6 +385,16 @@ pub fn status(settings: &Settings, as_json: bool) -> u8 {
         );
     }
     if expired { exit::FAILURE } else { exit::OK }
+}
+
+/// The signed-in account's email as Claude Code's own config records it, for `status` to show.
+/// The config sits beside the default credentials (`$CLAUDE_CONFIG_DIR`, else HOME), found as
+/// Claude Code finds it; it is only read, and anything odd about it just leaves the email out.
+fn account_email() -> Option<String> {
+    tokend_core::profile::email_from_claude_config(
+        std::env::var_os("CLAUDE_CONFIG_DIR"),
+        std::env::var_os("HOME"),
+    )
 }
 
 fn pretty(doc: &serde_json::Value) -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokend_core::login::{
     self, DEFAULT_SCOPE, LONG_LIVED_SCOPE, LONG_LIVED_SECONDS, LoggedOut, LoginError, LoginRequest,
-    Pkce, authorize_url, check_state, parse_paste,
+    Pkce, ProfileLookup, authorize_url, check_state, parse_paste,
 };
 use tokend_core::secret::Secret;
 use tokend_core::store::StoreError;
@@ -86,6 +86,8 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
         pkce: &pkce,
         code: &code,
         expires_in: args.long_lived.then_some(LONG_LIVED_SECONDS),
+        scope: &scope,
+        api_url: &settings.api_url,
     };
     match rt.block_on(login::save_login(&store, &request, settings.retry_budget)) {
         Ok(saved) => {
@@ -95,6 +97,7 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
                 saved.access_token,
                 describe_expiry(Some(saved.expires_at))
             );
+            show_profile(&saved.profile);
             if !saved.has_refresh_token {
                 println!(
                     "This login has no refresh token, so it cannot be renewed: sign in again \
@@ -119,6 +122,31 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
                 LoginError::Refused(_) => exit::LOGIN_NEEDED,
             }
         }
+    }
+}
+
+/// The account and plan the profile gave, or why there are none. A failed lookup is no failed
+/// login: the tokens are saved, and Claude Code fills the plan in itself later.
+fn show_profile(lookup: &ProfileLookup) {
+    match lookup {
+        ProfileLookup::Read(p) => {
+            if let Some(email) = &p.email {
+                println!("Account {email}");
+            }
+            match (&p.subscription_type, &p.rate_limit_tier) {
+                (Some(plan), Some(tier)) => println!("Plan {plan} ({tier})"),
+                (Some(plan), None) => println!("Plan {plan}"),
+                (None, Some(tier)) => println!("Rate-limit tier {tier}"),
+                (None, None) => {}
+            }
+        }
+        ProfileLookup::Skipped => {}
+        ProfileLookup::Failed(e) => eprintln!(
+            "claude-tokend: warning: could not read the account's profile ({}); the login was \
+             saved without its plan (subscriptionType, rateLimitTier), which Claude Code then \
+             fills in itself",
+            printable(&e.to_string())
+        ),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The token endpoint: [`TokenServer`], a real HTTP/1.1 server on a loopback port that answers
 //! scripted [`Reply`]s or, by default, acts as a realistic OAuth server (single-use refresh
 //! tokens rotated on every success, one-time authorization codes checked against PKCE), and
-//! records every [`Request`]. The wire format lives in `http`, the OAuth answers in `oauth`.
-//! Never runs the binary.
+//! records every [`Request`]. It also plays the API's profile lookup ([`PROFILE_PATH`]), which
+//! `login` makes after the exchange, kept apart from the token endpoint's requests and script.
+//! The wire format lives in `http`, the OAuth answers in `oauth`. Never runs the binary.
 
 mod http;
 mod oauth;
@@ -21,6 +22,9 @@ use crate::home::Login;
 
 /// The path part of [`TokenServer::url`].
 pub const TOKEN_PATH: &str = "/v1/oauth/token";
+
+/// The profile lookup under the API base ([`TokenServer::base`]), as Claude Code makes it.
+pub const PROFILE_PATH: &str = "/api/oauth/profile";
 
 /// A scripted HTTP answer.
 #[derive(Clone, Debug)]
@@ -66,6 +70,21 @@ impl Reply {
         Reply::json(
             400,
             &json!({"error": "invalid_grant", "error_description": "Refresh token not found or invalid"}),
+        )
+    }
+
+    /// A profile answer shaped like the API's: the account with its email (`account.email`, the
+    /// key Claude Code reads) and the organization's type and rate-limit tier.
+    pub fn profile(email: &str, organization_type: &str, rate_limit_tier: &str) -> Reply {
+        Reply::json(
+            200,
+            &json!({
+                "account": {"uuid": "00000000-0000-4000-8000-000000000001", "email": email,
+                            "display_name": "Test User"},
+                "organization": {"uuid": "00000000-0000-4000-8000-000000000002",
+                                 "organization_type": organization_type,
+                                 "rate_limit_tier": rate_limit_tier},
+            }),
         )
     }
 
@@ -152,6 +171,8 @@ struct Shared {
     policy: Mutex<GrantPolicy>,
     issued: Mutex<Vec<Issued>>,
     delay: Mutex<Duration>,
+    profile: Mutex<Option<Reply>>,
+    profile_requests: Mutex<Vec<Request>>,
     stop: AtomicBool,
 }
 
@@ -268,8 +289,20 @@ impl TokenServer {
         *lock(&self.shared.policy) = p;
     }
 
+    /// Requests to the token endpoint (and any other path but [`PROFILE_PATH`]).
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// Answers every profile lookup with this reply. Until it is set, the lookup is answered
+    /// 404, like an API that does not know the path: a login then saves no plan.
+    pub fn set_profile(&self, reply: Reply) {
+        *lock(&self.shared.profile) = Some(reply);
+    }
+
+    /// The profile lookups received, headers included.
+    pub fn profile_requests(&self) -> Vec<Request> {
+        lock(&self.shared.profile_requests).clone()
     }
 
     pub fn count(&self) -> usize {
@@ -332,6 +365,20 @@ fn serve(stream: TcpStream, shared: &Shared) {
         raw_body,
         received_ms: now_ms(),
     };
+    // The profile lookup is the API's, not the token endpoint's: its own record and reply, so
+    // the token endpoint's counts and script mean what they meant before login looked it up.
+    if request.path.split('?').next() == Some(PROFILE_PATH) {
+        lock(&shared.profile_requests).push(request);
+        let reply = lock(&shared.profile).clone().unwrap_or_else(|| {
+            Reply::json(
+                404,
+                &json!({"type": "error", "error": {"type": "not_found_error"}}),
+            )
+        });
+        std::thread::sleep(reply.delay);
+        http::write_reply(stream, &reply);
+        return;
+    }
     lock(&shared.requests).push(request.clone());
     let reply = {
         let scripted = lock(&shared.script).pop_front();
