@@ -425,7 +425,7 @@ pub fn daemon(settings: &Settings) -> u8 {
     runtime().block_on(async {
         match crate::daemon::Signals::new() {
             Ok(signals) => {
-                crate::daemon::Daemon::new(store, policy, crate::daemon::SystemClock)
+                crate::daemon::Daemon::new(vec![store], policy, crate::daemon::SystemClock)
                     .run(signals)
                     .await
             }

@@ -1,39 +1,49 @@
-//! The daemon: one event loop on a current-thread runtime that keeps the file fresh.
+//! The daemon: one event loop on a current-thread runtime that keeps every configured login
+//! fresh.
 //!
-//! Events form a closed set ([`Event`]): the file changed, the timer fired, or a signal came.
-//! Each has one handler. The loop sleeps until the earliest of: the refresh due time, a pending
-//! re-read, the watchdog, and [`plan::MAX_SLEEP`]; idle, it uses no CPU between wake-ups and
-//! holds no HTTP client. Every refresh goes through `tokend_core::refresh::attempt`, the same
-//! sequence `--once` uses.
+//! Each login is a value ([`LoginState`]) in one list, not a task or a thread: the loop sleeps
+//! until the earliest of every login's refresh time or pending re-read, the watchdog, and
+//! [`plan::MAX_SLEEP`], and wakes for a closed set of events ([`Event`]): a login's store
+//! changed, the timer fired, a signal came, or a refresh attempt finished. Attempts of
+//! different logins run side by side as futures the loop polls, so a login waiting for a
+//! lock or a slow server never delays another. One file watcher serves all logins. Idle, it
+//! uses no CPU between wake-ups and holds no HTTP client. Every refresh goes through
+//! `tokend_core::refresh::Refresher::attempt`, the same sequence `--once` uses.
 
+mod login_state;
 mod notify_systemd;
 pub mod plan;
 mod watch;
 
-use std::cell::Cell;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokend_core::credentials::OAuthView;
-use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
+use tokend_core::refresh::{Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
 use tokend_core::schedule::{Backoff, epoch_millis, random_unit};
-use tokend_core::store::{Kind, Store, StoreError};
+use tokend_core::store::Store;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
 
 use crate::exit;
-use crate::show::{local_time, when};
+use login_state::LoginState;
 use notify_systemd::Notifier;
-use plan::{Next, State, Waiting};
+use plan::Next;
 use watch::{Ping, Watch};
 
 /// The wall clock, behind one seam so tests can jump it (a suspended laptop) without sleeping.
-pub trait Clock {
+/// Each login holds a copy.
+pub trait Clock: Clone {
     /// Unix epoch milliseconds.
     fn now(&self) -> i64;
 }
 
+#[derive(Clone)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -42,31 +52,8 @@ impl Clock for SystemClock {
     }
 }
 
-/// Bursts of events (a writer's create + write + rename) are coalesced for this long.
-const COALESCE: Duration = Duration::from_millis(150);
-/// A file that does not parse is re-read this often, this many times, before it counts as
-/// malformed: a writer may be half-way through it.
-const MALFORMED_RETRY: Duration = Duration::from_millis(250);
-const MALFORMED_TRIES: u32 = 5;
-/// From this long before `refreshTokenExpiresAt`, the daemon warns that a new login is needed.
-const LOGIN_EXPIRY_WARNING_MS: i64 = 3 * 24 * 3600 * 1000;
 /// On SIGTERM with new tokens not yet saved, saving is retried for this long before giving up.
 const UNSAVED_GRACE: Duration = Duration::from_secs(10);
-/// The first pause before reading a locked or busy Keychain again, doubled on each failure up
-/// to [`UNAVAILABLE_RETRY_MAX`].
-const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
-const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(300);
-/// The shortest pause between two attempts that sent nothing (the store said "not due" or
-/// another process had refreshed): a guard against a scheduling mistake turning into a loop.
-const IDLE_ATTEMPT_GAP: Duration = Duration::from_secs(1);
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The signals the daemon handles, created once the runtime is up.
 pub struct Signals {
@@ -88,263 +75,279 @@ impl Signals {
 }
 
 /// The closed set of things the loop reacts to.
-#[derive(Debug, PartialEq, Eq)]
 enum Event {
     FileChanged(Ping),
     Timer,
     Reload,
-    /// The refresh is due (from the plan, not the outside).
-    RefreshNow,
-    /// SIGUSR1: refresh now even if not due.
+    /// SIGUSR1: refresh every login now even if not due (the 60 s floor still holds).
     ForceRefresh,
+    /// A login's attempt finished.
+    Done {
+        index: usize,
+        forced: bool,
+        result: Result<Outcome, RefreshError>,
+    },
     Shutdown(&'static str),
 }
 
-/// Whether the loop goes on.
-#[derive(Debug, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Stop,
+/// One login's refresh attempt, polled by the loop beside everything else. It shares the
+/// login's [`Refresher`] (so new tokens in hand outlive a cancelled attempt) and knows whether
+/// its request went out (after which it is never cancelled: the answer must be saved).
+struct InFlight {
+    index: usize,
+    forced: bool,
+    sent: Rc<Cell<bool>>,
+    attempt: Pin<Box<dyn Future<Output = Result<Outcome, RefreshError>>>>,
 }
 
-/// A cheap identity of the file for the once-a-minute check that catches changes a watch
-/// missed (network filesystems, an overflowed queue).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+/// Waits for the first in-flight attempt to finish and takes it out of the list.
+async fn first_done(in_flight: &mut Vec<InFlight>) -> (usize, bool, Result<Outcome, RefreshError>) {
+    std::future::poll_fn(|cx| {
+        for i in 0..in_flight.len() {
+            if let Poll::Ready(result) = in_flight[i].attempt.as_mut().poll(cx) {
+                let done = in_flight.swap_remove(i);
+                return Poll::Ready((done.index, done.forced, result));
+            }
+        }
+        Poll::Pending
     })
+    .await
 }
 
 pub struct Daemon<C: Clock> {
-    store: Store,
-    policy: Policy,
-    clock: C,
-    state: State,
-    /// Fingerprint of the bytes last read or written: an event for a file whose bytes did not
-    /// change (our own write, a touch) is not news.
-    known: Option<u64>,
-    /// File identity at the last read, for the periodic check.
-    last_stamp: Option<Stamp>,
-    /// For a Keychain login: the keychain file that holds the item (found once per watch, so
-    /// the minute check is a `stat`, not a `security` run), and whether it was only assumed
-    /// because the item did not exist yet.
-    keychain_file: Option<(PathBuf, bool)>,
-    /// Consecutive reads that found the Keychain locked or busy: they are retried with a
-    /// growing pause, never taken for a logout.
-    unavailable_tries: u32,
-    /// When a coalesced or retried re-read is due.
-    reread_at: Option<Instant>,
-    malformed_tries: u32,
-    /// The HTTP client (built on the first attempt and dropped after success, so the idle
-    /// daemon holds no TLS state and no connection pool) and new tokens not saved yet.
-    refresher: Refresher,
-    /// [`OAuthView::own_fields_key`] of the login last read: a rewrite that leaves the login's
-    /// own fields as they were (an MCP token, a setting) neither re-sends a refused refresh
-    /// token nor cuts a backoff short.
-    login_key: Option<u64>,
-    /// The short-grant warning is logged once.
-    warned_short_grant: bool,
-    /// The last "waiting for ..." message logged, so each is logged once.
-    said: Option<String>,
+    logins: Vec<LoginState<C>>,
+    /// Each login's log context (empty with a single login, so its log lines stay as they were).
+    spans: Vec<tracing::Span>,
+    in_flight: Vec<InFlight>,
+    /// One watcher for every login's files.
     watch: Option<Watch>,
-    /// `refreshTokenExpiresAt`: the login itself ends then, whatever is refreshed.
-    login_expires_at: Option<i64>,
-    /// The login expiry already warned about, so the warning is logged once per login.
-    warned_login_expiry: Option<i64>,
     /// The watcher's pings. `None` while no watch is armed.
     pings: Option<UnboundedReceiver<Ping>>,
     notifier: Notifier,
+    /// The watch's last failure, logged once.
+    watch_error: Option<String>,
 }
 
 impl<C: Clock> Daemon<C> {
-    pub fn new(store: Store, policy: Policy, clock: C) -> Self {
+    /// A daemon for `stores` (at least one), sharing `policy` and `clock`.
+    pub fn new(stores: Vec<Store>, policy: Policy, clock: C) -> Self {
+        let many = stores.len() > 1;
+        let spans = stores
+            .iter()
+            .map(|s| {
+                if many {
+                    tracing::info_span!("login", store = %s.place())
+                } else {
+                    tracing::Span::none()
+                }
+            })
+            .collect();
         Daemon {
-            store,
-            policy,
-            clock,
-            state: State::Unknown,
-            known: None,
-            last_stamp: None,
-            keychain_file: None,
-            unavailable_tries: 0,
-            reread_at: None,
-            malformed_tries: 0,
-            refresher: Refresher::new(),
-            login_key: None,
-            warned_short_grant: false,
-            said: None,
+            logins: stores
+                .into_iter()
+                .map(|s| LoginState::new(s, policy.clone(), clock.clone()))
+                .collect(),
+            spans,
+            in_flight: Vec::new(),
             watch: None,
-            login_expires_at: None,
-            warned_login_expiry: None,
             pings: None,
             notifier: Notifier::from_env(),
+            watch_error: None,
         }
     }
 
     /// Runs until SIGTERM or SIGINT, and returns the exit code: 0 for a clean stop, 1 when new
     /// tokens could not be saved before stopping.
     pub async fn run(mut self, mut signals: Signals) -> u8 {
+        let places: Vec<String> = self
+            .logins
+            .iter()
+            .map(|l| l.store.place().to_string())
+            .collect();
         tracing::info!(
             "claude-tokend {} started; credentials at {}",
             env!("CARGO_PKG_VERSION"),
-            self.store.place()
+            places.join(", ")
         );
         self.arm_watch();
-        self.reread(true);
+        for i in 0..self.logins.len() {
+            let _in = self.spans[i].enter();
+            self.logins[i].reread(true);
+        }
         self.notifier.ready();
+        let mut stopping = false;
         loop {
-            let event = match self.next_step() {
-                Next::RefreshNow { force: false } => Event::RefreshNow,
-                Next::RefreshNow { force: true } => Event::ForceRefresh,
-                Next::Sleep(sleep) => self.wait(sleep, &mut signals).await,
-            };
-            let flow = match event {
-                Event::FileChanged(ping) => self.on_file_changed(ping),
-                Event::Timer => self.on_timer(),
-                Event::Reload => self.on_reload(),
-                Event::RefreshNow => self.on_refresh(Mode::IfDue, &mut signals).await,
-                Event::ForceRefresh => {
-                    tracing::info!("refreshing now (SIGUSR1)");
-                    let mode = Mode::Force {
-                        expected: None,
-                        floor: Floor::Honour,
-                    };
-                    self.on_refresh(mode, &mut signals).await
-                }
-                Event::Shutdown(why) => {
-                    tracing::info!("{why}: stopping");
-                    Flow::Stop
-                }
-            };
-            self.publish_status();
-            if flow == Flow::Stop {
+            if !stopping {
+                self.start_due_attempts();
+            } else if self.in_flight.is_empty() {
                 break;
             }
+            match self.wait(&mut signals, stopping).await {
+                Event::FileChanged(Ping::Changed(i)) => {
+                    if self.logins.get_mut(i).is_some_and(|l| l.on_file_changed()) {
+                        self.arm_watch();
+                    }
+                }
+                Event::FileChanged(Ping::Rearm) => {
+                    // A directory on the way appeared: watch it, and look, since the file may
+                    // have been written before the new watch was in place.
+                    self.arm_watch();
+                    for login in &mut self.logins {
+                        login.on_file_changed();
+                    }
+                }
+                Event::Timer => self.on_timer(),
+                Event::Reload => {
+                    self.arm_watch();
+                    for i in self.idle_logins() {
+                        let _in = self.spans[i].enter();
+                        self.logins[i].on_reload();
+                    }
+                }
+                Event::ForceRefresh => {
+                    tracing::info!("refreshing now (SIGUSR1)");
+                    for i in self.idle_logins() {
+                        let mode = Mode::Force {
+                            expected: None,
+                            floor: Floor::Honour,
+                        };
+                        self.start(i, mode);
+                    }
+                }
+                Event::Done {
+                    index,
+                    forced,
+                    result,
+                } => {
+                    let _in = self.spans[index].enter();
+                    self.logins[index].handle_result(result, forced);
+                }
+                Event::Shutdown(why) => {
+                    stopping = true;
+                    // An attempt whose request has not gone out is dropped (its temp file and
+                    // locks go with it); one whose request went out is waited for and its answer
+                    // saved, because the server may already have spent the old refresh token.
+                    let before = self.in_flight.len();
+                    self.in_flight.retain(|f| f.sent.get());
+                    if self.in_flight.is_empty() {
+                        if before > 0 {
+                            tracing::info!("{why}: stopping before the request was sent");
+                        }
+                        tracing::info!("{why}: stopping");
+                    } else {
+                        tracing::info!(
+                            "{why}: waiting for the refresh request in flight, to save its answer"
+                        );
+                    }
+                }
+            }
+            self.publish_status();
         }
         self.notifier.stopping();
         self.save_before_exit().await
     }
 
-    /// Stopping with new tokens in hand: the old refresh token is spent, so these are the
-    /// login. Their save is retried for a while; giving up is an error the user must see.
-    async fn save_before_exit(&mut self) -> u8 {
-        if !self.refresher.has_unsaved_grant() {
-            return exit::OK;
-        }
-        tracing::warn!("new tokens are not saved yet; retrying the save before stopping");
-        let deadline = Instant::now() + UNSAVED_GRACE;
-        let mut retries = 0;
-        loop {
-            let result = self
-                .refresher
-                .attempt(
-                    &self.store,
-                    &self.policy,
-                    &mut Mode::IfDue,
-                    Some(deadline),
-                    &refresh::unobserved,
-                )
-                .await;
-            match result {
-                Err(RefreshError::SaveFailed { .. } | RefreshError::Store(_))
-                    if self.refresher.has_unsaved_grant() =>
-                {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match Backoff::SAVE.delay_within(retries, random_unit(), None, left) {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => break,
-                    }
-                    retries += 1;
+    /// The logins with no attempt in flight.
+    fn idle_logins(&self) -> Vec<usize> {
+        (0..self.logins.len())
+            .filter(|i| !self.in_flight.iter().any(|f| f.index == *i))
+            .collect()
+    }
+
+    /// Starts an attempt for every idle login whose plan says "now".
+    fn start_due_attempts(&mut self) {
+        for i in self.idle_logins() {
+            match self.logins[i].next_step() {
+                Next::RefreshNow { force: false } => self.start(i, Mode::IfDue),
+                Next::RefreshNow { force: true } => {
+                    let mode = Mode::Force {
+                        expected: None,
+                        floor: Floor::Honour,
+                    };
+                    self.start(i, mode);
                 }
-                _ => break,
+                Next::Sleep(_) => {}
             }
         }
-        if self.refresher.has_unsaved_grant() {
-            tracing::error!(
-                "stopping with new tokens that could not be saved to {}: the old refresh token \
-                 is spent, so the login may be lost; if Claude Code reports that you are logged \
-                 out, run `claude-tokend login`",
-                self.store.place()
-            );
-            return exit::FAILURE;
-        }
-        exit::OK
     }
 
-    /// What to do next, by the wall clock (read through the seam).
-    fn next_step(&self) -> Next {
-        plan::next(&self.state, self.clock.now(), Instant::now())
+    /// Puts one attempt of login `index` in flight. It owns copies of the store and the policy
+    /// and shares the login's refresher; the lock waits inside have no deadline (the daemon can
+    /// be stopped meanwhile).
+    fn start(&mut self, index: usize, mut mode: Mode) {
+        let login = &self.logins[index];
+        let store = login.store.clone();
+        let policy = login.policy.clone();
+        let refresher: Rc<RefCell<Refresher>> = login.refresher.clone();
+        let sent = Rc::new(Cell::new(false));
+        let forced = matches!(mode, Mode::Force { .. });
+        let observed = sent.clone();
+        // The refresher stays borrowed for the whole attempt, across its awaits, on purpose:
+        // while a login is in flight the loop calls none of its handlers (see `idle_logins`),
+        // and a cancelled attempt (SIGTERM before its request) releases the borrow with the
+        // future, leaving any new tokens in hand to `save_before_exit`.
+        #[allow(clippy::await_holding_refcell_ref)]
+        let attempt = async move {
+            let observe = move |step: Step| {
+                if step == Step::RequestSent {
+                    observed.set(true);
+                }
+            };
+            let mut refresher = refresher.borrow_mut();
+            refresher
+                .attempt(&store, &policy, &mut mode, None, &observe)
+                .await
+        };
+        self.in_flight.push(InFlight {
+            index,
+            forced,
+            sent,
+            attempt: Box::pin(attempt.instrument(self.spans[index].clone())),
+        });
     }
 
-    /// Sleeps until the next deadline or an event, whichever is first.
-    async fn wait(&mut self, sleep: Duration, signals: &mut Signals) -> Event {
+    /// Sleeps until the next deadline or an event, whichever is first. While stopping, only
+    /// the attempts being finished and the watchdog matter.
+    async fn wait(&mut self, signals: &mut Signals, stopping: bool) -> Event {
         let now = Instant::now();
-        let mut until = now + sleep;
-        if let Some(at) = self.reread_at {
-            until = until.min(at);
+        let mut until = now + plan::MAX_SLEEP;
+        if !stopping {
+            for i in self.idle_logins() {
+                let login = &self.logins[i];
+                if let Next::Sleep(d) = login.next_step() {
+                    until = until.min(now + d);
+                }
+                if let Some(at) = login.reread_at {
+                    until = until.min(at);
+                }
+            }
         }
         if let Some(at) = self.notifier.next_ping() {
             until = until.min(at);
         }
-        let pings = self.pings.as_mut();
+        let pings = self.pings.as_mut().filter(|_| !stopping);
+        let in_flight = &mut self.in_flight;
+        let busy = !in_flight.is_empty();
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => Event::Timer,
+            (index, forced, result) = first_done(in_flight), if busy => {
+                Event::Done { index, forced, result }
+            }
             Some(ping) = async { match pings { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 Event::FileChanged(ping)
             }
-            _ = signals.term.recv() => Event::Shutdown("SIGTERM"),
-            _ = signals.int.recv() => Event::Shutdown("SIGINT"),
-            _ = signals.hup.recv() => Event::Reload,
-            _ = signals.usr1.recv() => Event::ForceRefresh,
+            _ = signals.term.recv(), if !stopping => Event::Shutdown("SIGTERM"),
+            _ = signals.int.recv(), if !stopping => Event::Shutdown("SIGINT"),
+            _ = signals.hup.recv(), if !stopping => Event::Reload,
+            _ = signals.usr1.recv(), if !stopping => Event::ForceRefresh,
         }
     }
 
-    /// The identity of the file whose change means "read again".
-    fn stamp(&self) -> Option<Stamp> {
-        match self.store.kind() {
-            Kind::File => stamp(&self.store.target()),
-            Kind::Keychain => stamp(&self.keychain_file.as_ref()?.0),
-        }
-    }
-
-    fn on_file_changed(&mut self, ping: Ping) -> Flow {
-        if ping == Ping::Rearm
-            || self
-                .keychain_file
-                .as_ref()
-                .is_some_and(|(_, guessed)| *guessed)
-        {
-            self.arm_watch();
-        }
-        // Coalesce: the first ping of a burst sets the re-read time; later ones ride along.
-        if self.reread_at.is_none() {
-            self.reread_at = Some(Instant::now() + COALESCE);
-        }
-        Flow::Continue
-    }
-
-    fn on_timer(&mut self) -> Flow {
-        self.check_login_expiry();
-        let now = Instant::now();
-        self.notifier.ping_if_due(now);
-        if self.reread_at.is_some_and(|at| now >= at) {
-            self.reread_at = None;
-            self.reread(false);
-        } else if self.stamp() != self.last_stamp {
-            // A change the watch did not report.
-            self.reread(false);
+    fn on_timer(&mut self) {
+        self.notifier.ping_if_due(Instant::now());
+        for i in self.idle_logins() {
+            let _in = self.spans[i].enter();
+            self.logins[i].on_timer();
         }
         if self
             .watch
@@ -353,23 +356,16 @@ impl<C: Clock> Daemon<C> {
         {
             self.arm_watch();
         }
-        Flow::Continue
     }
 
-    fn on_reload(&mut self) -> Flow {
-        tracing::info!("SIGHUP: re-reading {}", self.store.place());
-        self.said = None;
-        self.arm_watch();
-        self.reread(true);
-        Flow::Continue
-    }
-
-    /// (Re)arms the directory watch. A failure is logged once; the minute timer tries again.
+    /// (Re)arms the one watcher over every login's files. A failure is logged once; the minute
+    /// timer tries again.
     fn arm_watch(&mut self) {
-        let (files, guessed) = watch::watched_files(&self.store);
-        if self.store.kind() == Kind::Keychain {
-            self.keychain_file = files.first().map(|f| (f.clone(), guessed));
-        }
+        let files: Vec<Vec<PathBuf>> = self
+            .logins
+            .iter_mut()
+            .map(LoginState::watched_files)
+            .collect();
         match Watch::arm(&files) {
             Ok((watch, rx)) => {
                 let dirs: Vec<_> = watch.dirs().map(|d| d.display().to_string()).collect();
@@ -377,509 +373,91 @@ impl<C: Clock> Daemon<C> {
                     tracing::info!("watching {}", dirs.join(" and "));
                 } else {
                     tracing::info!(
-                        "waiting for the directory of {} to appear (watching {})",
-                        self.store.place(),
+                        "waiting for a credentials directory to appear (watching {})",
                         dirs.join(" and ")
                     );
                 }
                 self.watch = Some(watch);
                 self.pings = Some(rx);
+                self.watch_error = None;
             }
             Err(e) => {
-                self.say_once(
-                    tracing::Level::WARN,
-                    format!(
-                        "cannot watch for changes ({e}); checking the file every minute instead"
-                    ),
+                let text = format!(
+                    "cannot watch for changes ({e}); checking the store every minute instead"
                 );
+                if self.watch_error.as_ref() != Some(&text) {
+                    tracing::warn!("{text}");
+                    self.watch_error = Some(text);
+                }
                 self.watch = None;
                 self.pings = None;
             }
         }
     }
 
-    /// Reads the file and updates the state from it. `force`: even if the bytes are the ones
-    /// already known (startup, SIGHUP).
-    fn reread(&mut self, force: bool) {
-        self.last_stamp = self.stamp();
-        // A claude-tokend that crashed mid-refresh may have left lock directories that make
-        // Claude Code wait; clear them when the lock is free (never waiting for it here).
-        if let Ok(Some(lock)) = self.store.try_lock() {
-            tokend_core::refresh::tidy(&self.store, &lock);
-        }
-        match self.store.read() {
-            Ok(snapshot) => {
-                self.malformed_tries = 0;
-                self.unavailable_tries = 0;
-                if !force && Some(snapshot.fingerprint) == self.known {
-                    return;
-                }
-                self.known = Some(snapshot.fingerprint);
-                let view = snapshot.doc.oauth().ok().flatten();
-                let key = view.as_ref().map(OAuthView::own_fields_key);
-                let same_login = key.is_some() && key == self.login_key;
-                self.login_key = key;
-                // Only the login's own fields re-arm: a refused token is not sent again, and a
-                // backoff (or the retried save of tokens in hand) is not cut short, because an
-                // MCP token or a setting changed.
-                let settled = matches!(
-                    self.state,
-                    State::Waiting(Waiting::LoginNeeded(_) | Waiting::Misconfigured(_))
-                        | State::BackingOff { .. }
-                        | State::Scheduled { .. }
-                );
-                if (same_login && settled) || self.refresher.has_unsaved_grant() {
-                    return;
-                }
-                match view {
-                    Some(v) if !v.is_logged_out() => {
-                        self.said = None;
-                        self.login_expires_at = v.refresh_token_expires_at;
-                        self.check_login_expiry();
-                        let at = refresh::next_at_unlocked(&self.store, &v, self.policy.lead);
-                        self.schedule(v.expires_at, at, false);
-                    }
-                    _ => self.wait_for(Waiting::LoggedOut),
-                }
-            }
-            Err(e) if e.may_be_mid_write() && self.malformed_tries + 1 < MALFORMED_TRIES => {
-                self.malformed_tries += 1;
-                self.reread_at = Some(Instant::now() + MALFORMED_RETRY);
-            }
-            Err(e) if e.is_transient() => {
-                // A locked or busy Keychain: read again later, with a growing pause; the state
-                // (a scheduled refresh, say) stands.
-                let pause = UNAVAILABLE_RETRY
-                    .saturating_mul(1 << self.unavailable_tries.min(6))
-                    .min(UNAVAILABLE_RETRY_MAX);
-                self.unavailable_tries = self.unavailable_tries.saturating_add(1);
-                self.say_once(
-                    tracing::Level::WARN,
-                    format!("{e}; reading it again in {}s", pause.as_secs()),
-                );
-                self.reread_at = Some(Instant::now() + pause);
-            }
-            Err(StoreError::Missing { .. }) => self.wait_for(Waiting::Missing),
-            Err(e @ StoreError::Malformed { .. }) => {
-                self.malformed_tries = 0;
-                self.known = None;
-                self.wait_for(Waiting::Malformed(e.to_string()));
-            }
-            Err(e) => self.wait_for(Waiting::Unreadable(e.to_string())),
-        }
-    }
-
-    fn wait_for(&mut self, why: Waiting) {
-        let path = self.store.place().to_string();
-        let (level, text) = match &why {
-            Waiting::Missing => (
-                tracing::Level::INFO,
-                format!(
-                    "waiting for {path} to appear (sign in with `claude-tokend login` or Claude Code)"
-                ),
-            ),
-            Waiting::Malformed(e) => (
-                tracing::Level::WARN,
-                format!("{e}; waiting for it to be fixed"),
-            ),
-            Waiting::Unreadable(e) => (
-                tracing::Level::WARN,
-                format!("{e}; waiting for it to change"),
-            ),
-            Waiting::LoggedOut => (
-                tracing::Level::INFO,
-                format!(
-                    "no login in {path}; waiting for a login (`claude-tokend login` or Claude Code)"
-                ),
-            ),
-            Waiting::LoginNeeded(e) => (
-                tracing::Level::ERROR,
-                format!(
-                    "{e}; no more requests will be made with this refresh token until the file changes"
-                ),
-            ),
-            Waiting::Misconfigured(e) => (
-                tracing::Level::ERROR,
-                format!(
-                    "{e}; no more requests until the file changes or the daemon restarts with a corrected setting"
-                ),
-            ),
+    /// Stopping with new tokens in hand: the old refresh token is spent, so these are the
+    /// login. Their save is retried for a while; giving up is an error the user must see.
+    async fn save_before_exit(&mut self) -> u8 {
+        let unsaved = |d: &Self| -> Vec<usize> {
+            (0..d.logins.len())
+                .filter(|&i| d.logins[i].refresher.borrow().has_unsaved_grant())
+                .collect()
         };
-        self.say_once(level, text);
-        self.state = State::Waiting(why);
-    }
-
-    fn say_once(&mut self, level: tracing::Level, text: String) {
-        if self.said.as_ref() == Some(&text) {
-            return;
+        if unsaved(self).is_empty() {
+            return exit::OK;
         }
-        match level {
-            tracing::Level::ERROR => tracing::error!("{text}"),
-            tracing::Level::WARN => tracing::warn!("{text}"),
-            _ => tracing::info!("{text}"),
+        tracing::warn!("new tokens are not saved yet; retrying the save before stopping");
+        let deadline = Instant::now() + UNSAVED_GRACE;
+        let mut retries = 0;
+        loop {
+            for i in unsaved(self) {
+                let login = &self.logins[i];
+                // Taken out for the attempt and put back after: nothing else runs while stopping,
+                // and this attempt is awaited to its end, never dropped half-way.
+                let mut refresher = login.refresher.replace(Refresher::new());
+                let _ = refresher
+                    .attempt(
+                        &login.store,
+                        &login.policy,
+                        &mut Mode::IfDue,
+                        Some(deadline),
+                        &tokend_core::refresh::unobserved,
+                    )
+                    .instrument(self.spans[i].clone())
+                    .await;
+                *login.refresher.borrow_mut() = refresher;
+            }
+            if unsaved(self).is_empty() {
+                return exit::OK;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match Backoff::SAVE.delay_within(retries, random_unit(), None, left) {
+                Some(d) => tokio::time::sleep(d).await,
+                None => break,
+            }
+            retries += 1;
         }
-        self.said = Some(text);
-    }
-
-    /// Schedules the next refresh at `at` (wall clock) and says so.
-    fn schedule(&mut self, expires_at: Option<i64>, at: i64, force: bool) {
-        self.state = State::Scheduled {
-            expires_at,
-            at,
-            force,
-        };
-        let now = self.clock.now();
-        match expires_at {
-            Some(exp) if at <= now => {
-                tracing::info!("token expires {}; refreshing now", when(exp))
-            }
-            Some(exp) => tracing::info!(
-                "token expires {}; next refresh at {}",
-                when(exp),
-                local_time(at)
-            ),
-            None if at <= now => tracing::info!("token has no expiry time; refreshing now"),
-            None => tracing::info!("token has no expiry time; refreshing at {}", local_time(at)),
-        }
-    }
-
-    /// Re-reads the store after an attempt and schedules from it, whatever was known before
-    /// (the attempt has just looked at it under the lock).
-    fn rearm_from_store(&mut self) {
-        self.login_key = None;
-        self.state = State::Unknown;
-        self.reread(true);
-    }
-
-    /// One refresh attempt, racing shutdown signals: a shutdown before the request went out
-    /// cancels it (dropping the attempt removes its temp file and releases the lock); after,
-    /// the answer is waited for and saved first, because the server may already have spent
-    /// the old refresh token.
-    async fn on_refresh(&mut self, mut mode: Mode, signals: &mut Signals) -> Flow {
-        let sent = Cell::new(false);
-        let observe = |step: Step| {
-            if step == Step::RequestSent {
-                sent.set(true);
-            }
-        };
-        let mut stop_after = None;
-        let result = {
-            let attempt =
-                self.refresher
-                    .attempt(&self.store, &self.policy, &mut mode, None, &observe);
-            tokio::pin!(attempt);
-            loop {
-                // An attempt may wait a long time for another refresher's lock: keep feeding
-                // the watchdog meanwhile, so systemd does not kill a healthy daemon.
-                let ping_at = self.notifier.next_ping();
-                tokio::select! {
-                    r = &mut attempt => break r,
-                    _ = signals.term.recv(), if stop_after.is_none() => stop_after = Some("SIGTERM"),
-                    _ = signals.int.recv(), if stop_after.is_none() => stop_after = Some("SIGINT"),
-                    _ = sleep_until_opt(ping_at) => {
-                        self.notifier.ping_if_due(Instant::now());
-                        continue;
-                    }
-                }
-                if let Some(why) = stop_after {
-                    if !sent.get() {
-                        tracing::info!("{why}: stopping before the request was sent");
-                        return Flow::Stop;
-                    }
-                    tracing::info!(
-                        "{why}: waiting for the refresh request in flight, to save its answer"
-                    );
-                }
-            }
-        };
-        let forced = matches!(mode, Mode::Force { .. });
-        self.handle_result(result, forced);
-        match stop_after {
-            Some(why) => {
-                tracing::info!("{why}: stopping");
-                Flow::Stop
-            }
-            None => Flow::Continue,
-        }
-    }
-
-    fn handle_result(&mut self, result: Result<Outcome, RefreshError>, forced: bool) {
-        match result {
-            Ok(Outcome::Refreshed {
-                expires_at,
-                next_at,
-                fingerprint,
-                short_grant,
-                ..
-            }) => {
-                self.refresher.drop_client();
-                self.known = Some(fingerprint);
-                if let Ok(Some(v)) = self.store.read().map(|s| s.doc.oauth().ok().flatten()) {
-                    self.login_expires_at = v.refresh_token_expires_at;
-                    self.login_key = Some(v.own_fields_key());
-                }
-                self.last_stamp = self.stamp();
-                self.said = None;
-                if short_grant && !self.warned_short_grant {
-                    self.warned_short_grant = true;
-                    tracing::warn!(
-                        "the server's tokens live no longer than --refresh-before ({}); they are \
-                         refreshed at half their lifetime instead, and never twice within a minute",
-                        tokend_core::settings::format_duration(self.policy.lead)
-                    );
-                }
-                self.schedule(Some(expires_at), next_at, false);
-            }
-            Ok(Outcome::Fresh {
-                expires_at,
-                next_at,
-            }) => {
-                self.refresher.drop_client();
-                let earliest = self
-                    .clock
-                    .now()
-                    .saturating_add(IDLE_ATTEMPT_GAP.as_millis() as i64);
-                self.note_store();
-                self.schedule(expires_at, next_at.max(earliest), forced);
-            }
-            Ok(Outcome::Adopted { .. }) => {
-                self.refresher.drop_client();
-                self.rearm_from_store();
-            }
-            Err(
-                e @ (RefreshError::LoginNeeded { .. }
-                | RefreshError::Rejected { .. }
-                | RefreshError::ClientRefused { .. }
-                | RefreshError::Endpoint { .. }),
-            ) => {
-                self.refresher.drop_client();
-                // Remember the login as it is now: only a change to its own fields ends the wait.
-                self.note_store();
-                let why = match e {
-                    RefreshError::Endpoint { .. } | RefreshError::ClientRefused { .. } => {
-                        Waiting::Misconfigured(e.to_string())
-                    }
-                    _ => Waiting::LoginNeeded(e.to_string()),
-                };
-                self.wait_for(why);
-            }
-            Err(RefreshError::Store(StoreError::Missing { .. })) => self.wait_for(Waiting::Missing),
-            Err(RefreshError::Store(e @ StoreError::Malformed { .. })) => {
-                self.known = None;
-                self.wait_for(Waiting::Malformed(e.to_string()));
-            }
-            Err(e @ RefreshError::SaveFailed { .. }) => {
-                tracing::error!("{e}");
-                self.back_off(&e, Backoff::SAVE);
-            }
-            Err(e) => self.back_off(&e, Backoff::STANDARD),
-        }
-    }
-
-    /// Records the store as it is now (bytes, identity, the login's own fields) without
-    /// changing the schedule.
-    fn note_store(&mut self) {
-        if let Ok(s) = self.store.read() {
-            self.known = Some(s.fingerprint);
-            if let Ok(Some(v)) = s.doc.oauth() {
-                self.login_key = Some(v.own_fields_key());
-                self.login_expires_at = v.refresh_token_expires_at;
-            }
-        }
-        self.last_stamp = self.stamp();
-    }
-
-    fn back_off(&mut self, e: &RefreshError, policy: Backoff) {
-        let retries = match &self.state {
-            State::BackingOff { retries, .. } => retries.saturating_add(1),
-            _ => 0,
-        };
-        let delay = policy.delay(retries, random_unit(), e.retry_after());
-        let now = Instant::now();
-        // `delay` is at most an hour (Retry-After is capped), so this cannot overflow; if it
-        // somehow did, a minute is a safe answer.
-        let until = now.checked_add(delay).unwrap_or(now + plan::MAX_SLEEP);
-        if !self.refresher.has_unsaved_grant() {
-            tracing::warn!("backing off for {:.1}s because {e}", delay.as_secs_f64());
-        }
-        self.state = State::BackingOff {
-            until,
-            retries,
-            reason: e.to_string(),
-        };
-    }
-
-    /// The login's end, when it is within [`LOGIN_EXPIRY_WARNING_MS`].
-    fn login_ending(&self) -> Option<i64> {
-        self.login_expires_at
-            .filter(|at| at.saturating_sub(self.clock.now()) <= LOGIN_EXPIRY_WARNING_MS)
-    }
-
-    /// Warns, once per login, that no refresh can extend it past `refreshTokenExpiresAt`.
-    fn check_login_expiry(&mut self) {
-        if let Some(at) = self.login_ending()
-            && self.warned_login_expiry != Some(at)
-        {
-            tracing::warn!(
-                "the login itself ends {}: no refresh can extend it; log in again before then \
-                 (claude-tokend login, or sign in with Claude Code)",
-                when(at)
+        for i in unsaved(self) {
+            tracing::error!(
+                "stopping with new tokens that could not be saved to {}: the old refresh token \
+                 is spent, so the login may be lost; if Claude Code reports that you are logged \
+                 out, run `claude-tokend login`",
+                self.logins[i].store.place()
             );
-            self.warned_login_expiry = Some(at);
         }
+        exit::FAILURE
     }
 
+    /// `STATUS=` for systemd: the login's line, or one line per login.
     fn publish_status(&mut self) {
-        let text = match &self.state {
-            State::Unknown => "starting".to_owned(),
-            State::Scheduled {
-                expires_at: Some(exp),
-                at,
-                ..
-            } => format!(
-                "next refresh at {}; token expires {}",
-                local_time(*at),
-                local_time(*exp)
-            ),
-            State::Scheduled {
-                expires_at: None, ..
-            } => "refreshing".to_owned(),
-            State::BackingOff { until, reason, .. } => format!(
-                "retrying in {}s; last error: {reason}",
-                until.saturating_duration_since(Instant::now()).as_secs()
-            ),
-            State::Waiting(Waiting::Missing) => {
-                format!("waiting for {}", self.store.place())
-            }
-            State::Waiting(Waiting::LoggedOut) => "waiting for a login".to_owned(),
-            State::Waiting(Waiting::LoginNeeded(e)) => format!("login needed: {e}"),
-            State::Waiting(Waiting::Misconfigured(e)) => format!("setting needs fixing: {e}"),
-            State::Waiting(Waiting::Malformed(e) | Waiting::Unreadable(e)) => e.clone(),
-        };
-        let text = match self.login_ending() {
-            Some(at) => format!("{text}; log in again before {}", local_time(at)),
-            None => text,
+        let text = match self.logins.as_slice() {
+            [one] => one.status_text(),
+            many => many
+                .iter()
+                .map(|l| format!("{}: {}", l.short_name(), l.status_text()))
+                .collect::<Vec<_>>()
+                .join(" | "),
         };
         self.notifier.status(&text);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::rc::Rc;
-    use tokend_core::oauth::{ClientConfig, OAuthError};
-    use tokend_core::settings::parse_endpoint_url;
-
-    /// A wall clock the test moves by hand.
-    #[derive(Clone)]
-    struct FakeClock(Rc<Cell<i64>>);
-
-    impl Clock for FakeClock {
-        fn now(&self) -> i64 {
-            self.0.get()
-        }
-    }
-
-    fn daemon(clock: FakeClock) -> Daemon<FakeClock> {
-        let policy = Policy {
-            lead: Duration::from_secs(15 * 60),
-            client_id: "test-client".into(),
-            client_id_origin: "the test".into(),
-            client: ClientConfig {
-                token_url: parse_endpoint_url("http://127.0.0.1:9/token").unwrap(),
-                user_agent: "test".into(),
-            },
-        };
-        Daemon::new(Store::new("/nonexistent/.credentials.json"), policy, clock)
-    }
-
-    #[test]
-    fn a_suspend_past_the_deadline_refreshes_on_wake() {
-        const HOUR: i64 = 3_600_000;
-        let start = 1_800_000_000_000;
-        let clock = FakeClock(Rc::new(Cell::new(start)));
-        let mut d = daemon(clock.clone());
-        d.state = State::Scheduled {
-            expires_at: Some(start + 8 * HOUR),
-            at: start + 8 * HOUR - HOUR / 4,
-            force: false,
-        };
-        // Hours before the deadline, the loop sleeps no longer than a minute at a time.
-        assert_eq!(d.next_step(), Next::Sleep(plan::MAX_SLEEP));
-        // The laptop sleeps for nine hours; on waking, the first look at the clock says "now".
-        clock.0.set(start + 9 * HOUR);
-        assert_eq!(d.next_step(), Next::RefreshNow { force: false });
-        // A clock set backwards moves the deadline away again rather than firing early.
-        clock.0.set(start - 24 * HOUR);
-        assert_eq!(d.next_step(), Next::Sleep(plan::MAX_SLEEP));
-    }
-
-    #[test]
-    fn the_login_expiry_warning_starts_three_days_before() {
-        const DAY: i64 = 86_400_000;
-        let clock = FakeClock(Rc::new(Cell::new(100 * DAY)));
-        let mut d = daemon(clock.clone());
-        d.login_expires_at = Some(104 * DAY);
-        assert_eq!(d.login_ending(), None, "four days ahead: quiet");
-        clock.0.set(101 * DAY);
-        assert_eq!(d.login_ending(), Some(104 * DAY), "three days ahead: warn");
-        d.check_login_expiry();
-        assert_eq!(d.warned_login_expiry, Some(104 * DAY));
-        clock.0.set(105 * DAY);
-        assert_eq!(d.login_ending(), Some(104 * DAY), "past it: still says so");
-    }
-
-    fn transient(ra: Option<u64>) -> RefreshError {
-        RefreshError::Transient {
-            error: OAuthError::Transient {
-                reason: "HTTP 503".into(),
-                retry_after: ra.map(Duration::from_secs),
-            },
-            attempts: 1,
-        }
-    }
-
-    fn left(d: &Daemon<FakeClock>) -> Duration {
-        let State::BackingOff { until, .. } = &d.state else {
-            panic!("expected backoff, got {:?}", d.state)
-        };
-        until.saturating_duration_since(Instant::now())
-    }
-
-    #[test]
-    fn backoff_grows_and_honours_retry_after() {
-        let clock = FakeClock(Rc::new(Cell::new(1_000_000)));
-        let mut d = daemon(clock.clone());
-        d.back_off(&transient(Some(30)), Backoff::STANDARD);
-        assert!(
-            left(&d) >= Duration::from_secs(29),
-            "Retry-After is a minimum"
-        );
-        for _ in 0..12 {
-            d.back_off(&transient(None), Backoff::STANDARD);
-        }
-        let State::BackingOff { retries, .. } = d.state.clone() else {
-            panic!("expected backoff")
-        };
-        assert_eq!(retries, 12);
-        assert!(left(&d) <= Duration::from_secs(300), "capped at 5 minutes");
-    }
-
-    #[test]
-    fn a_huge_retry_after_is_capped_and_the_wall_clock_does_not_matter() {
-        let clock = FakeClock(Rc::new(Cell::new(i64::MAX - 5)));
-        let mut d = daemon(clock.clone());
-        for secs in [31_536_000, 9_223_372_036_854_775, u64::MAX] {
-            d.back_off(&transient(Some(secs)), Backoff::STANDARD);
-            let l = left(&d);
-            assert!(
-                l <= Duration::from_secs(3600) && l >= Duration::from_secs(3590),
-                "Retry-After {secs} gives {l:?}"
-            );
-        }
-        // A wall clock stepped back by an hour (or to anything) leaves the backoff as it is.
-        clock.0.set(i64::MIN);
-        assert!(matches!(d.next_step(), Next::Sleep(s) if s == plan::MAX_SLEEP));
     }
 }

@@ -9,7 +9,6 @@
 //! When the directory does not exist yet (not logged in), the nearest existing ancestor is
 //! watched instead, and any event there means "try to arm the real watch again".
 
-use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -20,8 +19,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 /// What the watcher tells the loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ping {
-    /// Something happened to the credentials file's name: re-read it.
-    Changed,
+    /// Something happened to the name of a file of the login with this index: re-read it.
+    Changed(usize),
     /// Something happened in a stand-in ancestor directory: try to arm the real watch.
     Rearm,
 }
@@ -57,12 +56,16 @@ pub fn watched_files(store: &Store) -> (Vec<PathBuf>, bool) {
     }
 }
 
-/// The directories to watch and the names to look for in them.
-fn wanted(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<OsString>) {
+/// The directories to watch, and the files to look for with the login each belongs to.
+fn wanted(files: &[Vec<PathBuf>]) -> (Vec<PathBuf>, Vec<(PathBuf, usize)>) {
     let mut dirs = Vec::new();
-    let mut names = Vec::new();
-    for p in files {
-        let dir = p
+    let mut wanted = Vec::new();
+    for (login, file) in files
+        .iter()
+        .enumerate()
+        .flat_map(|(i, fs)| fs.iter().map(move |p| (i, p)))
+    {
+        let dir = file
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
@@ -70,24 +73,22 @@ fn wanted(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<OsString>) {
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }
-        if let Some(n) = p.file_name().map(|n| n.to_os_string())
-            && !names.contains(&n)
-        {
-            names.push(n);
+        if !wanted.contains(&(file.clone(), login)) {
+            wanted.push((file.clone(), login));
         }
     }
-    (dirs, names)
+    (dirs, wanted)
 }
 
 impl Watch {
-    /// Arms a watch of `files` (see [`watched_files`]) and returns it with the channel its
-    /// pings arrive on.
-    pub fn arm(files: &[PathBuf]) -> notify::Result<(Watch, UnboundedReceiver<Ping>)> {
+    /// Arms one watch over every login's `files` (see [`watched_files`]; `files[i]` are login
+    /// `i`'s) and returns it with the channel its pings arrive on.
+    pub fn arm(files: &[Vec<PathBuf>]) -> notify::Result<(Watch, UnboundedReceiver<Ping>)> {
         let (tx, rx) = unbounded_channel();
-        let (dirs, names) = wanted(files);
+        let (dirs, files) = wanted(files);
         let handler = Handler {
             tx,
-            names,
+            files,
             stand_ins: Vec::new(),
         };
         let mut stand_ins = Vec::new();
@@ -144,15 +145,18 @@ impl Watch {
 
 struct Handler {
     tx: UnboundedSender<Ping>,
-    names: Vec<OsString>,
+    /// Each watched file (directory and name) with the login it belongs to.
+    files: Vec<(PathBuf, usize)>,
     stand_ins: Vec<PathBuf>,
 }
 
 impl Handler {
     fn handle(&self, res: notify::Result<notify::Event>) {
         let Ok(event) = res else {
-            // An overflowed or failed watch: the safe reaction is to look again.
-            let _ = self.tx.send(Ping::Changed);
+            // An overflowed or failed watch: the safe reaction is for every login to look again.
+            for login in self.logins() {
+                let _ = self.tx.send(Ping::Changed(login));
+            }
             return;
         };
         // Opening and reading the file (this program does, on every re-read) is not a change;
@@ -160,13 +164,15 @@ impl Handler {
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
-        let matches_name = event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| self.names.iter().any(|want| want == n))
-        });
-        if matches_name {
-            let _ = self.tx.send(Ping::Changed);
-        } else if !self.stand_ins.is_empty()
+        let mut pinged = Vec::new();
+        for (file, login) in &self.files {
+            if !pinged.contains(login) && event.paths.iter().any(|p| p == file) {
+                pinged.push(*login);
+                let _ = self.tx.send(Ping::Changed(*login));
+            }
+        }
+        if pinged.is_empty()
+            && !self.stand_ins.is_empty()
             && event
                 .paths
                 .iter()
@@ -174,5 +180,11 @@ impl Handler {
         {
             let _ = self.tx.send(Ping::Rearm);
         }
+    }
+
+    fn logins(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self.files.iter().map(|(_, l)| *l).collect();
+        out.dedup();
+        out
     }
 }
