@@ -2,14 +2,13 @@
 //! and the man page (clap_mangen), both generated from the clap definition in `cli.rs`, so they
 //! cannot drift from `--help`. Both print to stdout, for the user (or a package build) to save.
 
-use std::io::{self, Write};
 use std::path::Path;
 
 use clap::CommandFactory;
 use clap_complete::Shell;
 
 use crate::cli::Cli;
-use crate::exit;
+use crate::{exit, show};
 
 const BIN: &str = "claude-tokend";
 
@@ -51,13 +50,8 @@ pub fn man(dir: Option<&Path>) -> u8 {
 /// Generated into memory first, then written: the generators panic on a write error, and
 /// `claude-tokend man | head` closing the pipe early is no error at all.
 fn emit(bytes: &[u8]) -> u8 {
-    let mut stdout = io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+    match show::emit(bytes) {
         Ok(()) => exit::OK,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit::OK,
-        Err(e) => {
-            eprintln!("claude-tokend: cannot write to stdout: {e}");
-            exit::FAILURE
-        }
+        Err(code) => code,
     }
 }
