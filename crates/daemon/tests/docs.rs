@@ -11,6 +11,100 @@ use common::*;
 // ---------------------------------------------------------------------------------------------
 // completions and the man page
 
+/// What bash completes for `line` (the words typed so far; a trailing space starts a new, empty
+/// word), with the generated script sourced into a clean bash and its completion function called
+/// the way bash's programmable completion calls it: the command, the current word and the word
+/// before it as arguments, `COMP_WORDS` and `COMP_CWORD` set.
+fn bash_completes(env: &Env, script: &Path, line: &str) -> Vec<String> {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    if words.is_empty() {
+        words.push("");
+    }
+    let cword = words.len() - 1;
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let program = format!(
+        r#"source "$1" || exit 90
+spec=$(complete -p claude-tokend) || exit 91
+fn=${{spec#*-F }}; fn=${{fn%% *}}
+COMP_WORDS=({words})
+COMP_CWORD={cword}
+COMP_LINE='{line}'
+COMP_POINT=${{#COMP_LINE}}
+"$fn" claude-tokend '{cur}' '{prev}'
+printf '%s\n' "${{COMPREPLY[@]}}"
+"#,
+        words = quoted.join(" "),
+        cur = words[cword],
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program, "bash"])
+        .arg(script)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(&env.root)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "bash failed for {line:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_after_a_subcommand() {
+    let env = Env::systemd();
+    let script = env.root.join("completion.bash");
+    std::fs::write(&script, env.run(&["completions", "bash"]).ok().out).unwrap();
+    for (line, want) in [
+        (
+            "claude-tokend ",
+            &["service", "status", "completions", "man"][..],
+        ),
+        ("claude-tokend --cre", &["--credentials"][..]),
+        (
+            "claude-tokend service ",
+            &["install", "uninstall", "status"][..],
+        ),
+        ("claude-tokend status --", &["--json"][..]),
+        (
+            "claude-tokend service install --",
+            &["--now", "--force", "--sandbox"][..],
+        ),
+        ("claude-tokend completions ", &["bash", "zsh", "fish"][..]),
+    ] {
+        let got = bash_completes(&env, &script, line);
+        for w in want {
+            assert!(
+                got.iter().any(|g| g == w),
+                "bash completes {line:?} to {got:?}, without {w}"
+            );
+        }
+    }
+    // The hidden flag is for tests and packagers, not for the user's TAB.
+    let got = bash_completes(&env, &script, "claude-tokend service status --");
+    assert!(got.iter().any(|g| g == "--help"), "{got:?}");
+    assert!(!got.iter().any(|g| g == "--manager"), "{got:?}");
+}
+
+#[test]
+fn no_completion_offers_a_hidden_flag() {
+    let env = Env::systemd();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = env.run(&["completions", shell]).ok().out;
+        for token in ["--manager", "-l manager"] {
+            assert!(!out.contains(token), "{shell} completion offers {token}");
+        }
+    }
+}
+
 #[test]
 fn completions_cover_the_commands_and_flags() {
     let env = Env::systemd();
