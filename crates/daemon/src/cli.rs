@@ -80,7 +80,6 @@ pub enum Command {
     },
     /// Print the man page, claude-tokend(1), as roff to stdout; with --dir, write it and one
     /// page per command (claude-tokend-service(1), ...) into that directory.
-    #[command(hide = true)]
     Man {
         /// Write every page into this directory instead.
         #[arg(long, value_name = "DIR")]

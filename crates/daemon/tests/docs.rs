@@ -150,10 +150,21 @@ fn man_page_is_roff_from_the_cli_definition() {
     let run = env.run(&["man"]).ok();
     let page = run.out;
     assert!(page.contains(".TH claude-tokend 1"), "{page}");
-    for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
-        assert!(page.contains(section), "no {section}");
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH DESCRIPTION",
+        ".SH OPTIONS",
+        ".SH SUBCOMMANDS",
+        ".SH ENVIRONMENT",
+        ".SH \"EXIT STATUS\"",
+        ".SH \"SEE ALSO\"",
+    ] {
+        assert!(page.contains(section), "no {section}:\n{page}");
     }
-    for word in [r"\-\-credentials", r"\-\-once", "service", "Exit codes"] {
+    // The exit codes have a section of their own, not clap_mangen's catch-all for after_help.
+    assert!(!page.contains(".SH EXTRA"), "{page}");
+    for word in [r"\-\-credentials", r"\-\-once", "service"] {
         assert!(page.contains(word), "man page lacks {word}");
     }
 
@@ -163,10 +174,164 @@ fn man_page_is_roff_from_the_cli_definition() {
         "claude-tokend.1",
         "claude-tokend-service.1",
         "claude-tokend-service-install.1",
+        "claude-tokend-man.1",
     ] {
         let text = read(&dir.join(page));
         assert!(text.contains(".TH"), "{page} is not roff");
     }
+    assert_eq!(
+        read(&dir.join("claude-tokend.1")),
+        page,
+        "`man` and `man --dir` write the same main page"
+    );
+}
+
+/// The section `name` of a roff page: from its `.SH` line to the next one.
+fn section<'p>(page: &'p str, name: &str) -> &'p str {
+    let start = page
+        .find(&format!(".SH {name}\n"))
+        .unwrap_or_else(|| panic!("no .SH {name}:\n{page}"));
+    let rest = &page[start + 4..];
+    &rest[..rest.find("\n.SH ").map_or(rest.len(), |e| e + 1)]
+}
+
+/// Every `claude-tokend...(N)` a page names, in roff (`\-` for `-`) or plain.
+fn pages_named(text: &str) -> Vec<String> {
+    let text = text
+        .replace("\\-", "-")
+        .replace("\\fB", "")
+        .replace("\\fR", "");
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("claude-tokend") {
+        let name: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let after = &text[at + name.len()..];
+        if let Some(section) = after.strip_prefix('(').and_then(|a| a.get(..2))
+            && section.ends_with(')')
+        {
+            found.push(format!("{name}.{}", &section[..1]));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_page_a_man_page_names_is_written() {
+    let env = Env::systemd();
+    let dir = env.root.join("man1");
+    env.run(&["man", "--dir", &dir.display().to_string()]).ok();
+    let written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!written.iter().any(|p| p.contains("help")), "{written:?}");
+    let main = read(&dir.join("claude-tokend.1"));
+    let see_also = pages_named(section(&main, "\"SEE ALSO\""));
+    assert!(
+        see_also.contains(&"claude-tokend-service-install.1".to_owned()),
+        "{see_also:?}"
+    );
+    for page in &written {
+        for named in pages_named(&read(&dir.join(page))) {
+            assert!(
+                written.contains(&named),
+                "{page} names {named}, which `man --dir` does not write ({written:?})"
+            );
+        }
+    }
+}
+
+/// Every environment variable a source file of the binary or the library reads by name
+/// (`var("X")`, `var_os("X")`, clap's `env = "X"`), except the debug-only test seams.
+fn variables_read_by_the_sources() -> Vec<String> {
+    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    walk(&crates.join("daemon/src"), &mut files);
+    walk(&crates.join("core/src"), &mut files);
+    let mut names = Vec::new();
+    for file in files {
+        let text = read(&file);
+        for opener in ["var(\"", "var_os(\"", "env = \""] {
+            for (at, _) in text.match_indices(opener) {
+                let name: String = text[at + opener.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !name.is_empty()
+                    && !name.starts_with("CLAUDE_TOKEND_TEST_")
+                    && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_man_page_names_every_variable_the_program_reads() {
+    let env = Env::systemd();
+    let page = env.run(&["man"]).ok().out;
+    let environment = section(&page, "ENVIRONMENT");
+    let names = variables_read_by_the_sources();
+    // The scan itself must find what is certainly there, or it proves nothing.
+    for sure in [
+        "HOME",
+        "CLAUDE_CONFIG_DIR",
+        "CLAUDE_TOKEND_CREDENTIALS",
+        "RUST_LOG",
+    ] {
+        assert!(
+            names.iter().any(|n| n == sure),
+            "the scan missed {sure}: {names:?}"
+        );
+    }
+    for name in &names {
+        assert!(
+            environment.contains(&format!("\\fB{name}\\fR")),
+            "ENVIRONMENT lacks {name}:\n{environment}"
+        );
+    }
+    // And what the library's dependencies read for us (proxies, sd_notify's watchdog, CAs).
+    for name in ["WATCHDOG_USEC", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE"] {
+        assert!(environment.contains(name), "ENVIRONMENT lacks {name}");
+    }
+}
+
+#[test]
+fn exit_status_lists_every_exit_code() {
+    let env = Env::systemd();
+    let page = env.run(&["man"]).ok().out;
+    let exit = section(&page, "\"EXIT STATUS\"");
+    for code in ["0", "1", "2", "75", "77", "78"] {
+        assert!(
+            exit.contains(&format!("\n\\fB{code}\\fR\n")),
+            "EXIT STATUS lacks {code}:\n{exit}"
+        );
+    }
+}
+
+#[test]
+fn help_shows_the_man_command() {
+    let env = Env::systemd();
+    let help = env.run(&["--help"]).ok().out;
+    assert!(
+        help.lines().any(|l| l.trim_start().starts_with("man ")),
+        "{help}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
