@@ -243,6 +243,23 @@ fn every_page_a_man_page_names_is_written() {
     }
 }
 
+/// `systemd-analyze verify` (and `systemctl --user help claude-tokend`) open the unit's
+/// documentation: it must be a page `man --dir` writes, not an invented web address.
+#[test]
+fn the_unit_documents_itself_with_the_man_page() {
+    let unit =
+        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd/claude-tokend.service"));
+    let docs: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+        .collect();
+    assert_eq!(docs, ["man:claude-tokend(1)"], "{unit}");
+    let env = Env::systemd();
+    let dir = env.root.join("man1");
+    env.run(&["man", "--dir", &dir.display().to_string()]).ok();
+    assert!(dir.join("claude-tokend.1").is_file());
+}
+
 /// Every environment variable a source file of the binary or the library reads by name
 /// (`var("X")`, `var_os("X")`, clap's `env = "X"`), except the debug-only test seams.
 fn variables_read_by_the_sources() -> Vec<String> {

@@ -206,6 +206,26 @@ mod tests {
         }
     }
 
+    /// The unit's comments send a reader to the drop-in by the path `service install --sandbox`
+    /// writes it to (`home.rs`), and to nothing else but the file shipped in the repository.
+    #[test]
+    fn the_unit_names_the_sandbox_drop_in_where_install_writes_it() {
+        use crate::service::home::{SANDBOX_FILE, UNIT};
+        let installed = format!("~/.config/systemd/user/{UNIT}.d/{SANDBOX_FILE}");
+        assert!(UNIT_TEMPLATE.contains(&installed), "{UNIT_TEMPLATE}");
+        for word in UNIT_TEMPLATE.split_whitespace() {
+            let word = word
+                .trim_matches(|c: char| "`(),;".contains(c))
+                .trim_end_matches('.');
+            if word.ends_with(".conf") {
+                assert!(
+                    word == installed || word == "systemd/claude-tokend-sandbox.conf",
+                    "the unit names a drop-in as {word}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn renders_the_unit_with_program_and_settings() {
         let env = vec![
