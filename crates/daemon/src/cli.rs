@@ -175,8 +175,8 @@ pub enum ServiceAction {
     Uninstall(ManagerArg),
     /// Show whether the service is installed and running.
     ///
-    /// Exits 0 when it is running, 1 when it is not installed, not running, or the service
-    /// manager cannot be asked.
+    /// Exits 0 when it is running, 1 when it is not installed or not running, and 69 when the
+    /// service manager cannot be asked (no user bus for systemctl --user, no systemctl).
     Status(ManagerArg),
 }
 

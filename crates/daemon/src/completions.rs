@@ -307,7 +307,7 @@ fn environment_section(out: &mut String, cmd: &clap::Command) {
     }
 }
 
-/// The contract's exit codes.
+/// The contract's exit codes, and the one `service status` adds.
 const EXIT_CODES: &[(&str, &str)] = &[
     (
         "0",
@@ -325,6 +325,11 @@ const EXIT_CODES: &[(&str, &str)] = &[
         "2",
         "A bad command line or setting, from a flag or the environment alike (an unknown flag, a \
          bad duration, a refused http URL).",
+    ),
+    (
+        "69",
+        "service status: the service manager could not be asked (no user bus for systemctl \
+         --user, or no systemctl or launchctl at all); the message says what to run.",
     ),
     (
         "75",

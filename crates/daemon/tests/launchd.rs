@@ -132,6 +132,18 @@ fn launchd_uninstall_boots_out_and_removes_the_agent() {
 }
 
 #[test]
+fn launchd_status_says_when_it_cannot_ask_launchd() {
+    let mut env = Env::new("launchd");
+    env.run(&["service", "install"]).ok();
+    let empty = env.root.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    env.set("PATH", &empty.display().to_string());
+    let run = env.run(&["service", "status"]).code(69);
+    assert!(run.err.contains("could not ask launchd"), "{}", run.err);
+    assert!(!run.err.contains("not loaded ("), "{}", run.err);
+}
+
+#[test]
 fn launchd_status_asks_launchctl() {
     let mut env = Env::new("launchd");
     env.run(&["service", "status"]).code(1);

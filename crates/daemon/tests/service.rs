@@ -284,6 +284,75 @@ fn systemd_status_reports_installed_and_running() {
     );
 }
 
+/// A PATH with no systemctl or launchctl (nor anything else: `service` runs nothing more).
+fn without_managers(env: &mut Env) {
+    let empty = env.root.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    env.set("PATH", &empty.display().to_string());
+}
+
+#[test]
+fn systemd_status_says_when_it_cannot_ask_systemd() {
+    let mut env = Env::systemd();
+    env.run(&["service", "install"]).ok();
+    env.set("FAKE_NO_BUS", "1");
+    let run = env.run(&["service", "status"]).code(69);
+    assert!(!run.err.contains("not running"), "{}", run.err);
+    for words in [
+        "could not ask systemd",
+        "Failed to connect to user scope bus",
+        "export XDG_RUNTIME_DIR=/run/user/$(id -u)",
+        "loginctl enable-linger $USER",
+    ] {
+        assert!(run.err.contains(words), "no {words:?} in:\n{}", run.err);
+    }
+    assert_eq!(
+        env.take_calls(),
+        ["systemctl --user status --no-pager claude-tokend.service"]
+    );
+
+    // No systemctl at all.
+    without_managers(&mut env);
+    let run = env.run(&["service", "status"]).code(69);
+    assert!(run.err.contains("could not ask systemd"), "{}", run.err);
+}
+
+#[test]
+fn systemd_uninstall_removes_the_files_when_systemd_cannot_be_reached() {
+    let mut env = Env::systemd();
+    env.run(&["service", "install", "--sandbox"]).ok();
+    // What `systemctl --user enable` leaves behind, and which would dangle without the unit.
+    let wants = env.root.join("xdg/systemd/user/default.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(env.unit_path(), wants.join(UNIT)).unwrap();
+    env.take_calls();
+    env.set("FAKE_NO_BUS", "1");
+
+    let run = env.run(&["service", "uninstall"]).ok();
+    assert!(!env.unit_path().exists(), "{}", run.out);
+    assert!(!env.sandbox_path().exists());
+    assert!(
+        std::fs::symlink_metadata(wants.join(UNIT)).is_err(),
+        "the enable link is gone too"
+    );
+    assert!(run.err.contains("warning"), "{}", run.err);
+    assert!(run.err.contains("could not ask systemd"), "{}", run.err);
+    assert!(run.out.contains("Removed:"), "{}", run.out);
+    assert_eq!(
+        env.take_calls(),
+        ["systemctl --user disable --now claude-tokend.service"],
+        "no daemon-reload where the first call could not get through"
+    );
+
+    // The same without systemctl on PATH.
+    env.unset("FAKE_NO_BUS");
+    env.run(&["service", "install"]).ok();
+    without_managers(&mut env);
+    let run = env.run(&["service", "uninstall"]).ok();
+    assert!(run.err.contains("could not ask systemd"), "{}", run.err);
+    assert!(!env.unit_path().exists());
+}
+
 #[test]
 fn sandbox_drop_in_opens_exactly_the_directories_the_daemon_writes() {
     // CLAUDE_CONFIG_DIR: the config dir and its parent (Claude Code's `<config dir>.lock`).

@@ -123,20 +123,24 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     println!("Agent file: {} ({state})", agent.display());
     let target = format!("{}/{LABEL}", gui_domain());
     println!("Running: launchctl print {target}");
-    let ok = match Process::new("launchctl").args(["print", &target]).status() {
-        Ok(s) if s.success() => true,
+    let result = match Process::new("launchctl").args(["print", &target]).status() {
+        Ok(s) if s.success() => Ok(()),
         Ok(s) => {
             eprintln!("claude-tokend: the agent is not loaded ({s} from launchctl print)");
-            false
+            Err(exit::FAILURE)
         }
+        // Whether it runs is unknown, which is not "not loaded".
         Err(e) => {
-            eprintln!("claude-tokend: cannot run launchctl: {e}");
-            false
+            eprintln!(
+                "claude-tokend: could not ask launchd whether the agent is loaded: cannot run \
+                 launchctl: {e} (it comes with macOS, in /bin)"
+            );
+            Err(super::UNREACHABLE)
         }
     };
     println!(
         "Logs:       tail -f {}",
         shell_quote(&home.log_path().to_string_lossy())
     );
-    if ok { Ok(()) } else { Err(exit::FAILURE) }
+    result
 }

@@ -25,6 +25,11 @@ use files::{Existing, Planned, Syntax, changed_lines};
 use home::Home;
 use render::{render_agent, render_sandbox, render_unit};
 
+/// `service status` when the service manager could not be asked at all (no user bus, no
+/// `systemctl`/`launchctl`): sysexits' EX_UNAVAILABLE, so a script can tell "I could not find
+/// out" from "not running" (1).
+const UNREACHABLE: u8 = 69;
+
 /// The manager asked for, else the one of the OS this was built for.
 fn resolve(arg: &ManagerArg) -> Manager {
     arg.manager.unwrap_or(if cfg!(target_os = "macos") {

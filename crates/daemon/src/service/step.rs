@@ -3,7 +3,8 @@
 //! It knows no manager's meaning of an exit code; `systemd` and `launchd` read those.
 
 use std::ffi::OsStr;
-use std::process::{Command as Process, Stdio};
+use std::io::{self, Write};
+use std::process::{Command as Process, ExitStatus, Stdio};
 
 use crate::exit;
 
@@ -19,27 +20,69 @@ pub(super) fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Runs one step, printing it first; on failure says which command failed and how to go on.
-pub(super) fn run_step(program: &str, args: &[&OsStr], hint: &str) -> Result<(), u8> {
+/// How a command went. Its stderr is kept (after being shown) so a manager's module can tell
+/// "could not reach the service manager" from the manager's own answer.
+pub(super) enum Ran {
+    Success,
+    Failed(ExitStatus, String),
+    /// It could not be started at all (not installed, not on PATH).
+    NotRun(io::Error),
+}
+
+/// The command as the user would type it.
+pub(super) fn shown(program: &str, args: &[&OsStr]) -> String {
     let mut shown = program.to_owned();
     for a in args {
         shown.push(' ');
         shown.push_str(&shell_quote(&a.to_string_lossy()));
     }
-    println!("Running: {shown}");
+    shown
+}
+
+/// Runs one command, printing it first. Its stdout goes straight to ours; its stderr is
+/// collected, then written to ours as it was, and returned.
+pub(super) fn run(program: &str, args: &[&OsStr]) -> Ran {
+    println!("Running: {}", shown(program, args));
     match Process::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .status()
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .output()
     {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => {
+        Ok(out) => {
+            let _ = io::stderr().write_all(&out.stderr);
+            if out.status.success() {
+                Ran::Success
+            } else {
+                Ran::Failed(
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+        }
+        Err(e) => Ran::NotRun(e),
+    }
+}
+
+/// Runs one step, printing it first; on failure says which command failed and how to go on.
+pub(super) fn run_step(program: &str, args: &[&OsStr], hint: &str) -> Result<(), u8> {
+    let ran = run(program, args);
+    step_result(program, args, ran, hint)
+}
+
+/// A step's outcome as the user hears it: nothing on success, else what failed and how to go on.
+pub(super) fn step_result(program: &str, args: &[&OsStr], ran: Ran, hint: &str) -> Result<(), u8> {
+    let shown = shown(program, args);
+    match ran {
+        Ran::Success => Ok(()),
+        Ran::Failed(s, _) => {
             eprintln!(
                 "claude-tokend: `{shown}` failed ({s}); {hint}. Run it by hand to see why, then go on from there."
             );
             Err(exit::FAILURE)
         }
-        Err(e) => {
+        Ran::NotRun(e) => {
             eprintln!(
                 "claude-tokend: cannot run `{program}`: {e} (is it installed and on PATH?); {hint}. \
                  The step was: {shown}"

@@ -3,11 +3,10 @@
 //! `systemctl --user`.
 
 use std::ffi::OsStr;
-use std::process::Command as Process;
 
 use super::files::{describe_file, remove_file};
 use super::home::{Home, UNIT};
-use super::step::run_step;
+use super::step::{self, Ran, run_step, step_result};
 use crate::cli::InstallArgs;
 use crate::exit;
 
@@ -57,6 +56,7 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
         println!("Nothing to remove: {} does not exist.", unit_path.display());
         return Ok(());
     }
+    let mut reached = true;
     if unit_path.exists() {
         let hint = format!(
             "nothing was removed; to remove it without the service manager, delete {} \
@@ -64,7 +64,21 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
             unit_path.display(),
             home.dropin_dir().display()
         );
-        systemctl(&["disable", "--now", UNIT], &hint)?;
+        let args = user_args(&["disable", "--now", UNIT]);
+        let ran = step::run("systemctl", &args);
+        if let Some(why) = unreachable(&ran) {
+            // Nobody can be asked to stop it, here; the files are still ours to take back, and
+            // leaving them would start the service again at the next login.
+            eprintln!(
+                "claude-tokend: warning: could not ask systemd to stop and disable the service \
+                 ({why}); removing its files anyway. A copy already running under another \
+                 session's manager runs until that session ends; there, \
+                 `systemctl --user daemon-reload` makes systemd forget it."
+            );
+            reached = false;
+        } else {
+            step_result("systemctl", &args, ran, &hint)?;
+        }
     }
     for path in [&unit_path, &sandbox] {
         remove_file(path)?;
@@ -76,6 +90,16 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
             "Kept: {} (drop-ins that `service install` did not write)",
             dropins.display()
         );
+    }
+    if !reached {
+        // What `disable` would have removed: the link `enable` made, dangling now. Only a link
+        // to our own unit is taken.
+        let link = home.unit_dir().join("default.target.wants").join(UNIT);
+        if std::fs::read_link(&link).is_ok_and(|target| target == unit_path) {
+            remove_file(&link)?;
+        }
+        println!("claude-tokend's files are removed; systemd was not asked to stop it.");
+        return Ok(());
     }
     systemctl(
         &["daemon-reload"],
@@ -96,26 +120,58 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     if let Some(state) = describe_file(&home.sandbox_path())? {
         println!("Sandbox:   {} ({state})", home.sandbox_path().display());
     }
-    let args = ["--user", "status", "--no-pager", UNIT];
-    println!("Running: systemctl {}", args.join(" "));
-    let ok = match Process::new("systemctl").args(args).status() {
-        Ok(s) if s.success() => true,
-        // systemctl status: 3 = not running (stopped or failed), 4 = unknown unit.
-        Ok(s) => {
-            eprintln!("claude-tokend: the service is not running ({s} from systemctl status)");
-            false
-        }
-        Err(e) => {
-            eprintln!("claude-tokend: cannot run systemctl: {e}");
-            false
+    let args = user_args(&["status", "--no-pager", UNIT]);
+    let ran = step::run("systemctl", &args);
+    let result = if let Some(why) = unreachable(&ran) {
+        eprintln!(
+            "claude-tokend: could not ask systemd whether the service is running: {why}. \
+             `systemctl --user` talks to your user's service manager, which runs while you are \
+             logged in (with lingering, always). From a shell outside your login session (su, \
+             sudo, some ssh and container setups), point it there with \
+             `export XDG_RUNTIME_DIR=/run/user/$(id -u)`; if no manager runs for your user at \
+             all, start one with `loginctl enable-linger $USER` (or log in). Then run \
+             `claude-tokend service status` again."
+        );
+        Err(super::UNREACHABLE)
+    } else {
+        match ran {
+            Ran::Success => Ok(()),
+            // systemctl status: 3 = not running (stopped or failed), 4 = unknown unit.
+            Ran::Failed(s, _) => {
+                eprintln!("claude-tokend: the service is not running ({s} from systemctl status)");
+                Err(exit::FAILURE)
+            }
+            // unreachable() has answered for it already.
+            Ran::NotRun(_) => Err(super::UNREACHABLE),
         }
     };
     println!("Logs:      journalctl --user -u claude-tokend -f");
-    if ok { Ok(()) } else { Err(exit::FAILURE) }
+    result
+}
+
+/// Why `systemctl --user` did not reach a user manager, when that is what happened: it is not
+/// there to run, or it found no bus to talk over (no `XDG_RUNTIME_DIR`, no session). Either way
+/// the manager's state is unknown, which is not the same as "not running".
+fn unreachable(ran: &Ran) -> Option<String> {
+    match ran {
+        Ran::Success => None,
+        Ran::NotRun(e) => Some(format!("cannot run systemctl: {e}")),
+        Ran::Failed(_, stderr) => stderr
+            .lines()
+            .find(|l| {
+                (l.contains("Failed to connect to") && l.contains("bus"))
+                    || l.contains("not been booted with systemd")
+            })
+            .map(|l| l.trim().to_owned()),
+    }
+}
+
+fn user_args<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
+    let mut full = vec![OsStr::new("--user")];
+    full.extend(args.iter().map(|a| OsStr::new(*a)));
+    full
 }
 
 fn systemctl(args: &[&str], hint: &str) -> Result<(), u8> {
-    let mut full = vec![OsStr::new("--user")];
-    full.extend(args.iter().map(OsStr::new));
-    run_step("systemctl", &full, hint)
+    run_step("systemctl", &user_args(args), hint)
 }

@@ -18,9 +18,15 @@ pub const LABEL: &str = "io.github.claude-tokend";
 
 /// One fake for both managers: it appends `<name> <args>` to `$FAKE_LOG`, fails (exit 1) when
 /// an argument equals `$FAKE_FAIL`, and answers the status questions from `$FAKE_RUNNING`.
+/// With `$FAKE_NO_BUS` set, systemctl fails every call as it does where there is no user
+/// session bus (su, sudo, ssh without lingering, containers): exit 1, systemd 254's message.
 pub const FAKE: &str = r#"#!/bin/sh
 name=${0##*/}
 printf '%s\n' "$name $*" >> "$FAKE_LOG"
+if [ "$name" = systemctl ] && [ -n "$FAKE_NO_BUS" ]; then
+  echo 'Failed to connect to user scope bus via local transport: $DBUS_SESSION_BUS_ADDRESS and $XDG_RUNTIME_DIR not defined (consider using --machine=<user>@.host --user to connect to bus of other user)' >&2
+  exit 1
+fi
 for a in "$@"; do
   if [ -n "$FAKE_FAIL" ] && [ "$a" = "$FAKE_FAIL" ]; then
     echo "$name: simulated failure" >&2
