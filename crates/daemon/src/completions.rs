@@ -1,6 +1,9 @@
 //! `claude-tokend completions <shell>` and `claude-tokend man`: shell completions (clap_complete)
 //! and the man page (clap_mangen), both generated from the clap definition in `cli.rs`, so they
 //! cannot drift from `--help`. Both print to stdout, for the user (or a package build) to save.
+//! What the generators get wrong for this program is mended here, after generation: bash's
+//! labels for a hyphenated name, hidden flags offered for completion, and the man page's
+//! missing ENVIRONMENT, EXIT STATUS and SEE ALSO. It reads no settings and runs nothing.
 
 use std::path::Path;
 
