@@ -26,6 +26,19 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   say "systemd-analyze not found; install it (Debian/Ubuntu: apt-get install systemd)" >&2
   exit 1
 fi
+# verify also opens each Documentation=man:... link with `man`, so the unit's page must be
+# findable: it is generated below and put on MANPATH; without `man` every link would warn.
+if ! command -v man >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing man (apt-get install man-db)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends man-db >/dev/null
+  fi
+fi
+if ! command -v man >/dev/null 2>&1; then
+  say "man not found; install it (Debian/Ubuntu: apt-get install man-db)" >&2
+  exit 1
+fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -61,6 +74,11 @@ fi
 bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 [ -x "$bin" ] || { say "no executable at $bin" >&2; exit 1; }
 
+# The pages `claude-tokend man --dir` writes, where systemd-analyze's `man` looks first.
+mkdir -p "$work/man/man1"
+"$bin" man --dir "$work/man/man1" >/dev/null
+export MANPATH="$work/man:"
+
 # install NAME [ARGS...]: `service install` into $work/NAME/{home,config}; prints the unit path.
 install() {
   local name=$1; shift
@@ -87,16 +105,21 @@ check() { # check LABEL UNIT: must verify silently (HOME/XDG_CONFIG_HOME of that
 # runtime directory or a changed message format must not turn into a silent pass).
 canary_src=$(install canary)
 canary_dir=$(dirname "$canary_src")
-for breakage in 'NoSuchDirective=yes' 'WatchdogSec=banana' 'RestrictAddressFamilies=AF_BOGUS'; do
-  sed "s/^Type=notify\$/Type=notify\\n$breakage/" "$canary_src" >"$canary_dir/broken.service"
-  grep -qx "$breakage" "$canary_dir/broken.service" || { say "self-test: could not inject $breakage" >&2; exit 1; }
+for breakage in 'NoSuchDirective=yes' 'WatchdogSec=banana' 'RestrictAddressFamilies=AF_BOGUS' \
+  'Documentation=man:claude-tokend-no-such-page(1)'; do
+  case $breakage in
+    Documentation=*) anchor='^Documentation=.*' ;; # [Unit]: a page man cannot find
+    *) anchor='^Type=notify$' ;;                   # [Service]
+  esac
+  sed "s/$anchor/&\\n$breakage/" "$canary_src" >"$canary_dir/broken.service"
+  grep -qxF "$breakage" "$canary_dir/broken.service" || { say "self-test: could not inject $breakage" >&2; exit 1; }
   if HOME="$work/canary/home" XDG_CONFIG_HOME="$work/canary/config" verify "$canary_dir/broken.service" >/dev/null; then
     say "self-test FAILED: a unit with '$breakage' passed verification, so this check proves nothing" >&2
     exit 1
   fi
 done
 rm -f "$canary_dir/broken.service"
-say "self-test: a unit with a broken directive fails, as it should"
+say "self-test: a unit with a broken directive or a missing man page fails, as it should"
 
 # 1. What `service install` writes with the defaults.
 unit=$(install plain)

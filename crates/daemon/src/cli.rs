@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{
+    ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
+};
 use tokend_core::settings::{Url, parse_endpoint_url, parse_refresh_lead, parse_retry_budget};
 
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
@@ -79,7 +81,7 @@ pub enum Command {
     /// launchd on macOS).
     Service {
         #[command(subcommand)]
-        action: crate::service::ServiceAction,
+        action: ServiceAction,
     },
     /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -89,7 +91,6 @@ pub enum Command {
     },
     /// Print the man page, claude-tokend(1), as roff to stdout; with --dir, write it and one
     /// page per command (claude-tokend-service(1), ...) into that directory.
-    #[command(hide = true)]
     Man {
         /// Write every page into this directory instead.
         #[arg(long, value_name = "DIR")]
@@ -197,6 +198,56 @@ pub struct Settings {
     /// Less log output (-q warnings and errors only, -qq errors only).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Write the user service for this binary and these settings.
+    ///
+    /// systemd: ~/.config/systemd/user/claude-tokend.service ($XDG_CONFIG_HOME is honoured);
+    /// macOS: ~/Library/LaunchAgents/io.github.claude-tokend.plist. --credentials and
+    /// CLAUDE_CONFIG_DIR are carried into it, as are the daemon's settings that differ from
+    /// their defaults. A file edited by hand is not replaced without --force.
+    Install(InstallArgs),
+    /// Stop and disable the service, then remove the files `install` wrote.
+    Uninstall(ManagerArg),
+    /// Show whether the service is installed and running.
+    ///
+    /// Exits 0 when it is running, 1 when it is not installed or not running, and 69 when the
+    /// service manager cannot be asked (no user bus for systemctl --user, no systemctl).
+    Status(ManagerArg),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Also start it now and at every login (systemctl --user enable --now; launchctl bootstrap).
+    #[arg(long)]
+    pub now: bool,
+
+    /// Replace service files that were edited by hand or not written by this command.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Also install the optional sandbox drop-in (systemd only: ProtectSystem=strict,
+    /// ProtectHome=read-only, PrivateTmp; needs unprivileged user namespaces).
+    #[arg(long)]
+    pub sandbox: bool,
+
+    #[command(flatten)]
+    pub manager: ManagerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ManagerArg {
+    /// The service manager to install for [default: launchd on macOS, systemd elsewhere].
+    #[arg(long, value_enum, env = "CLAUDE_TOKEND_SERVICE_MANAGER", hide = true)]
+    pub manager: Option<Manager>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Manager {
+    Systemd,
+    Launchd,
 }
 
 /// Parses the process's command line and environment into a [`Cli`], exiting 2 with a message on

@@ -1,0 +1,202 @@
+//! What the service must be told to do what this command line would do: the running binary's
+//! path, the settings that differ from their defaults (as environment variables), and, for the
+//! sandbox drop-in, the directories the daemon writes in. It reads the environment and follows
+//! symlinks of the credentials file; it writes nothing.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokend_core::settings::parse_endpoint_url;
+use tokend_core::store;
+
+use super::home::{Home, normalize, parent};
+use super::render::{check_value, utf8};
+use crate::cli::{DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, DEFAULT_USER_AGENT, Settings, StoreChoice};
+use crate::exit;
+
+/// What `--refresh-before` defaults to in `cli.rs`; a unit test keeps the two in step.
+const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(15 * 60);
+
+/// The running binary, which is what the service will run. A path inside a cargo build directory
+/// works but moves with the next `cargo clean`, so it earns a note.
+pub(super) fn program_path() -> Result<PathBuf, u8> {
+    let program = std::env::current_exe().map_err(|e| {
+        eprintln!("claude-tokend: cannot tell where this program is: {e}");
+        exit::FAILURE
+    })?;
+    let parts: Vec<&OsStr> = program.iter().collect();
+    let in_build_dir = parts
+        .windows(2)
+        .any(|w| w[0] == "target" && (w[1] == "debug" || w[1] == "release"));
+    if in_build_dir {
+        eprintln!(
+            "claude-tokend: note: the service will run {}, inside a cargo build directory; for a path that \
+             stays put, `cargo install --locked --path crates/daemon` and run `~/.cargo/bin/claude-tokend service install`",
+            program.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!(
+            "claude-tokend: note: running as root installs the service for root, not for your own user"
+        );
+    }
+    Ok(program)
+}
+
+/// The settings the service must see to do what this command line would do: the credentials
+/// location (made absolute: the service does not run in this directory), and every setting the
+/// daemon uses that differs from its default. Defaults are left out, so a later release's new
+/// default reaches the service.
+pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str, String)>, u8> {
+    let mut env = Vec::new();
+    if let Some(path) = settings
+        .credentials
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        env.push(("CLAUDE_TOKEND_CREDENTIALS", absolute_utf8(path)?));
+    }
+    if let Some(dir) = std::env::var_os("CLAUDE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        env.push(("CLAUDE_CONFIG_DIR", absolute_utf8(Path::new(&dir))?));
+    }
+    // Claude Code's own (undocumented) variable moves the file, its locks and the Keychain
+    // item's name; set but empty has a meaning too (the home default, no suffix).
+    if let Some(dir) = std::env::var_os("CLAUDE_SECURESTORAGE_CONFIG_DIR") {
+        let value = if dir.is_empty() {
+            String::new()
+        } else {
+            absolute_utf8(Path::new(&dir))?
+        };
+        env.push(("CLAUDE_SECURESTORAGE_CONFIG_DIR", value));
+    }
+    if settings.store != StoreChoice::Auto {
+        env.push((
+            "CLAUDE_TOKEND_STORE",
+            match settings.store {
+                StoreChoice::Auto => "auto",
+                StoreChoice::File => "file",
+                StoreChoice::Keychain => "keychain",
+            }
+            .to_owned(),
+        ));
+    }
+    let default_url =
+        parse_endpoint_url(DEFAULT_TOKEN_URL).expect("the default token URL is valid");
+    if settings.token_url != default_url {
+        env.push(("CLAUDE_TOKEND_TOKEN_URL", settings.token_url.to_string()));
+    }
+    if settings.client_id != DEFAULT_CLIENT_ID {
+        env.push(("ANTHROPIC_CLIENT_ID", settings.client_id.clone()));
+    }
+    if settings.refresh_before != DEFAULT_REFRESH_BEFORE {
+        env.push((
+            "CLAUDE_TOKEND_REFRESH_BEFORE",
+            duration_setting(settings.refresh_before),
+        ));
+    }
+    if settings.user_agent != DEFAULT_USER_AGENT {
+        env.push(("CLAUDE_TOKEND_USER_AGENT", settings.user_agent.clone()));
+    }
+    for (k, v) in &env {
+        check_value(k, v)?;
+    }
+    Ok(env)
+}
+
+/// A duration as `parse_duration` reads it back exactly, in the largest unit that divides it.
+fn duration_setting(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (d.subsec_nanos(), secs) {
+        (0, s) if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        (0, s) if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        (0, s) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}
+
+fn absolute_utf8(path: &Path) -> Result<String, u8> {
+    let abs = std::path::absolute(path).map_err(|e| {
+        eprintln!(
+            "claude-tokend: cannot make {} absolute: {e}",
+            path.display()
+        );
+        exit::USAGE
+    })?;
+    utf8(&abs)
+}
+
+/// The directories the daemon writes in, for the sandbox's `ReadWritePaths=`: the credentials
+/// file's directory (temp files, `.credentials.json.lock`), the directory that holds it
+/// (Claude Code's lock directory `<config dir>.lock` is made there), and, for a symlinked file,
+/// the directory of the file it points at. A directory inside another on the list is dropped.
+pub(super) fn writable_dirs(settings: &Settings, home: &Home) -> Result<Vec<String>, u8> {
+    let env = store::LocateEnv {
+        home: Some(OsString::from(home.home.as_os_str())),
+        ..store::LocateEnv::from_process()
+    };
+    let (path, _) = store::locate(settings.credentials.as_deref(), &env).map_err(|e| {
+        eprintln!("claude-tokend: {e}");
+        exit::USAGE
+    })?;
+    let path = PathBuf::from(absolute_utf8(&path)?);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let config_dir = parent(&path);
+    dirs.push(parent(&config_dir));
+    dirs.push(config_dir);
+    if let Ok(target) = store::resolve_symlinks(&path)
+        && target != path
+    {
+        dirs.push(parent(&PathBuf::from(absolute_utf8(&target)?)));
+    }
+    let dirs: Vec<PathBuf> = dirs.iter().map(|d| normalize(d)).collect();
+    let mut kept: Vec<String> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let covered = dirs
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && d.starts_with(other) && (d != other || j < i));
+        if !covered {
+            let s = utf8(d)?;
+            check_value("a directory the daemon writes in", &s)?;
+            kept.push(s);
+        }
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn default_refresh_before_matches_the_cli() {
+        let cmd = crate::cli::Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "refresh_before")
+            .expect("--refresh-before");
+        let default = arg.get_default_values()[0].to_str().unwrap();
+        assert_eq!(
+            tokend_core::settings::parse_duration(default).unwrap(),
+            DEFAULT_REFRESH_BEFORE
+        );
+    }
+
+    #[test]
+    fn durations_read_back_exactly() {
+        for d in [1, 59, 60, 90, 900, 3600, 5400, 86_400] {
+            let d = Duration::from_secs(d);
+            let text = duration_setting(d);
+            assert_eq!(
+                tokend_core::settings::parse_duration(&text),
+                Ok(d),
+                "{text}"
+            );
+        }
+        assert_eq!(duration_setting(Duration::from_secs(1200)), "20m");
+        assert_eq!(duration_setting(Duration::from_millis(1500)), "1500ms");
+    }
+}

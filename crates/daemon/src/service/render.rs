@@ -1,0 +1,325 @@
+//! Rendering the service files from the templates shipped in `systemd/` and `launchd/`, which
+//! are embedded at build time so the repository's files are the one source of truth: the unit's
+//! `ExecStart=` and `Environment=` lines, the sandbox drop-in's `ReadWritePaths=`, the agent's
+//! program, home and environment. Pure text in, text out; it never touches the disk, and it
+//! refuses values that neither format can carry rather than escaping them halfway.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::exit;
+
+/// The systemd user unit, as shipped in `systemd/`.
+pub(super) const UNIT_TEMPLATE: &str = include_str!("../../../../systemd/claude-tokend.service");
+/// The optional sandboxing drop-in, as shipped in `systemd/`.
+pub(super) const SANDBOX_TEMPLATE: &str =
+    include_str!("../../../../systemd/claude-tokend-sandbox.conf");
+/// The launchd agent, as shipped in `launchd/`.
+pub(super) const AGENT_TEMPLATE: &str =
+    include_str!("../../../../launchd/io.github.claude-tokend.plist");
+
+// The template lines rendering replaces or appends after. The unit tests check each is present
+// exactly once, so an edit to a template that breaks rendering fails the build's tests.
+const UNIT_EXEC_LINE: &str = "ExecStart=%h/.cargo/bin/claude-tokend";
+const UNIT_ENV_MARK: &str = "# Settings from `claude-tokend service install`";
+const SANDBOX_PATHS_LINE: &str = "ReadWritePaths=%h";
+const AGENT_PROGRAM: &str = "@PROGRAM@";
+const AGENT_HOME: &str = "@HOME@";
+const AGENT_ENV_MARK: &str = "<!-- @ENVIRONMENT@ -->";
+
+/// The unit: the template with `ExecStart=` pointing at `program` and one `Environment=` line
+/// per carried setting.
+pub(super) fn render_unit(program: &Path, env: &[(&str, String)]) -> Result<String, u8> {
+    let program = utf8(program)?;
+    check_value("the program's path", &program)?;
+    let mut out = String::with_capacity(UNIT_TEMPLATE.len() + 256);
+    for line in UNIT_TEMPLATE.lines() {
+        if line == UNIT_EXEC_LINE {
+            writeln!(out, "ExecStart={}", systemd_word(&program)).expect("String");
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with(UNIT_ENV_MARK) {
+            for (k, v) in env {
+                writeln!(out, "Environment={}", systemd_word(&format!("{k}={v}"))).expect("String");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sandbox drop-in with `ReadWritePaths=` listing `dirs`. Each is prefixed with `-`, so a
+/// directory that does not exist yet (no login yet) does not stop the service from starting.
+pub(super) fn render_sandbox(dirs: &[String]) -> Result<String, u8> {
+    let list: Vec<String> = dirs
+        .iter()
+        .map(|d| systemd_word(&format!("-{d}")))
+        .collect();
+    let mut out = String::with_capacity(SANDBOX_TEMPLATE.len() + 128);
+    for line in SANDBOX_TEMPLATE.lines() {
+        if line == SANDBOX_PATHS_LINE {
+            writeln!(out, "ReadWritePaths={}", list.join(" ")).expect("String");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// The agent: the template with the program and home filled in and the carried settings added
+/// to `EnvironmentVariables`.
+pub(super) fn render_agent(
+    program: &Path,
+    home: &Path,
+    env: &[(&str, String)],
+) -> Result<String, u8> {
+    let program = utf8(program)?;
+    let home = utf8(home)?;
+    check_value("the program's path", &program)?;
+    check_value("HOME", &home)?;
+    let mut out = String::with_capacity(AGENT_TEMPLATE.len() + 256);
+    for line in AGENT_TEMPLATE.lines() {
+        if line.trim() == AGENT_ENV_MARK {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            for (k, v) in env {
+                writeln!(out, "{indent}<key>{}</key>", xml_escape(k)).expect("String");
+                writeln!(out, "{indent}<string>{}</string>", xml_escape(v)).expect("String");
+            }
+            continue;
+        }
+        let line = line
+            .replace(AGENT_PROGRAM, &xml_escape(&program))
+            .replace(AGENT_HOME, &xml_escape(&home));
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// One word of a unit file: `%` doubled (systemd specifiers), quoted when it holds anything but
+/// plain path characters. `check_value` has already refused `"`, `\` and control characters.
+fn systemd_word(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@=%".contains(c));
+    if plain { s } else { format!("\"{s}\"") }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+pub(super) fn utf8(path: &Path) -> Result<String, u8> {
+    path.to_str().map(str::to_owned).ok_or_else(|| {
+        eprintln!(
+            "claude-tokend: {} is not valid UTF-8, which service files cannot hold",
+            path.display()
+        );
+        exit::USAGE
+    })
+}
+
+/// Characters neither file format can carry safely. Control characters would end a line of a
+/// unit or be refused by the XML parser; `"` and `\` would need systemd's own escaping rules,
+/// which differ between directives, and no sane path needs them.
+pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
+    if let Some(c) = value
+        .chars()
+        .find(|&c| c.is_control() || c == '"' || c == '\\')
+    {
+        eprintln!(
+            "claude-tokend: {what} ({value:?}) contains {c:?}, which cannot be written into a service file"
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::home::LABEL;
+
+    fn once(haystack: &str, needle: &str) -> bool {
+        haystack
+            .lines()
+            .filter(|l| l.trim() == needle.trim() || l.starts_with(needle))
+            .count()
+            == 1
+    }
+
+    #[test]
+    fn templates_have_each_anchor_once() {
+        assert!(once(UNIT_TEMPLATE, UNIT_EXEC_LINE));
+        assert!(once(UNIT_TEMPLATE, UNIT_ENV_MARK));
+        assert!(once(SANDBOX_TEMPLATE, SANDBOX_PATHS_LINE));
+        assert!(once(AGENT_TEMPLATE, AGENT_ENV_MARK));
+        assert_eq!(AGENT_TEMPLATE.matches(AGENT_PROGRAM).count(), 1);
+        assert_eq!(AGENT_TEMPLATE.matches(AGENT_HOME).count(), 3);
+        assert!(AGENT_TEMPLATE.contains(&format!("<string>{LABEL}</string>")));
+    }
+
+    #[test]
+    fn the_unit_has_what_the_issue_asks_for() {
+        for line in [
+            "Type=notify",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "Restart=on-failure",
+            "UMask=0077",
+            "NoNewPrivileges=yes",
+            "LockPersonality=yes",
+            "RestrictRealtime=yes",
+            "RestrictSUIDSGID=yes",
+            "SystemCallArchitectures=native",
+            "SystemCallFilter=@system-service",
+            "MemoryDenyWriteExecute=yes",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "RestrictNamespaces=yes",
+            "WantedBy=default.target",
+        ] {
+            assert!(
+                UNIT_TEMPLATE.lines().any(|l| l == line),
+                "unit lacks {line}"
+            );
+        }
+        for prefix in ["RestartSec=", "WatchdogSec="] {
+            assert!(
+                UNIT_TEMPLATE.lines().any(|l| l.starts_with(prefix)),
+                "unit lacks {prefix}"
+            );
+        }
+        // The namespace-needing directives live only in the drop-in.
+        for key in ["ProtectSystem=", "ProtectHome=", "PrivateTmp="] {
+            assert!(
+                !UNIT_TEMPLATE.lines().any(|l| l.starts_with(key)),
+                "{key} in the base unit"
+            );
+            assert!(
+                SANDBOX_TEMPLATE.lines().any(|l| l.starts_with(key)),
+                "{key} not in the drop-in"
+            );
+        }
+    }
+
+    /// The unit's comments send a reader to the drop-in by the path `service install --sandbox`
+    /// writes it to (`home.rs`), and to nothing else but the file shipped in the repository.
+    #[test]
+    fn the_unit_names_the_sandbox_drop_in_where_install_writes_it() {
+        use crate::service::home::{SANDBOX_FILE, UNIT};
+        let installed = format!("~/.config/systemd/user/{UNIT}.d/{SANDBOX_FILE}");
+        assert!(UNIT_TEMPLATE.contains(&installed), "{UNIT_TEMPLATE}");
+        for word in UNIT_TEMPLATE.split_whitespace() {
+            let word = word
+                .trim_matches(|c: char| "`(),;".contains(c))
+                .trim_end_matches('.');
+            if word.ends_with(".conf") {
+                assert!(
+                    word == installed || word == "systemd/claude-tokend-sandbox.conf",
+                    "the unit names a drop-in as {word}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn renders_the_unit_with_program_and_settings() {
+        let env = vec![
+            (
+                "CLAUDE_TOKEND_CREDENTIALS",
+                "/home/a b/50%/c.json".to_owned(),
+            ),
+            ("CLAUDE_CONFIG_DIR", "/home/u/.claude".to_owned()),
+        ];
+        let unit = render_unit(Path::new("/opt/my tools/claude-tokend"), &env).unwrap();
+        assert!(unit.contains("\nExecStart=\"/opt/my tools/claude-tokend\"\n"));
+        assert!(!unit.contains(UNIT_EXEC_LINE));
+        assert!(
+            unit.contains("\nEnvironment=\"CLAUDE_TOKEND_CREDENTIALS=/home/a b/50%%/c.json\"\n")
+        );
+        assert!(unit.contains("\nEnvironment=CLAUDE_CONFIG_DIR=/home/u/.claude\n"));
+        // The settings sit in [Service], before [Install].
+        let env_at = unit.find("Environment=").unwrap();
+        assert!(env_at > unit.find("[Service]").unwrap());
+        assert!(env_at < unit.find("[Install]").unwrap());
+        let plain = render_unit(Path::new("/usr/bin/claude-tokend"), &[]).unwrap();
+        assert!(plain.contains("\nExecStart=/usr/bin/claude-tokend\n"));
+        assert!(!plain.contains("Environment="));
+    }
+
+    #[test]
+    fn renders_the_sandbox_paths() {
+        let dropin = render_sandbox(&["/home/u".into(), "/data/my creds".into()]).unwrap();
+        assert!(dropin.contains("\nReadWritePaths=-/home/u \"-/data/my creds\"\n"));
+        assert!(!dropin.contains(SANDBOX_PATHS_LINE));
+    }
+
+    #[test]
+    fn renders_the_agent_as_escaped_xml() {
+        let env = vec![("CLAUDE_CONFIG_DIR", "/Users/a&b/<c>".to_owned())];
+        let agent = render_agent(
+            Path::new("/Users/a&b/bin/claude-tokend"),
+            Path::new("/Users/a&b"),
+            &env,
+        )
+        .unwrap();
+        assert!(agent.contains("<string>/Users/a&amp;b/bin/claude-tokend</string>"));
+        assert!(agent.contains("<string>/Users/a&amp;b/Library/Logs/claude-tokend.log</string>"));
+        assert!(agent.contains("<key>CLAUDE_CONFIG_DIR</key>"));
+        assert!(agent.contains("<string>/Users/a&amp;b/&lt;c&gt;</string>"));
+        assert!(!agent.contains('@'), "a placeholder was left:\n{agent}");
+        let v: plist::Value = plist::from_bytes(agent.as_bytes()).expect("valid plist");
+        let env = v.as_dictionary().unwrap()["EnvironmentVariables"]
+            .as_dictionary()
+            .unwrap();
+        assert_eq!(env["HOME"].as_string(), Some("/Users/a&b"));
+        assert_eq!(env["CLAUDE_CONFIG_DIR"].as_string(), Some("/Users/a&b/<c>"));
+    }
+
+    /// The embedded template itself is a well-formed plist with the right keys and types.
+    #[test]
+    fn the_agent_template_parses() {
+        let v: plist::Value = plist::from_bytes(AGENT_TEMPLATE.as_bytes()).expect("valid plist");
+        let d = v.as_dictionary().expect("a dict at the top");
+        assert_eq!(d["Label"].as_string(), Some(LABEL));
+        let args = d["ProgramArguments"]
+            .as_array()
+            .expect("ProgramArguments array");
+        assert_eq!(args.len(), 1);
+        assert_eq!(args[0].as_string(), Some(AGENT_PROGRAM));
+        assert_eq!(d["RunAtLoad"].as_boolean(), Some(true));
+        let keep = d["KeepAlive"].as_dictionary().expect("KeepAlive dict");
+        assert_eq!(keep["SuccessfulExit"].as_boolean(), Some(false));
+        assert_eq!(d["ProcessType"].as_string(), Some("Background"));
+        assert!(d["ThrottleInterval"].as_unsigned_integer().unwrap() >= 10);
+        assert_eq!(d["Umask"].as_unsigned_integer(), Some(0o077));
+        for k in ["StandardOutPath", "StandardErrorPath"] {
+            assert_eq!(
+                d[k].as_string(),
+                Some("@HOME@/Library/Logs/claude-tokend.log")
+            );
+        }
+        let env = d["EnvironmentVariables"].as_dictionary().unwrap();
+        assert_eq!(env["HOME"].as_string(), Some(AGENT_HOME));
+    }
+
+    #[test]
+    fn words_are_quoted_only_when_needed() {
+        assert_eq!(systemd_word("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(systemd_word("A=b c"), "\"A=b c\"");
+        assert_eq!(systemd_word("50%"), "50%%");
+        assert_eq!(systemd_word("$HOME"), "\"$HOME\"");
+    }
+
+    #[test]
+    fn refuses_values_no_service_file_can_hold() {
+        for bad in ["a\nb", "a\"b", "a\\b", "a\tb"] {
+            assert_eq!(check_value("x", bad), Err(exit::USAGE), "{bad:?}");
+        }
+        assert_eq!(check_value("x", "/home/a b/ü/50%$"), Ok(()));
+    }
+}

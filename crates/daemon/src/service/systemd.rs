@@ -1,0 +1,177 @@
+//! The systemd side of `service`: finishing an install (`daemon-reload`, `enable --now`,
+//! `try-restart` after a change), uninstalling, and asking for the status, all through
+//! `systemctl --user`.
+
+use std::ffi::OsStr;
+
+use super::files::{describe_file, remove_file};
+use super::home::{Home, UNIT};
+use super::step::{self, Ran, run_step, step_result};
+use crate::cli::InstallArgs;
+use crate::exit;
+
+pub(super) fn finish_install(home: &Home, args: &InstallArgs, restart: bool) -> Result<(), u8> {
+    if !args.sandbox && home.sandbox_path().exists() {
+        println!(
+            "Kept: {} (the sandbox drop-in from an earlier install; `service uninstall` removes it)",
+            home.sandbox_path().display()
+        );
+    }
+    let unit_path = home.unit_path();
+    let hint = format!(
+        "the unit file {} is in place; `systemctl --user` needs your user's systemd manager \
+         (over ssh or in a container it may not be running: `loginctl enable-linger $USER`, then log in again)",
+        unit_path.display()
+    );
+    if args.now {
+        systemctl(&["daemon-reload"], &hint)?;
+        systemctl(&["enable", "--now", UNIT], &hint)?;
+        if restart {
+            // `enable --now` leaves a running service alone; it must restart to run the new files.
+            systemctl(&["try-restart", UNIT], &hint)?;
+        }
+        println!("claude-tokend is enabled and started; it starts again at every login.");
+    } else {
+        println!("To start it now and at every login:");
+        println!("  systemctl --user daemon-reload");
+        println!("  systemctl --user enable --now {UNIT}");
+        if restart {
+            println!(
+                "(Already running? `systemctl --user restart {UNIT}` makes it use the new file.)"
+            );
+        }
+    }
+    println!(
+        "To keep it running while you are logged out (a server, ssh sessions): loginctl enable-linger $USER"
+    );
+    println!("Status: claude-tokend service status");
+    println!("Logs:   journalctl --user -u claude-tokend -f");
+    Ok(())
+}
+
+pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
+    let unit_path = home.unit_path();
+    let sandbox = home.sandbox_path();
+    if !unit_path.exists() && !sandbox.exists() {
+        println!("Nothing to remove: {} does not exist.", unit_path.display());
+        return Ok(());
+    }
+    let mut reached = true;
+    if unit_path.exists() {
+        let hint = format!(
+            "nothing was removed; to remove it without the service manager, delete {} \
+             (and {}) and run `systemctl --user daemon-reload` when it is running",
+            unit_path.display(),
+            home.dropin_dir().display()
+        );
+        let args = user_args(&["disable", "--now", UNIT]);
+        let ran = step::run("systemctl", &args);
+        if let Some(why) = unreachable(&ran) {
+            // Nobody can be asked to stop it, here; the files are still ours to take back, and
+            // leaving them would start the service again at the next login.
+            eprintln!(
+                "claude-tokend: warning: could not ask systemd to stop and disable the service \
+                 ({why}); removing its files anyway. A copy already running under another \
+                 session's manager runs until that session ends; there, \
+                 `systemctl --user daemon-reload` makes systemd forget it."
+            );
+            reached = false;
+        } else {
+            step_result("systemctl", &args, ran, &hint)?;
+        }
+    }
+    for path in [&unit_path, &sandbox] {
+        remove_file(path)?;
+    }
+    // Only our own drop-in is ours to remove; `systemctl --user edit` ones are the user's.
+    let dropins = home.dropin_dir();
+    if std::fs::remove_dir(&dropins).is_err() && dropins.exists() {
+        println!(
+            "Kept: {} (drop-ins that `service install` did not write)",
+            dropins.display()
+        );
+    }
+    if !reached {
+        // What `disable` would have removed: the link `enable` made, dangling now. Only a link
+        // to our own unit is taken.
+        let link = home.unit_dir().join("default.target.wants").join(UNIT);
+        if std::fs::read_link(&link).is_ok_and(|target| target == unit_path) {
+            remove_file(&link)?;
+        }
+        println!("claude-tokend's files are removed; systemd was not asked to stop it.");
+        return Ok(());
+    }
+    systemctl(
+        &["daemon-reload"],
+        "the files are removed; systemd forgets the unit at its next reload",
+    )?;
+    println!("claude-tokend is stopped, disabled and uninstalled.");
+    Ok(())
+}
+
+pub(super) fn status(home: &Home) -> Result<(), u8> {
+    let unit_path = home.unit_path();
+    let Some(state) = describe_file(&unit_path)? else {
+        println!("Unit file: {} (not installed)", unit_path.display());
+        println!("Install:   claude-tokend service install --now");
+        return Err(exit::FAILURE);
+    };
+    println!("Unit file: {} ({state})", unit_path.display());
+    if let Some(state) = describe_file(&home.sandbox_path())? {
+        println!("Sandbox:   {} ({state})", home.sandbox_path().display());
+    }
+    let args = user_args(&["status", "--no-pager", UNIT]);
+    let ran = step::run("systemctl", &args);
+    let result = if let Some(why) = unreachable(&ran) {
+        eprintln!(
+            "claude-tokend: could not ask systemd whether the service is running: {why}. \
+             `systemctl --user` talks to your user's service manager, which runs while you are \
+             logged in (with lingering, always). From a shell outside your login session (su, \
+             sudo, some ssh and container setups), point it there with \
+             `export XDG_RUNTIME_DIR=/run/user/$(id -u)`; if no manager runs for your user at \
+             all, start one with `loginctl enable-linger $USER` (or log in). Then run \
+             `claude-tokend service status` again."
+        );
+        Err(super::UNREACHABLE)
+    } else {
+        match ran {
+            Ran::Success => Ok(()),
+            // systemctl status: 3 = not running (stopped or failed), 4 = unknown unit.
+            Ran::Failed(s, _) => {
+                eprintln!("claude-tokend: the service is not running ({s} from systemctl status)");
+                Err(exit::FAILURE)
+            }
+            // unreachable() has answered for it already.
+            Ran::NotRun(_) => Err(super::UNREACHABLE),
+        }
+    };
+    println!("Logs:      journalctl --user -u claude-tokend -f");
+    result
+}
+
+/// Why `systemctl --user` did not reach a user manager, when that is what happened: it is not
+/// there to run, or it found no bus to talk over (no `XDG_RUNTIME_DIR`, no session). Either way
+/// the manager's state is unknown, which is not the same as "not running".
+fn unreachable(ran: &Ran) -> Option<String> {
+    match ran {
+        Ran::Success => None,
+        Ran::NotRun(e) => Some(format!("cannot run systemctl: {e}")),
+        Ran::Failed(_, stderr) => stderr
+            .lines()
+            .find(|l| {
+                (l.contains("Failed to connect to") && l.contains("bus"))
+                    || l.contains("not been booted with systemd")
+            })
+            .map(|l| l.trim().to_owned()),
+    }
+}
+
+fn user_args<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
+    let mut full = vec![OsStr::new("--user")];
+    full.extend(args.iter().map(|a| OsStr::new(*a)));
+    full
+}
+
+fn systemctl(args: &[&str], hint: &str) -> Result<(), u8> {
+    run_step("systemctl", &user_args(args), hint)
+}

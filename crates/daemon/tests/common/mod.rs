@@ -1,0 +1,214 @@
+//! The harness of the service and docs tests: the binary run as a process with a temp `HOME`
+//! and `XDG_CONFIG_HOME`, and fake `systemctl`/`launchctl` on `PATH` that record their
+//! arguments, so both service code paths (systemd and launchd) run on any Unix, as any user,
+//! without touching the real session.
+
+// Each test binary (service, launchd, docs) includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_claude-tokend");
+pub const UNIT: &str = "claude-tokend.service";
+pub const LABEL: &str = "io.github.claude-tokend";
+
+/// One fake for both managers: it appends `<name> <args>` to `$FAKE_LOG`, fails (exit 1) when
+/// an argument equals `$FAKE_FAIL`, and answers the status questions from `$FAKE_RUNNING`.
+/// With `$FAKE_NO_BUS` set, systemctl fails every call as it does where there is no user
+/// session bus (su, sudo, ssh without lingering, containers): exit 1, systemd 254's message.
+pub const FAKE: &str = r#"#!/bin/sh
+name=${0##*/}
+printf '%s\n' "$name $*" >> "$FAKE_LOG"
+if [ "$name" = systemctl ] && [ -n "$FAKE_NO_BUS" ]; then
+  echo 'Failed to connect to user scope bus via local transport: $DBUS_SESSION_BUS_ADDRESS and $XDG_RUNTIME_DIR not defined (consider using --machine=<user>@.host --user to connect to bus of other user)' >&2
+  exit 1
+fi
+for a in "$@"; do
+  if [ -n "$FAKE_FAIL" ] && [ "$a" = "$FAKE_FAIL" ]; then
+    echo "$name: simulated failure" >&2
+    exit 1
+  fi
+done
+if [ "$name" = launchctl ] && [ "$1" = print ]; then
+  [ -n "$FAKE_RUNNING" ] && { echo "state = running"; exit 0; }
+  echo "Could not find service" >&2; exit 113
+fi
+if [ "$name" = systemctl ] && [ "$2" = status ]; then
+  [ -n "$FAKE_RUNNING" ] && { echo "Active: active (running)"; exit 0; }
+  echo "Active: inactive (dead)"; exit 3
+fi
+exit 0
+"#;
+
+/// The directory holding the fakes, written once before any test spawns a process (writing an
+/// executable while another thread forks can leave it "text file busy" for the exec), through
+/// a rename, so a concurrent test run never sees a half-written or busy file either.
+pub fn fakes() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("service-fakes");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["systemctl", "launchctl"] {
+            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::write(&tmp, FAKE).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+        dir
+    })
+}
+
+/// A temp root with `home/`, the call log, and the environment of one test.
+pub struct Env {
+    pub root: PathBuf,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new(manager: &str) -> Env {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let fakes = fakes();
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "service-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        let mut env = Env {
+            root,
+            vars: Vec::new(),
+        };
+        let home = env.home().display().to_string();
+        let log = env.root.join("calls.log").display().to_string();
+        env.set("PATH", &format!("{}:/usr/bin:/bin", fakes.display()));
+        env.set("HOME", &home);
+        env.set("FAKE_LOG", &log);
+        env.set("CLAUDE_TOKEND_SERVICE_MANAGER", manager);
+        env
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Env {
+        self.vars.retain(|(key, _)| key != k);
+        self.vars.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn unset(&mut self, k: &str) -> &mut Env {
+        self.vars.retain(|(key, _)| key != k);
+        self
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.root)
+            .output()
+            .expect("run claude-tokend");
+        Run::from(out)
+    }
+
+    /// The recorded service-manager calls since the last `take_calls`, one per line.
+    pub fn take_calls(&self) -> Vec<String> {
+        let log = self.root.join("calls.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        text.lines().map(str::to_owned).collect()
+    }
+
+    pub fn unit_path(&self) -> PathBuf {
+        self.root.join("xdg/systemd/user").join(UNIT)
+    }
+
+    pub fn sandbox_path(&self) -> PathBuf {
+        self.root
+            .join("xdg/systemd/user")
+            .join(format!("{UNIT}.d"))
+            .join("sandbox.conf")
+    }
+
+    pub fn agent_path(&self) -> PathBuf {
+        self.home()
+            .join("Library/LaunchAgents")
+            .join(format!("{LABEL}.plist"))
+    }
+
+    pub fn systemd() -> Env {
+        let mut env = Env::new("systemd");
+        let xdg = env.root.join("xdg").display().to_string();
+        env.set("XDG_CONFIG_HOME", &xdg);
+        env
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub out: String,
+    pub err: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            out: String::from_utf8_lossy(&o.stdout).into_owned(),
+            err: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.out, self.err
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, want: i32) -> Run {
+        assert_eq!(
+            self.code, want,
+            "expected exit {want}\nstdout:\n{}\nstderr:\n{}",
+            self.out, self.err
+        );
+        self
+    }
+}
+
+/// The binary as `current_exe` reports it (links resolved).
+pub fn program() -> String {
+    std::fs::canonicalize(BIN).unwrap().display().to_string()
+}
+
+/// Our uid, as the fake sees it in `gui/<uid>`, without unsafe code: a new file's owner.
+pub fn uid(env: &Env) -> u32 {
+    std::fs::metadata(env.home()).unwrap().uid()
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
