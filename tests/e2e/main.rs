@@ -9,6 +9,7 @@ mod coexist;
 mod crash;
 mod daemon;
 mod failures;
+mod keychain;
 mod locate;
 mod login;
 mod login_profile;

@@ -22,6 +22,7 @@
 mod basics;
 mod checks;
 mod home;
+pub mod keychain;
 mod runner;
 mod server;
 
