@@ -380,3 +380,40 @@ fn credentials_with_store_keychain_is_a_bad_command_line() {
         .run();
     out.expect_code(2).check_eq("requests", server.count(), 0);
 }
+
+#[test]
+fn refresh_command_refreshes_the_item_even_when_not_due() {
+    let login = Login::fresh();
+    let before = item_doc(&login);
+    let s = Setup::with(&before);
+    let server = TokenServer::for_login(&login);
+    let out = s.cmd(&server, &["refresh"]).run();
+    out.expect_code(0)
+        .check_eq("requests sent", server.count(), 1)
+        .expect_no_secret(&login.secrets());
+    check_refreshed(&out, &s, &server, &before);
+}
+
+#[test]
+fn token_prints_the_items_token_and_refreshes_it_first_when_due() {
+    let fresh = Login::fresh();
+    let s = Setup::with(&item_doc(&fresh));
+    let server = TokenServer::for_login(&fresh);
+    let out = s.cmd(&server, &["token"]).run();
+    out.expect_code(0)
+        .check_eq("stdout", out.stdout.as_str(), &format!("{}\n", fresh.access))
+        .check_eq("stderr", out.stderr.as_str(), "")
+        .check_eq("requests sent", server.count(), 0);
+
+    let due = Login::due();
+    let before = item_doc(&due);
+    let s = Setup::with(&before);
+    let server = TokenServer::for_login(&due);
+    let out = s.cmd(&server, &["token"]).run();
+    let issued = server.last_issued();
+    out.expect_code(0)
+        .check_eq("stdout", out.stdout.as_str(), &format!("{}\n", issued.access))
+        .check_eq("stderr", out.stderr.as_str(), "")
+        .check_eq("requests sent", server.count(), 1);
+    check_refreshed(&out, &s, &server, &before);
+}
