@@ -8,14 +8,11 @@
 //! The test plays Claude Code: it makes the lock directories itself and keeps their mtimes
 //! fresh from a thread, as a live Claude Code session does every 5 s.
 
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use claude_tokend_e2e::*;
@@ -53,80 +50,6 @@ fn name(path: &Path) -> String {
 
 fn mtime_of(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn set_mtime(path: &Path, t: SystemTime) {
-    File::open(path)
-        .and_then(|f| f.set_times(FileTimes::new().set_modified(t).set_accessed(t)))
-        .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
-}
-
-/// A lock directory as a crashed holder leaves it: made `secs` seconds ago, never touched since.
-fn abandoned_lock(path: &Path, secs: u64) {
-    fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-    set_mtime(path, SystemTime::now() - Duration::from_secs(secs));
-}
-
-/// A lock directory held by a live "Claude Code": made now, its mtime refreshed every 500 ms
-/// from a thread until released.
-struct LiveLock {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    toucher: Option<JoinHandle<()>>,
-}
-
-impl LiveLock {
-    fn hold(path: &Path) -> LiveLock {
-        fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let toucher = {
-            let stop = Arc::clone(&stop);
-            let path = path.to_path_buf();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if path.is_dir() {
-                        set_mtime(&path, SystemTime::now());
-                    }
-                    for _ in 0..10 {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            })
-        };
-        LiveLock {
-            path: path.to_path_buf(),
-            stop,
-            toucher: Some(toucher),
-        }
-    }
-
-    fn stop_touching(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.toucher.take() {
-            t.join().expect("the touch thread");
-        }
-    }
-
-    /// Stops touching and removes the directory, as Claude Code does when it is done. The
-    /// directory must still be there: nobody else may have removed a live lock.
-    fn release(mut self) {
-        self.stop_touching();
-        fs::remove_dir(&self.path).unwrap_or_else(|e| {
-            panic!(
-                "removing the test's own lock {} (it should still exist): {e}",
-                self.path.display()
-            )
-        });
-    }
-}
-
-impl Drop for LiveLock {
-    fn drop(&mut self) {
-        self.stop_touching();
-    }
 }
 
 /// None of the three lock directories is left, and the config directory holds nothing but the
@@ -219,12 +142,12 @@ fn live_lock_holds_off_once_until_removed(lock_of: fn(&TempHome) -> PathBuf) {
         server.count(),
         0,
         "a request was sent while the live {} was held",
-        name(&lock.path)
+        name(lock.path())
     );
     assert!(
         is_running(&running),
         "--once should still be waiting for the live {}",
-        name(&lock.path)
+        name(lock.path())
     );
     let released = Instant::now();
     lock.release();

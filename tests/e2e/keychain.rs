@@ -11,13 +11,10 @@
 //! - `commands`: status, login, logout, `--store auto` on Linux;
 //! - `daemon`: the daemon on the item, noticing outside writes without polling.
 
-use std::fs::{self, File, FileTimes};
+use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use claude_tokend_e2e::keychain::*;
 use claude_tokend_e2e::*;
@@ -244,57 +241,6 @@ pub(crate) fn expect_no_file_and_no_lock_dirs(out: &Out, home: &TempHome) {
         "HOME/.claude.lock was left behind",
     );
     out.expect_only_files(&home.claude_dir(), &[".credentials.json.lock".to_owned()]);
-}
-
-/// A lock directory held by a live "Claude Code": made now, its mtime refreshed every 500 ms.
-pub(crate) struct LiveLock {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    toucher: Option<JoinHandle<()>>,
-}
-
-impl LiveLock {
-    pub fn hold(path: &Path) -> LiveLock {
-        fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let toucher = {
-            let (stop, path) = (Arc::clone(&stop), path.to_path_buf());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Ok(f) = File::open(&path) {
-                        let now = SystemTime::now();
-                        let _ = f.set_times(FileTimes::new().set_modified(now).set_accessed(now));
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-            })
-        };
-        LiveLock {
-            path: path.to_path_buf(),
-            stop,
-            toucher: Some(toucher),
-        }
-    }
-
-    /// Stops touching and removes the directory, which must still be there.
-    pub fn release(mut self) {
-        self.stop_touching();
-        fs::remove_dir(&self.path)
-            .unwrap_or_else(|e| panic!("removing the test's own {}: {e}", self.path.display()));
-    }
-
-    fn stop_touching(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.toucher.take() {
-            t.join().expect("the touch thread");
-        }
-    }
-}
-
-impl Drop for LiveLock {
-    fn drop(&mut self) {
-        self.stop_touching();
-    }
 }
 
 /// Waits until the server has received `n` requests (fails the test otherwise).

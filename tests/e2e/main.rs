@@ -13,6 +13,7 @@ mod keychain;
 mod locate;
 mod login;
 mod login_profile;
+mod many;
 mod refresh;
 mod safety;
 mod settings;

@@ -5,11 +5,8 @@
 //! `.storage-write.lock`; `login` replacing `claudeAiOauth` whole (the last four in
 //! `waste/edges.rs`). The daemon's side is in `waste_daemon.rs`; both share the helpers here.
 
-use std::fs::{self, File, FileTimes};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use claude_tokend_e2e::*;
@@ -40,65 +37,6 @@ pub(crate) fn config_lock(home: &TempHome) -> PathBuf {
 
 pub(crate) fn write_lock(home: &TempHome) -> PathBuf {
     home.claude_dir().join(".storage-write.lock")
-}
-
-pub(crate) fn set_mtime(path: &Path, t: SystemTime) {
-    File::open(path)
-        .and_then(|f| f.set_times(FileTimes::new().set_modified(t).set_accessed(t)))
-        .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
-}
-
-/// A lock directory held by a live "Claude Code": made now, its mtime refreshed every `every`
-/// from a thread until released.
-pub(crate) struct LiveLock {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    toucher: Option<JoinHandle<()>>,
-}
-
-impl LiveLock {
-    pub(crate) fn hold(path: &Path, every: Duration) -> LiveLock {
-        fs::create_dir(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let toucher = {
-            let (stop, path) = (Arc::clone(&stop), path.to_path_buf());
-            std::thread::spawn(move || {
-                let mut last = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    if last.elapsed() >= every && path.is_dir() {
-                        set_mtime(&path, SystemTime::now());
-                        last = Instant::now();
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
-        LiveLock {
-            path: path.to_path_buf(),
-            stop,
-            toucher: Some(toucher),
-        }
-    }
-
-    /// Stops touching and removes the directory, which must still be there.
-    pub(crate) fn release(mut self) {
-        self.stop_touching();
-        fs::remove_dir(&self.path)
-            .unwrap_or_else(|e| panic!("removing the test's own {}: {e}", self.path.display()));
-    }
-
-    fn stop_touching(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.toucher.take() {
-            t.join().expect("the touch thread");
-        }
-    }
-}
-
-impl Drop for LiveLock {
-    fn drop(&mut self) {
-        self.stop_touching();
-    }
 }
 
 /// The file as it is now, tolerating a moment where it is missing or caught mid-write.
@@ -440,7 +378,7 @@ fn once_with_a_year_long_retry_after_exits_75_at_once() {
 fn a_lock_held_while_waiting_for_the_next_is_heartbeated() {
     let (home, login, doc) = setup();
     let server = TokenServer::for_login(&login);
-    let theirs = LiveLock::hold(&config_lock(&home), Duration::from_secs(2));
+    let theirs = LiveLock::hold_every(&config_lock(&home), Duration::from_secs(2));
     let start = Instant::now();
     let running = once(&home, &server).spawn();
     let taken = wait_until(SOON, || oauth_lock(&home).is_dir());

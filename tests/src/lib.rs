@@ -14,13 +14,17 @@
 //!   [`Out`] holds a run's exit code and output and asserts on it, printing both on failure;
 //!   signals and liveness ([`stop`], [`send_signal`], [`is_running`], [`wait_until`]);
 //! - `checks`: what a killed or finished run left behind ([`leftovers`], [`lock_dirs_present`],
-//!   [`temp_files`]) and which token pair the file holds ([`which_pair`]).
+//!   [`temp_files`]) and which token pair the file holds ([`which_pair`]);
+//! - `claude_code`: playing Claude Code's part: its lock directories held live ([`LiveLock`]) or
+//!   abandoned ([`abandoned_lock`]);
+//! - `keychain`: the fake `security` and its database ([`keychain::FakeKeychain`]).
 //!
 //! Dependencies run one way: `basics` <- `home` <- `server` <- `checks`, and `runner` uses
 //! `home` and `server`; the server never needs the runner.
 
 mod basics;
 mod checks;
+mod claude_code;
 mod home;
 pub mod keychain;
 mod runner;
@@ -28,6 +32,7 @@ mod server;
 
 pub use basics::*;
 pub use checks::*;
+pub use claude_code::*;
 pub use home::*;
 pub use runner::*;
 pub use server::*;

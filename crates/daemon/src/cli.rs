@@ -127,16 +127,40 @@ pub enum StoreChoice {
     Keychain,
 }
 
+/// A login named on the command line, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginFlag {
+    /// `--credentials PATH`: that file.
+    Credentials(PathBuf),
+    /// `--config-dir DIR`: Claude Code's login as with `CLAUDE_CONFIG_DIR=DIR`.
+    ConfigDir(PathBuf),
+}
+
 #[derive(Debug, Args)]
 pub struct Settings {
-    /// The credentials file [default: $CLAUDE_CONFIG_DIR/.credentials.json, else ~/.claude/.credentials.json]
+    /// A credentials file to keep fresh; repeat for several logins [default: $CLAUDE_CONFIG_DIR/.credentials.json, else ~/.claude/.credentials.json]
     #[arg(
         long,
         global = true,
         value_name = "PATH",
-        env = "CLAUDE_TOKEND_CREDENTIALS"
+        env = "CLAUDE_TOKEND_CREDENTIALS",
+        action = ArgAction::Append
     )]
-    pub credentials: Option<PathBuf>,
+    pub credentials: Vec<PathBuf>,
+
+    /// Claude Code's login in config directory DIR (as with CLAUDE_CONFIG_DIR=DIR: its file or
+    /// its Keychain item); repeat for several logins.
+    #[arg(long, global = true, value_name = "DIR", action = ArgAction::Append)]
+    pub config_dir: Vec<PathBuf>,
+
+    /// The logins named by --credentials and --config-dir on the command line, in order (empty:
+    /// none was; then CLAUDE_TOKEND_CONFIG_DIRS or the default login applies).
+    #[arg(skip)]
+    pub login_flags: Vec<LoginFlag>,
+
+    /// CLAUDE_TOKEND_CREDENTIALS, when it (not a flag) set the credentials path.
+    #[arg(skip)]
+    pub credentials_env: Option<PathBuf>,
 
     /// Where the login is kept: `file`, `keychain` (macOS: the item Claude Code keeps there,
     /// through the `security` command), or `auto` (on macOS the Keychain item when it exists,
@@ -296,7 +320,44 @@ pub fn parse() -> Cli {
             .exit();
         }
     }
-    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    let flags = login_flags(&matches);
+    let mut cli =
+        Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
+    // With no flag, a credentials path can only have come from CLAUDE_TOKEND_CREDENTIALS.
+    cli.settings.credentials_env = if flags.is_empty() {
+        cli.settings.credentials.first().cloned()
+    } else {
+        None
+    };
+    cli.settings.login_flags = flags;
+    cli
+}
+
+/// The `--credentials` and `--config-dir` flags given on the command line, in the order given,
+/// wherever they stand (before or after the command: they are global). A credentials path from
+/// CLAUDE_TOKEND_CREDENTIALS is not a flag.
+fn login_flags(matches: &ArgMatches) -> Vec<LoginFlag> {
+    let mut leaf = matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    let mut flags: Vec<(usize, LoginFlag)> = Vec::new();
+    if leaf.value_source("credentials") == Some(ValueSource::CommandLine)
+        && let (Some(at), Some(values)) = (
+            leaf.indices_of("credentials"),
+            leaf.get_many::<PathBuf>("credentials"),
+        )
+    {
+        flags.extend(at.zip(values.map(|p| LoginFlag::Credentials(p.clone()))));
+    }
+    if let (Some(at), Some(values)) = (
+        leaf.indices_of("config_dir"),
+        leaf.get_many::<PathBuf>("config_dir"),
+    ) {
+        flags.extend(at.zip(values.map(|p| LoginFlag::ConfigDir(p.clone()))));
+    }
+    flags.sort_by_key(|(at, _)| *at);
+    flags.into_iter().map(|(_, f)| f).collect()
 }
 
 /// An argument the definition fills from an environment variable.

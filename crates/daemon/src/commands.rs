@@ -1,25 +1,116 @@
-//! The one-shot commands (`--once`, `refresh`, `status`) and the glue they share: building the
-//! store and policy from the settings, the tokio runtime (only when a request may be needed),
+//! The one-shot commands (`--once`, `refresh`) and the glue every command shares: which logins
+//! the settings name (and their stores), the policy, the tokio runtime (only when a request may be needed),
 //! and the mapping from outcomes to messages and exit codes.
 
-use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use serde_json::json;
 use tokend_core::oauth::ClientConfig;
 use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError};
-use tokend_core::schedule::{due_at, epoch_millis, is_due};
-use tokend_core::store::{self, FILE_MODE, Keychain, Kind, LocateEnv, Place, Store, StoreError};
+use tokend_core::schedule::{epoch_millis, is_due};
+use tokend_core::store::{self, Keychain, LocateEnv, Store, StoreError};
 
-use crate::cli::{DEFAULT_CLIENT_ID, Settings, StoreChoice};
+use crate::cli::{DEFAULT_CLIENT_ID, LoginFlag, Settings, StoreChoice};
 use crate::exit;
-use crate::show::{describe_expiry, emit, local_time, relative, when};
+use crate::show::{describe_expiry, emit};
 
-/// Finds the login's store from the settings and the environment: the credentials path in
-/// the contract's order, and the kind of store `--store` asks for.
-pub fn store_for(settings: &Settings) -> Result<Store, u8> {
+/// Every login the settings name, in order (see CONTRACT.md "Several logins, one daemon"): the
+/// `--credentials`/`--config-dir` flags when any is given; else the `:`-separated
+/// CLAUDE_TOKEND_CONFIG_DIRS; else the one login located as in "Where the credentials live".
+/// Two entries naming the same store are one login. A bad combination exits 2.
+pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
     let env = LocateEnv::from_process();
-    let path = match store::locate(settings.credentials.as_deref(), &env) {
+    let mut stores: Vec<Store> = Vec::new();
+    let list = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty());
+    if !settings.login_flags.is_empty() {
+        for flag in &settings.login_flags {
+            stores.push(match flag {
+                LoginFlag::Credentials(path) => explicit_file(settings, path)?,
+                LoginFlag::ConfigDir(dir) => config_dir_store(settings, &env, dir.as_os_str())?,
+            });
+        }
+    } else if let Some(list) = list {
+        for dir in list.as_encoded_bytes().split(|b| *b == b':') {
+            if dir.is_empty() {
+                continue;
+            }
+            // SAFETY: a piece of an OsStr split at an ASCII byte is itself a valid OsStr.
+            let dir = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(dir) };
+            stores.push(config_dir_store(settings, &env, dir)?);
+        }
+    }
+    if stores.is_empty() {
+        stores.push(default_store(settings, &env)?);
+    }
+    let mut unique: Vec<Store> = Vec::new();
+    for store in stores {
+        if !unique.iter().any(|s| s.same_store(&store)) {
+            unique.push(store);
+        }
+    }
+    Ok(unique)
+}
+
+/// The one login a command that needs exactly one (`token`, `login`, `logout`) acts on.
+pub fn one_store_for(settings: &Settings, command: &str) -> Result<Store, u8> {
+    let mut stores = stores_for(settings)?;
+    if stores.len() != 1 {
+        eprintln!(
+            "claude-tokend: {command} acts on exactly one login, and {} are configured \
+             (--credentials, --config-dir or CLAUDE_TOKEND_CONFIG_DIRS): name one with \
+             --config-dir DIR or --credentials PATH",
+            stores.len()
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(stores.remove(0))
+}
+
+/// `--credentials PATH`: a file, whatever `--store auto` would pick.
+fn explicit_file(settings: &Settings, path: &std::path::Path) -> Result<Store, u8> {
+    if settings.store == StoreChoice::Keychain {
+        eprintln!(
+            "claude-tokend: --credentials (or CLAUDE_TOKEND_CREDENTIALS) names a file, which \
+             --store keychain does not use: drop one of them (--config-dir DIR chooses the \
+             Keychain item of another config directory)"
+        );
+        return Err(exit::USAGE);
+    }
+    if path.as_os_str().is_empty() {
+        eprintln!("claude-tokend: --credentials needs a path");
+        return Err(exit::USAGE);
+    }
+    Ok(Store::new(store::absolute_lexically(path)))
+}
+
+/// `--config-dir DIR`: Claude Code's login as with `CLAUDE_CONFIG_DIR=DIR` (its own
+/// `CLAUDE_SECURESTORAGE_CONFIG_DIR` does not apply).
+fn config_dir_store(
+    settings: &Settings,
+    env: &LocateEnv,
+    dir: &std::ffi::OsStr,
+) -> Result<Store, u8> {
+    if dir.is_empty() {
+        eprintln!("claude-tokend: --config-dir needs a directory");
+        return Err(exit::USAGE);
+    }
+    located(settings, &env.with_config_dir(dir.to_os_string()), None)
+}
+
+/// The one login located as in "Where the credentials live".
+fn default_store(settings: &Settings, env: &LocateEnv) -> Result<Store, u8> {
+    match &settings.credentials_env {
+        Some(path) if !path.as_os_str().is_empty() => explicit_file(settings, path),
+        _ => located(settings, env, None),
+    }
+}
+
+/// The store of the login `env` locates, of the kind `--store` asks for.
+fn located(
+    settings: &Settings,
+    env: &LocateEnv,
+    explicit: Option<&std::path::Path>,
+) -> Result<Store, u8> {
+    let path = match store::locate(explicit, env) {
         Ok((path, _origin)) => path,
         Err(e) => {
             eprintln!("claude-tokend: {e}");
@@ -27,22 +118,14 @@ pub fn store_for(settings: &Settings) -> Result<Store, u8> {
         }
     };
     let item = || Keychain {
-        service: store::keychain_service(&env),
-        account: store::keychain_account(&env),
+        service: store::keychain_service(env),
+        account: store::keychain_account(env),
     };
-    match settings.store {
-        StoreChoice::File => Ok(Store::new(path)),
-        StoreChoice::Keychain if settings.credentials.is_some() => {
-            eprintln!(
-                "claude-tokend: --credentials (or CLAUDE_TOKEND_CREDENTIALS) names a file, which \
-                 --store keychain does not use: drop one of them (CLAUDE_CONFIG_DIR chooses the \
-                 Keychain item of another config directory)"
-            );
-            Err(exit::USAGE)
-        }
-        StoreChoice::Keychain => Ok(Store::keychain(path, item())),
-        StoreChoice::Auto => Ok(auto_store(path, item, settings.credentials.is_some())),
-    }
+    Ok(match settings.store {
+        StoreChoice::File => Store::new(path),
+        StoreChoice::Keychain => Store::keychain(path, item()),
+        StoreChoice::Auto => auto_store(path, item, explicit.is_some()),
+    })
 }
 
 /// `--store auto`: where Claude Code itself keeps the login. On macOS that is the Keychain
@@ -113,17 +196,36 @@ pub fn exit_code(e: &RefreshError) -> u8 {
     }
 }
 
-fn report(e: &RefreshError) -> u8 {
+pub fn report(e: &RefreshError) -> u8 {
     eprintln!("claude-tokend: {e}");
     exit_code(e)
 }
 
-/// `--once`: refresh only if due. Silent on success.
-pub fn once(settings: &Settings) -> u8 {
-    let store = match store_for(settings) {
-        Ok(s) => s,
-        Err(code) => return code,
+/// The worst of several logins' exit codes, in the contract's order 78 > 77 > 75 > 1 > 0.
+pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
+    let rank = |c: u8| match c {
+        exit::CONFIG => 5,
+        exit::LOGIN_NEEDED => 4,
+        exit::TEMPFAIL => 3,
+        exit::FAILURE => 2,
+        exit::OK => 0,
+        _ => 1,
     };
+    codes
+        .into_iter()
+        .max_by_key(|c| rank(*c))
+        .unwrap_or(exit::OK)
+}
+
+/// `--once`: refresh each login only if due. Silent on success.
+pub fn once(settings: &Settings) -> u8 {
+    match stores_for(settings) {
+        Ok(stores) => worst(stores.iter().map(|s| once_one(settings, s))),
+        Err(code) => code,
+    }
+}
+
+fn once_one(settings: &Settings, store: &Store) -> u8 {
     // The fast path: a fresh token is decided from one unlocked read, with no runtime, no HTTP
     // client and no lock. Anything else (due, missing, odd) takes the full path, which reads
     // again under the lock before deciding anything.
@@ -139,14 +241,14 @@ pub fn once(settings: &Settings) -> u8 {
         // Still tidy up after a run that crashed after writing (its lock directories would
         // make Claude Code wait): only if the lock is free right now, never waiting for it.
         if let Ok(Some(lock)) = store.try_lock() {
-            refresh::tidy(&store, &lock);
+            refresh::tidy(store, &lock);
         }
         tracing::info!(expires = %describe_expiry(view.expires_at), "token is fresh; nothing to do");
         return exit::OK;
     }
     let policy = policy_for(settings);
     let result = runtime().block_on(refresh::refresh_with_budget(
-        &store,
+        store,
         &policy,
         Mode::IfDue,
         settings.retry_budget,
@@ -177,15 +279,20 @@ fn warn_malformed_copy(outcome: &Outcome) {
     }
 }
 
-/// `refresh`: refresh now, even if not due.
+/// `refresh`: refresh each login now, even if not due.
 pub fn refresh(settings: &Settings) -> u8 {
-    let store = match store_for(settings) {
+    let stores = match stores_for(settings) {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let many = stores.len() > 1;
+    worst(stores.iter().map(|s| refresh_one(settings, s, many)))
+}
+
+fn refresh_one(settings: &Settings, store: &Store, many: bool) -> u8 {
     let policy = policy_for(settings);
     let result = runtime().block_on(refresh::refresh_with_budget(
-        &store,
+        store,
         &policy,
         Mode::Force {
             expected: None,
@@ -196,7 +303,11 @@ pub fn refresh(settings: &Settings) -> u8 {
     match result {
         Ok(outcome) => {
             warn_malformed_copy(&outcome);
-            match emit(format!("{}\n", describe_outcome(&outcome)).as_bytes()) {
+            let text = match many {
+                true => format!("{}: {}\n", store.place(), describe_outcome(&outcome)),
+                false => format!("{}\n", describe_outcome(&outcome)),
+            };
+            match emit(text.as_bytes()) {
                 Ok(()) => exit::OK,
                 Err(code) => code,
             }
@@ -225,199 +336,9 @@ pub fn describe_outcome(outcome: &Outcome) -> String {
     }
 }
 
-/// `status [--json]`.
-pub fn status(settings: &Settings, as_json: bool) -> u8 {
-    let store = match store_for(settings) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let snapshot = match read_settled_blocking(&store) {
-        Ok(s) => s,
-        Err(e) => return report(&RefreshError::Store(e)),
-    };
-    let place = store.place();
-    let target = store.target();
-    let target_text = (target != store.path()).then(|| target.display().to_string());
-    // What every JSON object says about where the login is (the same keys in the array a
-    // multi-login status prints).
-    let mut located = serde_json::Map::new();
-    located.insert("store".into(), json!(store.kind().name()));
-    located.insert(
-        "configDir".into(),
-        json!(store.path().parent().map(|d| d.display().to_string())),
-    );
-    match &place {
-        Place::File(path) => {
-            located.insert("path".into(), json!(path.display().to_string()));
-            located.insert("target".into(), json!(target_text));
-        }
-        Place::Item { service, account } => {
-            located.insert("service".into(), json!(service));
-            located.insert("account".into(), json!(account));
-        }
-    }
-    let with_location = |rest: serde_json::Value| {
-        let mut doc = located.clone();
-        if let serde_json::Value::Object(rest) = rest {
-            doc.extend(rest);
-        }
-        serde_json::Value::Object(doc)
-    };
-    let mode_ok = snapshot.mode & 0o077 == 0;
-    let mode_text = format!("{:04o}", snapshot.mode);
-    // Everything for stdout is gathered first and written once: a reader that goes away (a
-    // closed pipe) then costs nothing but the write.
-    let mut out = String::new();
-    let view = match snapshot.doc.oauth() {
-        Ok(Some(v)) if !v.is_logged_out() => v,
-        Ok(_) => {
-            if as_json {
-                let doc = with_location(json!({"loggedIn": false,
-                                 "fileMode": mode_text, "fileModeOk": mode_ok}));
-                out = pretty(&doc);
-            }
-            let _ = emit(out.as_bytes());
-            eprintln!(
-                "claude-tokend: {place}: no login there; a new login is needed: \
-                 run `claude-tokend login` (or sign in with Claude Code)"
-            );
-            return exit::LOGIN_NEEDED;
-        }
-        Err(_) => unreachable!("Credentials::parse validated the owned fields"),
-    };
-    let now = epoch_millis(SystemTime::now());
-    let email = account_email();
-    let expired = view.expires_at.is_none_or(|at| at <= now);
-    let refresh_due = view
-        .expires_at
-        .map(|at| due_at(at, settings.refresh_before));
-    if as_json {
-        let doc = with_location(json!({
-            "loggedIn": true,
-            "accessToken": view.access_token.masked(),
-            "refreshToken": view.refresh_token.as_ref().map(|t| t.masked()),
-            "expiresAt": view.expires_at,
-            "expiresAtLocal": view.expires_at.map(local_time),
-            "expiresInSeconds": view.expires_at.map(|at| at.saturating_sub(now) / 1000),
-            "expired": expired,
-            "refreshDueAt": refresh_due,
-            "refreshTokenExpiresAt": view.refresh_token_expires_at,
-            "refreshTokenExpiresAtLocal": view.refresh_token_expires_at.map(local_time),
-            "scopes": view.scopes,
-            "subscriptionType": view.subscription_type,
-            "rateLimitTier": view.rate_limit_tier,
-            "clientId": view.client_id,
-            "email": email,
-            "fileMode": mode_text,
-            "fileModeOk": mode_ok,
-        }));
-        out = pretty(&doc);
-    } else {
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(out, "{k:<15}{v}");
-        };
-        row("Store:", store.kind().name().to_owned());
-        match &place {
-            Place::File(path) => {
-                row("Credentials:", path.display().to_string());
-                if let Some(t) = &target_text {
-                    row("Symlink to:", t.clone());
-                }
-            }
-            Place::Item { service, account } => {
-                row("Keychain item:", format!("{service} (account {account})"));
-            }
-        }
-        row("Access token:", view.access_token.masked());
-        row(
-            "Refresh token:",
-            match &view.refresh_token {
-                Some(t) if !t.is_blank() => t.masked(),
-                _ => "(none: this login cannot be renewed)".into(),
-            },
-        );
-        row(
-            "Expires:",
-            match view.expires_at {
-                Some(at) if at <= now => format!("{} (expired {})", local_time(at), relative(at)),
-                Some(at) => when(at),
-                None => "unknown".into(),
-            },
-        );
-        if let Some(due) = refresh_due {
-            row(
-                "Refresh due:",
-                if due <= now { "now".into() } else { when(due) },
-            );
-        }
-        if let Some(at) = view.refresh_token_expires_at {
-            row("Login valid:", format!("log in again before {}", when(at)));
-        }
-        if let Some(scopes) = &view.scopes {
-            row("Scopes:", scopes.join(" "));
-        }
-        match (&view.subscription_type, &view.rate_limit_tier) {
-            (Some(p), Some(t)) => row("Plan:", format!("{p} ({t})")),
-            (Some(p), None) => row("Plan:", p.clone()),
-            (None, Some(t)) => row("Plan:", t.clone()),
-            (None, None) => {}
-        }
-        if let Some(e) = &email {
-            row("Account:", e.clone());
-        }
-    }
-    if let Err(code) = emit(out.as_bytes()) {
-        return code;
-    }
-    if let Some(at) = view.refresh_token_expires_at
-        && at.saturating_sub(now) <= 3 * 86_400_000
-    {
-        eprintln!(
-            "claude-tokend: warning: the login itself ends {}; no refresh can extend it: \
-             log in again before then (claude-tokend login)",
-            when(at)
-        );
-    }
-    if !mode_ok && store.kind() == Kind::File {
-        eprintln!(
-            "claude-tokend: warning: {place} has mode {mode_text}; it should be {FILE_MODE:04o} \
-             (run: chmod 600 {place})"
-        );
-    }
-    if expired { exit::FAILURE } else { exit::OK }
-}
-
-/// The signed-in account's email as Claude Code's own config records it, for `status` to show.
-/// The config sits beside the default credentials (`$CLAUDE_CONFIG_DIR`, else HOME), found as
-/// Claude Code finds it; it is only read, and anything odd about it just leaves the email out.
-fn account_email() -> Option<String> {
-    tokend_core::profile::email_from_claude_config(
-        std::env::var_os("CLAUDE_CONFIG_DIR"),
-        std::env::var_os("HOME"),
-    )
-}
-
-fn pretty(doc: &serde_json::Value) -> String {
-    serde_json::to_string_pretty(doc).expect("a JSON value always serializes") + "\n"
-}
-
-/// `read_settled` without a runtime: `status` must stay as cheap as the `--once` fast path.
-fn read_settled_blocking(store: &Store) -> Result<store::Snapshot, StoreError> {
-    let mut tries = 1;
-    loop {
-        match store.read() {
-            Err(e) if e.may_be_mid_write() && tries < 5 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The daemon, in the foreground until SIGTERM or SIGINT.
 pub fn daemon(settings: &Settings) -> u8 {
-    let store = match store_for(settings) {
+    let stores = match stores_for(settings) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -425,7 +346,7 @@ pub fn daemon(settings: &Settings) -> u8 {
     runtime().block_on(async {
         match crate::daemon::Signals::new() {
             Ok(signals) => {
-                crate::daemon::Daemon::new(vec![store], policy, crate::daemon::SystemClock)
+                crate::daemon::Daemon::new(stores, policy, crate::daemon::SystemClock)
                     .run(signals)
                     .await
             }

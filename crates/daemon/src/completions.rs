@@ -229,6 +229,12 @@ const OTHER_VARIABLES: &[(&str, &str)] = &[
          ~/.claude/.credentials.json and no suffix. service install carries it.",
     ),
     (
+        "CLAUDE_TOKEND_CONFIG_DIRS",
+        "Several logins: a :-separated list of Claude Code config directories, each meaning the \
+         login as with CLAUDE_CONFIG_DIR=DIR (its file or its Keychain item). Used when no \
+         --credentials or --config-dir is given. service install carries it.",
+    ),
+    (
         "USER",
         "The Keychain item's account (claude-code-user when unset or not a plain name).",
     ),

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::cli::{LoginArgs, Settings};
-use crate::commands::{policy_for, runtime, store_for};
+use crate::commands::{one_store_for, policy_for, runtime};
 use crate::exit;
 use crate::show::describe_expiry;
 
@@ -24,7 +24,7 @@ use crate::show::describe_expiry;
 const LOOPBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
-    let store = match store_for(settings) {
+    let store = match one_store_for(settings, "login") {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -356,7 +356,7 @@ async fn respond(stream: &mut tokio::net::TcpStream, status: &str, message: &str
 }
 
 pub fn logout(settings: &Settings, yes: bool) -> u8 {
-    let store = match store_for(settings) {
+    let store = match one_store_for(settings, "logout") {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -10,6 +10,7 @@ mod logging;
 mod login;
 mod service;
 mod show;
+mod status;
 mod token;
 
 use std::process::ExitCode;
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
     let code = match (&cli.command, cli.once) {
         (None, true) => commands::once(&cli.settings),
         (Some(Command::Refresh), _) => commands::refresh(&cli.settings),
-        (Some(Command::Status { json }), _) => commands::status(&cli.settings, *json),
+        (Some(Command::Status { json }), _) => status::status(&cli.settings, *json),
         (Some(Command::Token { json }), _) => token::token(&cli.settings, *json),
         (Some(Command::Login(args)), _) => login::login(&cli.settings, args),
         (Some(Command::Logout { yes }), _) => login::logout(&cli.settings, *yes),

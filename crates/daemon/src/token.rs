@@ -13,7 +13,7 @@ use tokend_core::refresh::{self, Mode, RefreshError};
 use tokend_core::schedule::{epoch_millis, is_due};
 
 use crate::cli::Settings;
-use crate::commands::{exit_code, policy_for, runtime, store_for};
+use crate::commands::{exit_code, one_store_for, policy_for, runtime};
 use crate::exit;
 use crate::show::emit;
 
@@ -22,7 +22,7 @@ use crate::show::emit;
 const MIN_LEFT_MS: i64 = 60_000;
 
 pub fn token(settings: &Settings, as_json: bool) -> u8 {
-    let store = match store_for(settings) {
+    let store = match one_store_for(settings, "token") {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -161,3 +161,35 @@ fn launchd_status_asks_launchctl() {
         ]
     );
 }
+
+#[test]
+fn launchd_install_puts_several_logins_in_program_arguments() {
+    let env = Env::new("launchd");
+    env.run(&[
+        "service",
+        "install",
+        "--credentials",
+        "/srv/a & b.json",
+        "--config-dir",
+        "/srv/c",
+    ])
+    .ok();
+    let d = plist_at(&env.agent_path());
+    let args: Vec<&str> = d["ProgramArguments"]
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| v.as_string().expect("a string"))
+        .collect();
+    let program = program();
+    assert_eq!(
+        args,
+        [
+            program.as_str(),
+            "--credentials",
+            "/srv/a & b.json",
+            "--config-dir",
+            "/srv/c"
+        ]
+    );
+}

@@ -102,6 +102,51 @@ fn systemd_install_carries_the_store_and_claude_codes_securestorage_dir() {
 }
 
 #[test]
+fn systemd_install_carries_every_login() {
+    // Config directories only: one variable, absolute, in order.
+    let env = Env::systemd();
+    env.run(&[
+        "service",
+        "install",
+        "--config-dir",
+        "work",
+        "--config-dir",
+        "/srv/personal",
+    ])
+    .ok();
+    let unit = read(&env.unit_path());
+    let work = env.root.join("work").display().to_string();
+    assert!(
+        has_line(
+            &unit,
+            &format!("Environment=CLAUDE_TOKEND_CONFIG_DIRS={work}:/srv/personal")
+        ),
+        "{unit}"
+    );
+    // A file among them: the logins go on the command line, in order.
+    let env = Env::systemd();
+    env.run(&[
+        "service",
+        "install",
+        "--credentials",
+        "/srv/a.json",
+        "--config-dir",
+        "/srv/b",
+    ])
+    .ok();
+    let unit = read(&env.unit_path());
+    let exec = program();
+    assert!(
+        unit.lines().any(|l| l.starts_with("ExecStart=")
+            && l.contains(exec.as_str())
+            && l.ends_with(" --credentials /srv/a.json --config-dir /srv/b")),
+        "{unit}"
+    );
+    assert!(!unit.contains("CLAUDE_TOKEND_CONFIG_DIRS"), "{unit}");
+    assert!(!unit.contains("CLAUDE_TOKEND_CREDENTIALS"), "{unit}");
+}
+
+#[test]
 fn systemd_install_honours_xdg_config_home_only_when_absolute() {
     for xdg in [None, Some("relative/config")] {
         let mut env = Env::new("systemd");

@@ -401,7 +401,11 @@ fn token_prints_the_items_token_and_refreshes_it_first_when_due() {
     let server = TokenServer::for_login(&fresh);
     let out = s.cmd(&server, &["token"]).run();
     out.expect_code(0)
-        .check_eq("stdout", out.stdout.as_str(), &format!("{}\n", fresh.access))
+        .check_eq(
+            "stdout",
+            out.stdout.as_str(),
+            &format!("{}\n", fresh.access),
+        )
         .check_eq("stderr", out.stderr.as_str(), "")
         .check_eq("requests sent", server.count(), 0);
 
@@ -412,7 +416,11 @@ fn token_prints_the_items_token_and_refreshes_it_first_when_due() {
     let out = s.cmd(&server, &["token"]).run();
     let issued = server.last_issued();
     out.expect_code(0)
-        .check_eq("stdout", out.stdout.as_str(), &format!("{}\n", issued.access))
+        .check_eq(
+            "stdout",
+            out.stdout.as_str(),
+            &format!("{}\n", issued.access),
+        )
         .check_eq("stderr", out.stderr.as_str(), "")
         .check_eq("requests sent", server.count(), 1);
     check_refreshed(&out, &s, &server, &before);

@@ -168,7 +168,7 @@ fn logout_waits_for_claude_codes_storage_write_lock() {
     for doc in [only_login, login.doc()] {
         let home = TempHome::new();
         home.write_creds(&doc);
-        let lock = LiveLock::hold(&write_lock(&home), Duration::from_millis(500));
+        let lock = LiveLock::hold_every(&write_lock(&home), Duration::from_millis(500));
         let start = Instant::now();
         let running = Cmd::new(&home).args(["logout", "--yes"]).spawn();
         std::thread::sleep(Duration::from_secs(1));

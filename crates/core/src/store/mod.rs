@@ -238,6 +238,16 @@ impl Store {
         }
     }
 
+    /// Whether `other` is this very store (the same file, through any symlink, or the same
+    /// Keychain item): two names for one login are one login.
+    pub fn same_store(&self, other: &Store) -> bool {
+        match (&self.item, &other.item) {
+            (None, None) => self.path == other.path || self.target() == other.target(),
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
     pub fn keychain_item(&self) -> Option<&Keychain> {
         self.item.as_ref()
     }

@@ -3,16 +3,18 @@
 //! sandbox drop-in, the directories the daemon writes in. It reads the environment and follows
 //! symlinks of the credentials file; it writes nothing.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokend_core::settings::parse_endpoint_url;
 use tokend_core::store;
 
-use super::home::{Home, normalize, parent};
+use super::home::{normalize, parent};
 use super::render::{check_value, utf8};
-use crate::cli::{DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, DEFAULT_USER_AGENT, Settings, StoreChoice};
+use crate::cli::{
+    DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, DEFAULT_USER_AGENT, LoginFlag, Settings, StoreChoice,
+};
 use crate::exit;
 
 /// What `--refresh-before` defaults to in `cli.rs`; a unit test keeps the two in step.
@@ -51,12 +53,30 @@ pub(super) fn program_path() -> Result<PathBuf, u8> {
 /// default reaches the service.
 pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str, String)>, u8> {
     let mut env = Vec::new();
-    if let Some(path) = settings
-        .credentials
-        .as_deref()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        env.push(("CLAUDE_TOKEND_CREDENTIALS", absolute_utf8(path)?));
+    // The logins, made absolute: as variables when variables can say it (one file, or config
+    // directories), else on the command line (see `carried_logins`).
+    match carried_as(settings)? {
+        Carried::Args => {}
+        Carried::File(path) => env.push(("CLAUDE_TOKEND_CREDENTIALS", path)),
+        Carried::Dirs(dirs) => env.push(("CLAUDE_TOKEND_CONFIG_DIRS", dirs.join(":"))),
+        Carried::Unnamed => {}
+    }
+    if settings.login_flags.is_empty() {
+        if let Some(path) = settings
+            .credentials_env
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            env.push(("CLAUDE_TOKEND_CREDENTIALS", absolute_utf8(path)?));
+        }
+        if let Some(list) = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
+        {
+            let mut dirs = Vec::new();
+            for dir in std::env::split_paths(&list).filter(|d| !d.as_os_str().is_empty()) {
+                dirs.push(absolute_utf8(&dir)?);
+            }
+            env.push(("CLAUDE_TOKEND_CONFIG_DIRS", dirs.join(":")));
+        }
     }
     if let Some(dir) = std::env::var_os("CLAUDE_CONFIG_DIR").filter(|d| !d.is_empty()) {
         env.push(("CLAUDE_CONFIG_DIR", absolute_utf8(Path::new(&dir))?));
@@ -105,6 +125,60 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
     Ok(env)
 }
 
+/// How the logins named by flags reach the service.
+enum Carried {
+    /// None was named: the variables that choose them are carried as they are.
+    Unnamed,
+    /// One `--credentials`: `CLAUDE_TOKEND_CREDENTIALS`.
+    File(String),
+    /// Only `--config-dir`s: `CLAUDE_TOKEND_CONFIG_DIRS` (none holds a `:`).
+    Dirs(Vec<String>),
+    /// Anything else: `--credentials`/`--config-dir` arguments on the service's command line.
+    Args,
+}
+
+fn carried_as(settings: &Settings) -> Result<Carried, u8> {
+    match settings.login_flags.as_slice() {
+        [] => Ok(Carried::Unnamed),
+        [LoginFlag::Credentials(path)] => Ok(Carried::File(absolute_utf8(path)?)),
+        flags => {
+            let mut dirs = Vec::new();
+            for flag in flags {
+                match flag {
+                    LoginFlag::ConfigDir(dir) => {
+                        let dir = absolute_utf8(dir)?;
+                        if dir.contains(':') {
+                            return Ok(Carried::Args);
+                        }
+                        dirs.push(dir);
+                    }
+                    LoginFlag::Credentials(_) => return Ok(Carried::Args),
+                }
+            }
+            Ok(Carried::Dirs(dirs))
+        }
+    }
+}
+
+/// The logins named by `--credentials` and `--config-dir`, in order, as arguments for the
+/// service's command line (made absolute: the service does not run in this directory), when
+/// variables cannot carry them (see [`Carried`]); empty otherwise.
+pub(super) fn carried_logins(settings: &Settings) -> Result<Vec<String>, u8> {
+    let mut args = Vec::new();
+    if !matches!(carried_as(settings)?, Carried::Args) {
+        return Ok(args);
+    }
+    for flag in &settings.login_flags {
+        let (name, path) = match flag {
+            LoginFlag::Credentials(p) => ("--credentials", p),
+            LoginFlag::ConfigDir(p) => ("--config-dir", p),
+        };
+        args.push(name.to_owned());
+        args.push(absolute_utf8(path)?);
+    }
+    Ok(args)
+}
+
 /// A duration as `parse_duration` reads it back exactly, in the largest unit that divides it.
 fn duration_setting(d: Duration) -> String {
     let secs = d.as_secs();
@@ -131,24 +205,18 @@ fn absolute_utf8(path: &Path) -> Result<String, u8> {
 /// file's directory (temp files, `.credentials.json.lock`), the directory that holds it
 /// (Claude Code's lock directory `<config dir>.lock` is made there), and, for a symlinked file,
 /// the directory of the file it points at. A directory inside another on the list is dropped.
-pub(super) fn writable_dirs(settings: &Settings, home: &Home) -> Result<Vec<String>, u8> {
-    let env = store::LocateEnv {
-        home: Some(OsString::from(home.home.as_os_str())),
-        ..store::LocateEnv::from_process()
-    };
-    let (path, _) = store::locate(settings.credentials.as_deref(), &env).map_err(|e| {
-        eprintln!("claude-tokend: {e}");
-        exit::USAGE
-    })?;
-    let path = PathBuf::from(absolute_utf8(&path)?);
+pub(super) fn writable_dirs(settings: &Settings) -> Result<Vec<String>, u8> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let config_dir = parent(&path);
-    dirs.push(parent(&config_dir));
-    dirs.push(config_dir);
-    if let Ok(target) = store::resolve_symlinks(&path)
-        && target != path
-    {
-        dirs.push(parent(&PathBuf::from(absolute_utf8(&target)?)));
+    for store in crate::commands::stores_for(settings)? {
+        let path = PathBuf::from(absolute_utf8(store.path())?);
+        let config_dir = parent(&path);
+        dirs.push(parent(&config_dir));
+        dirs.push(config_dir);
+        if let Ok(target) = store::resolve_symlinks(&path)
+            && target != path
+        {
+            dirs.push(parent(&PathBuf::from(absolute_utf8(&target)?)));
+        }
     }
     let dirs: Vec<PathBuf> = dirs.iter().map(|d| normalize(d)).collect();
     let mut kept: Vec<String> = Vec::new();

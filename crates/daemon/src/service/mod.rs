@@ -20,7 +20,7 @@ mod systemd;
 use crate::cli::{InstallArgs, Manager, ManagerArg, ServiceAction, Settings};
 use crate::exit;
 
-use carry::{carried_settings, program_path, writable_dirs};
+use carry::{carried_logins, carried_settings, program_path, writable_dirs};
 use files::{Existing, Planned, Syntax, changed_lines};
 use home::Home;
 use render::{render_agent, render_sandbox, render_unit};
@@ -77,16 +77,17 @@ fn install(
 ) -> Result<(), u8> {
     let program = program_path()?;
     let env = carried_settings(settings)?;
+    let login_args = carried_logins(settings)?;
     let mut files = Vec::new();
     match manager {
         Manager::Systemd => {
             files.push(Planned::new(
                 home.unit_path(),
-                render_unit(&program, &env),
+                render_unit(&program, &login_args, &env),
                 Syntax::Hash,
             ));
             if args.sandbox {
-                let dirs = writable_dirs(settings, home)?;
+                let dirs = writable_dirs(settings)?;
                 files.push(Planned::new(
                     home.sandbox_path(),
                     render_sandbox(&dirs),
@@ -96,7 +97,7 @@ fn install(
         }
         Manager::Launchd => files.push(Planned::new(
             home.agent_path(),
-            render_agent(&program, &home.home, &env),
+            render_agent(&program, &login_args, &home.home, &env),
             Syntax::Xml,
         )),
     }

@@ -27,15 +27,24 @@ const AGENT_PROGRAM: &str = "@PROGRAM@";
 const AGENT_HOME: &str = "@HOME@";
 const AGENT_ENV_MARK: &str = "<!-- @ENVIRONMENT@ -->";
 
-/// The unit: the template with `ExecStart=` pointing at `program` and one `Environment=` line
-/// per carried setting.
-pub(super) fn render_unit(program: &Path, env: &[(&str, String)]) -> Result<String, u8> {
+/// The unit: the template with `ExecStart=` running `program` with `args` (the logins named
+/// by flags) and one `Environment=` line per carried setting.
+pub(super) fn render_unit(
+    program: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+) -> Result<String, u8> {
     let program = utf8(program)?;
     check_value("the program's path", &program)?;
+    for a in args {
+        check_value("a login's path", a)?;
+    }
     let mut out = String::with_capacity(UNIT_TEMPLATE.len() + 256);
     for line in UNIT_TEMPLATE.lines() {
         if line == UNIT_EXEC_LINE {
-            writeln!(out, "ExecStart={}", systemd_word(&program)).expect("String");
+            let mut words = vec![systemd_word(&program)];
+            words.extend(args.iter().map(|a| systemd_word(a)));
+            writeln!(out, "ExecStart={}", words.join(" ")).expect("String");
             continue;
         }
         out.push_str(line);
@@ -68,10 +77,11 @@ pub(super) fn render_sandbox(dirs: &[String]) -> Result<String, u8> {
     Ok(out)
 }
 
-/// The agent: the template with the program and home filled in and the carried settings added
-/// to `EnvironmentVariables`.
+/// The agent: the template with the program (and `args` after it) and home filled in and the
+/// carried settings added to `EnvironmentVariables`.
 pub(super) fn render_agent(
     program: &Path,
+    args: &[String],
     home: &Path,
     env: &[(&str, String)],
 ) -> Result<String, u8> {
@@ -89,11 +99,18 @@ pub(super) fn render_agent(
             }
             continue;
         }
+        let is_program = line.contains(AGENT_PROGRAM);
         let line = line
             .replace(AGENT_PROGRAM, &xml_escape(&program))
             .replace(AGENT_HOME, &xml_escape(&home));
         out.push_str(&line);
         out.push('\n');
+        if is_program {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            for a in args {
+                writeln!(out, "{indent}<string>{}</string>", xml_escape(a)).expect("String");
+            }
+        }
     }
     Ok(out)
 }
@@ -235,7 +252,7 @@ mod tests {
             ),
             ("CLAUDE_CONFIG_DIR", "/home/u/.claude".to_owned()),
         ];
-        let unit = render_unit(Path::new("/opt/my tools/claude-tokend"), &env).unwrap();
+        let unit = render_unit(Path::new("/opt/my tools/claude-tokend"), &[], &env).unwrap();
         assert!(unit.contains("\nExecStart=\"/opt/my tools/claude-tokend\"\n"));
         assert!(!unit.contains(UNIT_EXEC_LINE));
         assert!(
@@ -246,7 +263,7 @@ mod tests {
         let env_at = unit.find("Environment=").unwrap();
         assert!(env_at > unit.find("[Service]").unwrap());
         assert!(env_at < unit.find("[Install]").unwrap());
-        let plain = render_unit(Path::new("/usr/bin/claude-tokend"), &[]).unwrap();
+        let plain = render_unit(Path::new("/usr/bin/claude-tokend"), &[], &[]).unwrap();
         assert!(plain.contains("\nExecStart=/usr/bin/claude-tokend\n"));
         assert!(!plain.contains("Environment="));
     }
@@ -263,6 +280,7 @@ mod tests {
         let env = vec![("CLAUDE_CONFIG_DIR", "/Users/a&b/<c>".to_owned())];
         let agent = render_agent(
             Path::new("/Users/a&b/bin/claude-tokend"),
+            &[],
             Path::new("/Users/a&b"),
             &env,
         )
