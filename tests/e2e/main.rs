@@ -14,6 +14,7 @@ mod locate;
 mod login;
 mod login_profile;
 mod many;
+mod notify;
 mod refresh;
 mod safety;
 mod settings;

@@ -45,6 +45,16 @@ mod active {
             .map_or(limit, Duration::from_millis)
     }
 
+    /// `CLAUDE_TOKEND_TEST_HOUR_MS=N`: an hour of the daemon's notification timing (12 h
+    /// between login-needed repeats, a day between login-expiring ones, 30 min before
+    /// refresh-failing) lasts N ms, so tests can watch the rules play out.
+    pub fn notify_hour(hour: Duration) -> Duration {
+        std::env::var("CLAUDE_TOKEND_TEST_HOUR_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(hour, Duration::from_millis)
+    }
+
     /// `CLAUDE_TOKEND_TEST_FLOOR_MS=N`: the floor under the refresh rate is N ms instead of
     /// `floor`, so the soak and kill loops can still refresh back to back.
     pub fn floor(floor: Duration) -> Duration {
@@ -86,6 +96,10 @@ mod inert {
     #[inline(always)]
     pub fn floor(floor: std::time::Duration) -> std::time::Duration {
         floor
+    }
+    #[inline(always)]
+    pub fn notify_hour(hour: std::time::Duration) -> std::time::Duration {
+        hour
     }
     #[inline(always)]
     pub fn rename_error() -> Option<std::io::Error> {

@@ -127,6 +127,12 @@ pub enum StoreChoice {
     Keychain,
 }
 
+/// The `--notify` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NotifyChoice {
+    Desktop,
+}
+
 /// A login named on the command line, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginFlag {
@@ -214,6 +220,24 @@ pub struct Settings {
     #[arg(long, global = true, value_name = "DURATION", env = "CLAUDE_TOKEND_RETRY_BUDGET",
           default_value = "60s", value_parser = parse_retry_budget)]
     pub retry_budget: Duration,
+
+    /// The daemon runs this (with sh -c) when a login needs a person: login-needed,
+    /// login-expiring, refresh-failing, recovered; the event is in CLAUDE_TOKEND_EVENT,
+    /// CLAUDE_TOKEND_LOGIN, CLAUDE_TOKEND_MESSAGE and CLAUDE_TOKEND_DEADLINE (never a token).
+    #[arg(long, global = true, value_name = "COMMAND", env = "CLAUDE_TOKEND_NOTIFY_CMD",
+          value_parser = non_empty)]
+    pub notify_cmd: Option<String>,
+
+    /// Also show those events as desktop notifications (notify-send on Linux, osascript on
+    /// macOS, when installed).
+    #[arg(
+        long,
+        global = true,
+        value_name = "WHERE",
+        env = "CLAUDE_TOKEND_NOTIFY",
+        value_enum
+    )]
+    pub notify: Option<NotifyChoice>,
 
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG, when set, wins.
     #[arg(short, long, global = true, action = ArgAction::Count)]

@@ -343,10 +343,14 @@ pub fn daemon(settings: &Settings) -> u8 {
         Err(code) => return code,
     };
     let policy = policy_for(settings);
+    let user = crate::daemon::notify_user::UserNotifier::new(
+        settings.notify_cmd.clone(),
+        settings.notify == Some(crate::cli::NotifyChoice::Desktop),
+    );
     runtime().block_on(async {
         match crate::daemon::Signals::new() {
             Ok(signals) => {
-                crate::daemon::Daemon::new(stores, policy, crate::daemon::SystemClock)
+                crate::daemon::Daemon::new(stores, policy, crate::daemon::SystemClock, user)
                     .run(signals)
                     .await
             }

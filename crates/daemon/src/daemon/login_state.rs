@@ -15,7 +15,9 @@ use tokend_core::refresh::{self, Outcome, Policy, RefreshError, Refresher};
 use tokend_core::schedule::{Backoff, random_unit};
 use tokend_core::store::{Kind, Store, StoreError};
 
+use super::notify_user::{Notice, UserEvent};
 use super::plan::{self, Next, State, Waiting};
+use super::told::{Need, Told};
 use super::{Clock, watch};
 use crate::show::{local_time, when};
 
@@ -91,6 +93,14 @@ pub(super) struct LoginState<C: Clock> {
     pub(super) login_expires_at: Option<i64>,
     /// The login expiry already warned about, so the warning is logged once per login.
     pub(super) warned_login_expiry: Option<i64>,
+    /// What the user was told, and the rules for telling more.
+    told: Told,
+    /// Notices for the user, taken and delivered by the loop.
+    pub(super) outbox: Vec<Notice>,
+    /// A login was seen in the store: its disappearance is a removal worth telling.
+    seen_login: bool,
+    /// The access token's expiry as last read.
+    expires_at: Option<i64>,
 }
 
 impl<C: Clock> LoginState<C> {
@@ -112,6 +122,76 @@ impl<C: Clock> LoginState<C> {
             said: None,
             login_expires_at: None,
             warned_login_expiry: None,
+            told: Told::new(tokend_core::seams::notify_hour(Duration::from_secs(3600))),
+            outbox: Vec::new(),
+            seen_login: false,
+            expires_at: None,
+        }
+    }
+
+    /// `CLAUDE_TOKEND_LOGIN`: the credentials path as located, or `keychain:<service>`.
+    fn login_id(&self) -> String {
+        match self.store.keychain_item() {
+            Some(item) => format!("keychain:{}", item.service),
+            None => self.store.path().display().to_string(),
+        }
+    }
+
+    fn tell(&mut self, event: UserEvent, message: String, deadline: Option<i64>) {
+        let login = self.login_id();
+        self.outbox.push(Notice {
+            event,
+            login,
+            message,
+            deadline,
+        });
+    }
+
+    /// Sends what the telling rules say is due now (repeats, a run of failures grown long, the
+    /// login's end drawing near).
+    fn tick_told(&mut self) {
+        let place = self.store.place();
+        for due in self.told.tick(
+            Instant::now(),
+            self.clock.now(),
+            self.expires_at,
+            self.login_expires_at,
+        ) {
+            let message = match due.event {
+                UserEvent::LoginNeeded => {
+                    format!(
+                        "{place}: a new login is still needed (claude-tokend login, or sign in with Claude Code)"
+                    )
+                }
+                UserEvent::RefreshFailing => match self.expires_at {
+                    Some(at) if at <= self.clock.now() => format!(
+                        "{place}: the access token expired while refreshes were failing ({})",
+                        self.failure_reason()
+                    ),
+                    _ => format!(
+                        "{place}: refreshing has been failing for 30 minutes ({})",
+                        self.failure_reason()
+                    ),
+                },
+                UserEvent::LoginExpiring => format!(
+                    "{place}: the login itself ends {}; no refresh can extend it: sign in again before then",
+                    due.deadline.map(when).unwrap_or_default()
+                ),
+                UserEvent::Recovered => format!("{place} works again"),
+            };
+            self.tell(due.event, message, due.deadline);
+        }
+    }
+
+    /// When the telling rules may next have something to send.
+    pub(super) fn next_tell_at(&self) -> Option<Instant> {
+        self.told.next_at()
+    }
+
+    fn failure_reason(&self) -> String {
+        match &self.state {
+            State::BackingOff { reason, .. } => reason.clone(),
+            _ => "temporary failures".to_owned(),
         }
     }
 
@@ -144,6 +224,7 @@ impl<C: Clock> LoginState<C> {
     /// near. Never called while an attempt of this login is in flight.
     pub(super) fn on_timer(&mut self) {
         self.check_login_expiry();
+        self.tick_told();
         let now = Instant::now();
         if self.reread_at.is_some_and(|at| now >= at) {
             self.reread_at = None;
@@ -204,15 +285,40 @@ impl<C: Clock> LoginState<C> {
                 if (same_login && settled) || self.refresher.borrow_mut().has_unsaved_grant() {
                     return;
                 }
+                let place = self.store.place();
                 match view {
                     Some(v) if !v.is_logged_out() => {
                         self.said = None;
+                        self.seen_login = true;
+                        self.expires_at = v.expires_at;
                         self.login_expires_at = v.refresh_token_expires_at;
+                        if self.told.works(false) {
+                            self.tell(
+                                UserEvent::Recovered,
+                                format!("{place}: a usable login is back"),
+                                None,
+                            );
+                        }
                         self.check_login_expiry();
+                        self.tick_told();
                         let at = refresh::next_at_unlocked(&self.store, &v, self.policy.lead);
                         self.schedule(v.expires_at, at, false);
                     }
-                    _ => self.wait_for(Waiting::LoggedOut),
+                    Some(_) => {
+                        self.seen_login = true;
+                        if self.told.needs_login(Instant::now(), Need::Refused) {
+                            self.tell(
+                                UserEvent::LoginNeeded,
+                                format!("{place}: the login was blanked (logged out after a refused refresh); sign in again"),
+                                None,
+                            );
+                        }
+                        self.wait_for(Waiting::LoggedOut);
+                    }
+                    None => {
+                        self.removed();
+                        self.wait_for(Waiting::LoggedOut);
+                    }
                 }
             }
             Err(e) if e.may_be_mid_write() && self.malformed_tries + 1 < MALFORMED_TRIES => {
@@ -232,13 +338,31 @@ impl<C: Clock> LoginState<C> {
                 );
                 self.reread_at = Some(Instant::now() + pause);
             }
-            Err(StoreError::Missing { .. }) => self.wait_for(Waiting::Missing),
+            Err(StoreError::Missing { .. }) => {
+                self.removed();
+                self.wait_for(Waiting::Missing);
+            }
             Err(e @ StoreError::Malformed { .. }) => {
                 self.malformed_tries = 0;
                 self.known = None;
                 self.wait_for(Waiting::Malformed(e.to_string()));
             }
             Err(e) => self.wait_for(Waiting::Unreadable(e.to_string())),
+        }
+    }
+
+    /// The login (or its whole store) is gone: a logout, by anyone. Told once, and only when
+    /// there was a login to lose.
+    fn removed(&mut self) {
+        if std::mem::take(&mut self.seen_login)
+            && self.told.needs_login(Instant::now(), Need::Removed)
+        {
+            let place = self.store.place();
+            self.tell(
+                UserEvent::LoginNeeded,
+                format!("{place}: the login was removed (a logout); sign in again to use it"),
+                None,
+            );
         }
     }
 
@@ -335,6 +459,15 @@ impl<C: Clock> LoginState<C> {
             }) => {
                 self.refresher.borrow_mut().drop_client();
                 self.known = Some(fingerprint);
+                self.expires_at = Some(expires_at);
+                if self.told.works(true) {
+                    let place = self.store.place();
+                    self.tell(
+                        UserEvent::Recovered,
+                        format!("{place}: refreshing works again"),
+                        None,
+                    );
+                }
                 if let Ok(Some(v)) = self.store.read().map(|s| s.doc.oauth().ok().flatten()) {
                     self.login_expires_at = v.refresh_token_expires_at;
                     self.login_key = Some(v.own_fields_key());
@@ -365,6 +498,14 @@ impl<C: Clock> LoginState<C> {
             }
             Ok(Outcome::Adopted { .. }) => {
                 self.refresher.borrow_mut().drop_client();
+                if self.told.works(true) {
+                    let place = self.store.place();
+                    self.tell(
+                        UserEvent::Recovered,
+                        format!("{place}: refreshing works again"),
+                        None,
+                    );
+                }
                 self.rearm_from_store();
             }
             Err(
@@ -376,11 +517,20 @@ impl<C: Clock> LoginState<C> {
                 self.refresher.borrow_mut().drop_client();
                 // Remember the login as it is now: only a change to its own fields ends the wait.
                 self.note_store();
+                let now = Instant::now();
                 let why = match e {
                     RefreshError::Endpoint { .. } | RefreshError::ClientRefused { .. } => {
+                        if self.told.misconfigured(now) {
+                            self.tell(UserEvent::RefreshFailing, e.to_string(), self.expires_at);
+                        }
                         Waiting::Misconfigured(e.to_string())
                     }
-                    _ => Waiting::LoginNeeded(e.to_string()),
+                    _ => {
+                        if self.told.needs_login(now, Need::Refused) {
+                            self.tell(UserEvent::LoginNeeded, e.to_string(), None);
+                        }
+                        Waiting::LoginNeeded(e.to_string())
+                    }
                 };
                 self.wait_for(why);
             }
@@ -428,6 +578,8 @@ impl<C: Clock> LoginState<C> {
             retries,
             reason: e.to_string(),
         };
+        self.told.failing(now);
+        self.tick_told();
     }
 
     /// The login's end, when it is within [`LOGIN_EXPIRY_WARNING_MS`].

@@ -12,7 +12,9 @@
 
 mod login_state;
 mod notify_systemd;
+pub mod notify_user;
 pub mod plan;
+mod told;
 mod watch;
 
 use std::cell::{Cell, RefCell};
@@ -33,6 +35,7 @@ use tracing::Instrument;
 use crate::exit;
 use login_state::LoginState;
 use notify_systemd::Notifier;
+use notify_user::UserNotifier;
 use plan::Next;
 use watch::{Ping, Watch};
 
@@ -124,13 +127,15 @@ pub struct Daemon<C: Clock> {
     /// The watcher's pings. `None` while no watch is armed.
     pings: Option<UnboundedReceiver<Ping>>,
     notifier: Notifier,
+    /// Where notices for a person go (`--notify-cmd`, `--notify desktop`).
+    user: UserNotifier,
     /// The watch's last failure, logged once.
     watch_error: Option<String>,
 }
 
 impl<C: Clock> Daemon<C> {
     /// A daemon for `stores` (at least one), sharing `policy` and `clock`.
-    pub fn new(stores: Vec<Store>, policy: Policy, clock: C) -> Self {
+    pub fn new(stores: Vec<Store>, policy: Policy, clock: C, user: UserNotifier) -> Self {
         let many = stores.len() > 1;
         let spans = stores
             .iter()
@@ -152,6 +157,7 @@ impl<C: Clock> Daemon<C> {
             watch: None,
             pings: None,
             notifier: Notifier::from_env(),
+            user,
             watch_error: None,
         }
     }
@@ -174,6 +180,7 @@ impl<C: Clock> Daemon<C> {
             let _in = self.spans[i].enter();
             self.logins[i].reread(true);
         }
+        self.deliver();
         self.notifier.ready();
         let mut stopping = false;
         loop {
@@ -241,6 +248,7 @@ impl<C: Clock> Daemon<C> {
                     }
                 }
             }
+            self.deliver();
             self.publish_status();
         }
         self.notifier.stopping();
@@ -318,6 +326,9 @@ impl<C: Clock> Daemon<C> {
                     until = until.min(now + d);
                 }
                 if let Some(at) = login.reread_at {
+                    until = until.min(at);
+                }
+                if let Some(at) = login.next_tell_at() {
                     until = until.min(at);
                 }
             }
@@ -446,6 +457,15 @@ impl<C: Clock> Daemon<C> {
             );
         }
         exit::FAILURE
+    }
+
+    /// Hands every login's notices to the user notifier (which never waits).
+    fn deliver(&mut self) {
+        for login in &mut self.logins {
+            for notice in login.outbox.drain(..) {
+                self.user.send(&notice);
+            }
+        }
     }
 
     /// `STATUS=` for systemd: the login's line, or one line per login.

@@ -13,7 +13,8 @@ use tokend_core::store;
 use super::home::{normalize, parent};
 use super::render::{check_value, utf8};
 use crate::cli::{
-    DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, DEFAULT_USER_AGENT, LoginFlag, Settings, StoreChoice,
+    DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, DEFAULT_USER_AGENT, LoginFlag, NotifyChoice, Settings,
+    StoreChoice,
 };
 use crate::exit;
 
@@ -115,6 +116,12 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
             "CLAUDE_TOKEND_REFRESH_BEFORE",
             duration_setting(settings.refresh_before),
         ));
+    }
+    if let Some(cmd) = &settings.notify_cmd {
+        env.push(("CLAUDE_TOKEND_NOTIFY_CMD", cmd.clone()));
+    }
+    if settings.notify == Some(NotifyChoice::Desktop) {
+        env.push(("CLAUDE_TOKEND_NOTIFY", "desktop".to_owned()));
     }
     if settings.user_agent != DEFAULT_USER_AGENT {
         env.push(("CLAUDE_TOKEND_USER_AGENT", settings.user_agent.clone()));
