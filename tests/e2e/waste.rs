@@ -57,23 +57,7 @@ pub(crate) fn saved_latest(home: &TempHome, server: &TokenServer) -> bool {
 /// The file holds the pair the server issued last, with every other key of `doc`.
 #[track_caller]
 pub(crate) fn check_saved(out: &Out, home: &TempHome, server: &TokenServer, doc: &Value) {
-    let after = home.read_creds();
-    let issued = server.last_issued();
-    out.check_eq(
-        "accessToken in the file",
-        oauth(&after).get("accessToken"),
-        Some(&json!(issued.access)),
-    )
-    .check_eq(
-        "refreshToken in the file",
-        oauth(&after).get("refreshToken"),
-        issued.refresh.map(Value::from).as_ref(),
-    )
-    .check_eq(
-        "everything but the owned fields",
-        without_owned(&after),
-        without_owned(doc),
-    );
+    out.expect_latest_pair("the file", &home.read_creds(), server, doc);
 }
 
 /// The refresh tokens the requests carried, in order.

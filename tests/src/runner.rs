@@ -293,6 +293,35 @@ impl Out {
         )
     }
 
+    /// `after` (a store's document) holds the pair the server issued last, and every key of
+    /// `before` the program does not own, unchanged. `place` names the store in messages.
+    #[track_caller]
+    pub fn expect_latest_pair(
+        &self,
+        place: &str,
+        after: &serde_json::Value,
+        server: &TokenServer,
+        before: &serde_json::Value,
+    ) -> &Out {
+        let issued = server.last_issued();
+        let owned = |doc: &serde_json::Value, key: &str| doc["claudeAiOauth"].get(key).cloned();
+        self.check_eq(
+            format!("accessToken in {place}"),
+            owned(after, "accessToken"),
+            Some(serde_json::Value::from(issued.access)),
+        )
+        .check_eq(
+            format!("refreshToken in {place}"),
+            owned(after, "refreshToken"),
+            issued.refresh.map(serde_json::Value::from),
+        )
+        .check_eq(
+            "every key the program does not own",
+            crate::home::without_owned(after),
+            crate::home::without_owned(before),
+        )
+    }
+
     /// None of `secrets` appears whole in stdout or stderr.
     #[track_caller]
     pub fn expect_no_secret(&self, secrets: &[String]) -> &Out {
