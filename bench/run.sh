@@ -109,9 +109,10 @@ sleep 2
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 t0=$(ticks); sleep 10; t1=$(ticks)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
-# Wake-ups: context switches of every thread over the same kind of window, 1 login vs 8.
+# Wake-ups: context switches of every thread over 65 s (the loop wakes at least once a
+# minute), 1 login vs 8.
 switches() { cat /proc/"$1"/task/*/status | awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s += $2} END {print s}'; }
-w0=$(switches $PID); sleep 30; w1=$(switches $PID)
+w0=$(switches $PID); sleep 65; w1=$(switches $PID)
 kill -TERM $PID; wait $PID || true
 
 # --- the idle daemon with 8 logins (one config directory each) --------------------------------
@@ -126,7 +127,7 @@ PID=$!
 sleep 2
 t8_0=$(ticks); sleep 10; t8_1=$(ticks)
 rss8=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
-w8_0=$(switches $PID); sleep 30; w8_1=$(switches $PID)
+w8_0=$(switches $PID); sleep 65; w8_1=$(switches $PID)
 kill -TERM $PID; wait $PID || true
 
 # --- report -----------------------------------------------------------------------------------
@@ -156,8 +157,8 @@ echo "idle daemon RSS:                         $rss KiB ($(awk -v k="$rss" 'BEGI
 echo "idle daemon CPU over 10 s:               $(( t1 - t0 )) ticks (target 0)"
 echo "idle daemon, 8 logins, RSS:              $rss8 KiB ($(awk -v k="$rss8" 'BEGIN{printf "%.1f MiB", k/1024}'); target < 5 MiB)"
 echo "idle daemon, 8 logins, CPU over 10 s:    $(( t8_1 - t8_0 )) ticks (target 0)"
-echo "context switches over 30 s, 1 login:     $(( w1 - w0 ))"
-echo "context switches over 30 s, 8 logins:    $(( w8_1 - w8_0 )) (target: no more than with 1 login; wake-ups do not grow with logins)"
+echo "context switches over 65 s, 1 login:     $(( w1 - w0 ))"
+echo "context switches over 65 s, 8 logins:    $(( w8_1 - w8_0 )) (target: no more than with 1 login; wake-ups do not grow with logins)"
 echo "release binary:                          $(size "$BIN") bytes ($(mb "$(size "$BIN")"); target < 6 MB)"
 
 # --- optional: the release profile, on and off ------------------------------------------------

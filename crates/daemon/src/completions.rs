@@ -203,6 +203,7 @@ fn main_page(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
     let mut own = String::new();
     environment_section(&mut own, cmd);
     exit_status_section(&mut own);
+    rules_section(&mut own);
     see_also_section(&mut own, cmd);
     out.extend_from_slice(own.as_bytes());
     piece(&mut out, &|w| man.render_version_section(w))?;
@@ -233,6 +234,11 @@ const OTHER_VARIABLES: &[(&str, &str)] = &[
         "Several logins: a :-separated list of Claude Code config directories, each meaning the \
          login as with CLAUDE_CONFIG_DIR=DIR (its file or its Keychain item). Used when no \
          --credentials or --config-dir is given. service install carries it.",
+    ),
+    (
+        "PATH",
+        "Where security (the Keychain store), sh (--notify-cmd) and notify-send or osascript \
+         (--notify desktop) are found.",
     ),
     (
         "USER",
@@ -370,6 +376,67 @@ fn exit_status_section(out: &mut String) {
     out.push_str(".SH \"EXIT STATUS\"\n");
     for (code, text) in EXIT_CODES {
         tagged(out, code, text);
+    }
+}
+
+/// The rules that keep a refresh from wasting a token or flooding the endpoint, and the
+/// features a reader of the page should know exist (CONTRACT.md "Never waste, never hammer",
+/// "Stores", "Several logins", "Telling the user").
+const RULES: &[(&str, &str)] = &[
+    (
+        "Compare-and-swap",
+        "New tokens are written only if the store still holds the refresh token that was sent \
+         (or blank tokens), re-read under Claude Code's .storage-write.lock; otherwise another \
+         writer won and nothing is written. Every key this program does not own is kept.",
+    ),
+    (
+        "A grant in hand is kept",
+        "Tokens the server issued that could not be saved are kept and only their save is \
+         retried; the spent refresh token is never sent again. A store that no longer parses is \
+         first copied, unchanged, to <file>.malformed-<UTC time>.",
+    ),
+    (
+        "A floor under the refresh rate",
+        "No request replaces a grant this program obtained less than 60 seconds ago, whatever \
+         the settings, signals or answers (only the refresh command is exempt). A grant that \
+         lives no longer than --refresh-before is refreshed at half its lifetime; a lead over \
+         4 hours is refused.",
+    ),
+    (
+        "Backoff",
+        "Temporary failures back off with full jitter up to 5 minutes, on the monotonic clock; \
+         Retry-After is honoured up to 1 hour. A refused refresh token is not sent again until \
+         the login's own fields change.",
+    ),
+    (
+        "Claude Code's locks",
+        "The lock directories .oauth_refresh.lock and <config dir>.lock are taken as Claude \
+         Code takes them, heartbeated every 5 s while held, and a live one is waited for; \
+         one-shot commands outwait a fresh lock to its 60 s takeover.",
+    ),
+    (
+        "Stores",
+        "--store file uses the credentials file; --store keychain the macOS Keychain item Claude \
+         Code keeps (through the security command); auto picks the Keychain item on macOS when \
+         it exists, the file elsewhere.",
+    ),
+    (
+        "Several logins",
+        "--config-dir and --credentials may be repeated (or CLAUDE_TOKEND_CONFIG_DIRS set): one \
+         daemon keeps every login fresh, each on its own; --once, refresh and status act on all \
+         of them and exit with the worst code; token, login and logout need exactly one.",
+    ),
+    (
+        "Notifications",
+        "The daemon runs --notify-cmd (and, with --notify desktop, notify-send or osascript) \
+         for login-needed, login-expiring, refresh-failing and recovered; never with a token.",
+    ),
+];
+
+fn rules_section(out: &mut String) {
+    out.push_str(".SH \"HOW A REFRESH STAYS SAFE\"\n");
+    for (tag, text) in RULES {
+        tagged(out, tag, text);
     }
 }
 

@@ -3,6 +3,7 @@
 //! `info` for the daemon and commands, and silence for `--once` (cron mails any output).
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// Verbosity steps, quietest first.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -21,22 +22,34 @@ pub fn init(quiet_by_default: bool, verbose: u8, quiet: u8, daemon: bool) {
     } else {
         3
     };
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
-        _ => EnvFilter::new(level_for(default, verbose, quiet)),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false);
     // journald stamps every line itself; a second timestamp is noise. Commands run by hand
     // need none either. A daemon writing to a plain log file (launchd) wants them.
     let stamped = daemon && std::env::var_os("JOURNAL_STREAM").is_none();
-    if stamped {
-        builder.init();
-    } else {
-        builder.without_time().init();
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false);
+            if stamped {
+                builder.init()
+            } else {
+                builder.without_time().init()
+            }
+        }};
+    }
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            install!(tracing_subscriber::fmt().with_env_filter(EnvFilter::new(v)))
+        }
+        // A plain level needs no directive parser: the common case never runs (or keeps
+        // resident) filter machinery it does not use.
+        _ => {
+            let level = level_for(default, verbose, quiet)
+                .parse::<LevelFilter>()
+                .unwrap_or(LevelFilter::INFO);
+            install!(tracing_subscriber::fmt().with_max_level(level))
+        }
     }
 }
 

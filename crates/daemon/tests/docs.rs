@@ -158,9 +158,22 @@ fn man_page_is_roff_from_the_cli_definition() {
         ".SH SUBCOMMANDS",
         ".SH ENVIRONMENT",
         ".SH \"EXIT STATUS\"",
+        ".SH \"HOW A REFRESH STAYS SAFE\"",
         ".SH \"SEE ALSO\"",
     ] {
         assert!(page.contains(section), "no {section}:\n{page}");
+    }
+    // The never-waste rules are on the page, not only in the README.
+    for rule in [
+        "Compare\\-and\\-swap",
+        "60 seconds",
+        "Retry\\-After",
+        "heartbeated",
+    ] {
+        assert!(
+            page.contains(rule),
+            "the rules section lacks {rule}:\n{page}"
+        );
     }
     // The exit codes have a section of their own, not clap_mangen's catch-all for after_help.
     assert!(!page.contains(".SH EXTRA"), "{page}");
