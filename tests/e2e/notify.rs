@@ -287,3 +287,47 @@ fn a_failing_or_slow_command_never_holds_the_daemon_up_and_is_logged_once() {
     stop(d);
     assert!(stopping.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn notify_desktop_runs_notify_send_when_it_is_installed() {
+    let home = TempHome::new();
+    let dead = Login::expiring_in(5);
+    home.write_creds(&dead.doc());
+    let server = TokenServer::start();
+    // A fake notify-send first on PATH that records its arguments.
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    let record = home.path().join("notify-send.args");
+    let script = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > '{}'\n",
+        record.display()
+    );
+    let fake = bin.join("notify-send");
+    std::fs::write(&fake, script).expect("write fake notify-send");
+    std::fs::set_permissions(
+        &fake,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Cmd::new(&home)
+        .server(&server)
+        .env("PATH", &path)
+        .args(["--refresh-before", "10s", "--notify", "desktop"])
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    assert!(wait_until(SOON, || record.exists()), "notify-send was run");
+    let out = stop(d);
+    let args = std::fs::read_to_string(&record).unwrap();
+    out.check(
+        args.contains("claude-tokend: login-needed"),
+        format!("the title names the event: {args}"),
+    );
+    for t in dead.secrets() {
+        out.check(!args.contains(&t), "no token in the notification");
+    }
+}

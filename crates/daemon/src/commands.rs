@@ -1,6 +1,6 @@
 //! The one-shot commands (`--once`, `refresh`) and the glue every command shares: which logins
-//! the settings name (and their stores), the policy, the tokio runtime (only when a request may be needed),
-//! and the mapping from outcomes to messages and exit codes.
+//! the settings name (and their stores), the policy, the tokio runtime (only when a request may
+//! be needed), and the mapping from outcomes to messages and exit codes.
 
 use std::time::SystemTime;
 
@@ -29,13 +29,9 @@ pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
             });
         }
     } else if let Some(list) = list {
-        for dir in list.as_encoded_bytes().split(|b| *b == b':') {
-            if dir.is_empty() {
-                continue;
-            }
-            // SAFETY: a piece of an OsStr split at an ASCII byte is itself a valid OsStr.
-            let dir = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(dir) };
-            stores.push(config_dir_store(settings, &env, dir)?);
+        // `:`-separated, like PATH; empty entries are skipped.
+        for dir in std::env::split_paths(&list).filter(|d| !d.as_os_str().is_empty()) {
+            stores.push(config_dir_store(settings, &env, dir.as_os_str())?);
         }
     }
     if stores.is_empty() {
