@@ -9,7 +9,8 @@
 //! - `locks`: Claude Code's lock directories and our flock, a locked keychain;
 //! - `naming`: the service suffix and the account;
 //! - `commands`: status, login, logout, `--store auto` on Linux;
-//! - `daemon`: the daemon on the item, noticing outside writes without polling.
+//! - `daemon`: the daemon on the item, noticing outside writes without polling;
+//! - `auto`: `--store auto` deciding as on macOS (through a debug-only seam).
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -20,6 +21,7 @@ use claude_tokend_e2e::keychain::*;
 use claude_tokend_e2e::*;
 use serde_json::{Value, json};
 
+mod auto;
 mod commands;
 mod daemon;
 mod fake;

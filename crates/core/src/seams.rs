@@ -45,6 +45,12 @@ mod active {
             .map_or(limit, Duration::from_millis)
     }
 
+    /// `CLAUDE_TOKEND_TEST_AUTO_AS_MACOS=1`: `--store auto` decides as it does on macOS (the
+    /// Keychain item first), so its rules can be tested on Linux against the fake `security`.
+    pub fn auto_as_macos() -> bool {
+        std::env::var_os("CLAUDE_TOKEND_TEST_AUTO_AS_MACOS").is_some_and(|v| v == "1")
+    }
+
     /// `CLAUDE_TOKEND_TEST_HOUR_MS=N`: an hour of the daemon's notification timing (12 h
     /// between login-needed repeats, a day between login-expiring ones, 30 min before
     /// refresh-failing) lasts N ms, so tests can watch the rules play out.
@@ -100,6 +106,10 @@ mod inert {
     #[inline(always)]
     pub fn notify_hour(hour: std::time::Duration) -> std::time::Duration {
         hour
+    }
+    #[inline(always)]
+    pub fn auto_as_macos() -> bool {
+        false
     }
     #[inline(always)]
     pub fn rename_error() -> Option<std::io::Error> {

@@ -126,15 +126,18 @@ fn located(
 
 /// `--store auto`: where Claude Code itself keeps the login. On macOS that is the Keychain
 /// item when it exists, else the file when it exists, else the Keychain (where a new login
-/// goes); a Keychain that cannot be asked (locked) is a Keychain failure, never a reason to use
-/// the file. Elsewhere, and for an explicit `--credentials`, the file.
+/// goes; the daemon then waits for either); a Keychain that cannot be asked (locked) is a
+/// Keychain failure, never a reason to use the file. Elsewhere, and for an explicit
+/// `--credentials`, the file.
 fn auto_store(path: std::path::PathBuf, item: impl FnOnce() -> Keychain, explicit: bool) -> Store {
-    if !cfg!(target_os = "macos") || explicit {
+    let macos = cfg!(target_os = "macos") || tokend_core::seams::auto_as_macos();
+    if !macos || explicit {
         return Store::new(path);
     }
     let item = item();
     match item.exists() {
         Ok(false) if path.exists() => Store::new(path),
+        Ok(false) => Store::keychain_or_file(path, item),
         _ => Store::keychain(path, item),
     }
 }

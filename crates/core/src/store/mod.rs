@@ -212,6 +212,9 @@ impl Kind {
 pub struct Store {
     path: PathBuf,
     item: Option<Keychain>,
+    /// `--store auto` chose the Keychain because neither store existed yet: a file that appears
+    /// at `path` is Claude Code's choice and wins (see [`Store::file_appeared`]).
+    file_may_appear: bool,
 }
 
 impl Store {
@@ -220,6 +223,7 @@ impl Store {
         Store {
             path: path.into(),
             item: None,
+            file_may_appear: false,
         }
     }
 
@@ -228,7 +232,28 @@ impl Store {
         Store {
             path: path.into(),
             item: Some(item),
+            file_may_appear: false,
         }
+    }
+
+    /// The Keychain store `--store auto` falls back to when neither store exists yet: it waits
+    /// for either, and the file wins if it is the one that appears.
+    pub fn keychain_or_file(path: impl Into<PathBuf>, item: Keychain) -> Self {
+        Store {
+            file_may_appear: true,
+            ..Store::keychain(path, item)
+        }
+    }
+
+    /// Whether this is a [`Store::keychain_or_file`] store.
+    pub fn may_become_file(&self) -> bool {
+        self.file_may_appear
+    }
+
+    /// For a store from [`Store::keychain_or_file`] whose item is still missing: the file store,
+    /// once a file exists at `path`.
+    pub fn file_appeared(&self) -> Option<Store> {
+        (self.file_may_appear && self.path.exists()).then(|| Store::new(self.path.clone()))
     }
 
     pub fn kind(&self) -> Kind {
@@ -392,7 +417,14 @@ impl Store {
     pub fn watched_files(&self) -> Option<Vec<PathBuf>> {
         match &self.item {
             None => Some(vec![self.path.clone(), self.target()]),
-            Some(item) => item.keychain_file().map(|f| vec![f]),
+            // Waiting for either store: the file's name is watched too.
+            Some(item) => item.keychain_file().map(|f| {
+                let mut files = vec![f];
+                if self.file_may_appear {
+                    files.push(self.path.clone());
+                }
+                files
+            }),
         }
     }
 }

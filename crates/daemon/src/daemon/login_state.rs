@@ -101,6 +101,8 @@ pub(super) struct LoginState<C: Clock> {
     seen_login: bool,
     /// The access token's expiry as last read.
     expires_at: Option<i64>,
+    /// The store changed kind (`--store auto` found the file): the loop must watch anew.
+    pub(super) needs_rearm: bool,
 }
 
 impl<C: Clock> LoginState<C> {
@@ -126,6 +128,7 @@ impl<C: Clock> LoginState<C> {
             outbox: Vec::new(),
             seen_login: false,
             expires_at: None,
+            needs_rearm: false,
         }
     }
 
@@ -339,6 +342,17 @@ impl<C: Clock> LoginState<C> {
                 self.reread_at = Some(Instant::now() + pause);
             }
             Err(StoreError::Missing { .. }) => {
+                // `--store auto` waiting for either store: a file that appears is the login.
+                if let Some(file) = self.store.file_appeared() {
+                    tracing::info!(
+                        "the login appeared in {}; using the file (--store auto)",
+                        file.place()
+                    );
+                    self.store = file;
+                    self.needs_rearm = true;
+                    self.known = None;
+                    return self.reread(true);
+                }
                 self.removed();
                 self.wait_for(Waiting::Missing);
             }

@@ -459,8 +459,15 @@ impl<C: Clock> Daemon<C> {
         exit::FAILURE
     }
 
-    /// Hands every login's notices to the user notifier (which never waits).
+    /// Hands every login's notices to the user notifier (which never waits), and watches anew
+    /// when a login's store changed kind.
     fn deliver(&mut self) {
+        if self.logins.iter().any(|l| l.needs_rearm) {
+            for login in &mut self.logins {
+                login.needs_rearm = false;
+            }
+            self.arm_watch();
+        }
         for login in &mut self.logins {
             for notice in login.outbox.drain(..) {
                 self.user.send(&notice);

@@ -51,7 +51,12 @@ pub fn watched_files(store: &Store) -> (Vec<PathBuf>, bool) {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_default();
-            (vec![home.join("Library/Keychains/login.keychain-db")], true)
+            let mut files = vec![home.join("Library/Keychains/login.keychain-db")];
+            // `--store auto` waiting for either store watches the file's name too.
+            if store.may_become_file() {
+                files.push(store.path().to_path_buf());
+            }
+            (files, true)
         }
     }
 }
