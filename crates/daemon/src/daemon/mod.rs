@@ -15,6 +15,7 @@ mod notify_systemd;
 pub mod notify_user;
 pub mod plan;
 mod told;
+mod trim;
 mod watch;
 
 use std::cell::{Cell, RefCell};
@@ -182,6 +183,7 @@ impl<C: Clock> Daemon<C> {
         }
         self.deliver();
         self.notifier.ready();
+        trim::release_startup_pages();
         let mut stopping = false;
         loop {
             if !stopping {
