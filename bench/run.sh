@@ -108,11 +108,12 @@ PID=$!
 sleep 2
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 t0=$(ticks); sleep 10; t1=$(ticks)
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 # Wake-ups: context switches of every thread over 65 s (the loop wakes at least once a
-# minute), 1 login vs 8.
+# minute), 1 login vs 8. The RSS is read after that window, so it includes what a wake-up
+# touches, not only what start-up left.
 switches() { cat /proc/"$1"/task/*/status | awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s += $2} END {print s}'; }
 w0=$(switches $PID); sleep 65; w1=$(switches $PID)
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 kill -TERM $PID; wait $PID || true
 
 # --- the idle daemon with 8 logins (one config directory each) --------------------------------
@@ -126,8 +127,8 @@ done
 PID=$!
 sleep 2
 t8_0=$(ticks); sleep 10; t8_1=$(ticks)
-rss8=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 w8_0=$(switches $PID); sleep 65; w8_1=$(switches $PID)
+rss8=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 kill -TERM $PID; wait $PID || true
 
 # --- report -----------------------------------------------------------------------------------
