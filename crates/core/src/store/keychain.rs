@@ -198,9 +198,16 @@ impl Keychain {
                 detail: String::new(),
             }),
             code => {
-                let said = String::from_utf8_lossy(&out.stderr);
-                let said = said.lines().next().unwrap_or("").trim();
-                let said: String = said.chars().take(200).collect();
+                // What `security` said helps, but a write's command line holds the value: its
+                // complaint about a write is never repeated, in case it quotes what it read.
+                let said = match action {
+                    "writing" => String::new(),
+                    _ => {
+                        let said = String::from_utf8_lossy(&out.stderr);
+                        let said = said.lines().next().unwrap_or("").trim().to_owned();
+                        said.chars().take(200).collect()
+                    }
+                };
                 Err(StoreError::KeychainUnavailable {
                     place,
                     locked: false,
