@@ -37,6 +37,15 @@ pub struct LockPaths {
 /// Claude Code derives them from its config directory, which is the file's directory made
 /// absolute lexically. `store::locate` already returns such a path; a relative one is made
 /// absolute here too, so `.credentials.json` can never lock `..lock`.
+/// Logs, once per wait, that a Claude Code lock is held.
+pub(crate) fn announce_wait(path: &Path, age: Duration) {
+    tracing::info!(
+        "waiting for {} (another refresher holds it; last touched {}s ago)",
+        path.display(),
+        age.as_secs()
+    );
+}
+
 pub fn lock_paths(credentials_path: &Path) -> LockPaths {
     let absolute = crate::store::absolute_lexically(credentials_path);
     let dir = absolute

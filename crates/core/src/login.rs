@@ -18,7 +18,6 @@ use crate::oauth::{
     ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient, TokenGrant,
 };
 use crate::profile::{self, Profile, ProfileError};
-use crate::refresh::read_settled;
 use crate::save::{self, Change};
 use crate::schedule::{
     Backoff, GrantRecord, boot_millis, epoch_millis, random_unit, token_fingerprint,
@@ -273,7 +272,7 @@ pub async fn save_login(
     let lock = store.lock(deadline).await.map_err(LoginError::Store)?;
     crate::refresh::tidy(store, &lock);
     // A malformed file is refused here, before the code is spent.
-    let base = match read_settled(store).await {
+    let base = match store.read_settled().await {
         Ok(snapshot) => Some(snapshot.doc),
         Err(StoreError::Missing { .. }) => None,
         Err(e) => return Err(LoginError::Store(e)),
@@ -386,7 +385,7 @@ pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreE
     let lock = store.lock(Instant::now().checked_add(budget)).await?;
     crate::refresh::tidy(store, &lock);
     // Refused early, with nothing taken: a malformed or missing file has no login to remove.
-    read_settled(store).await?;
+    store.read_settled().await?;
     let lock_paths = claude_locks::lock_paths(store.path());
     let pending = store.begin_write()?;
     match save::save(store, &lock, &lock_paths, &|| {}, pending, Change::Logout).await? {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::claude_locks::{self, LockPaths};
 use crate::credentials::{Credentials, TokenUpdate};
-use crate::refresh::read_settled;
 use crate::secret::Secret;
 use crate::store::{FileLock, PendingWrite, Store, StoreError};
 
@@ -76,7 +75,7 @@ pub async fn save(
         &lock_paths.storage_write,
         claude_locks::WRITE_STALE,
         Some(Instant::now() + WRITE_LOCK_WAIT),
-        &crate::refresh::announce_wait,
+        &claude_locks::announce_wait,
         keep_alive,
     )
     .await
@@ -92,7 +91,7 @@ pub async fn save(
     if let Some(held) = &write_lock {
         ledger.append_ledger(&claude_locks::ledger(&[held]));
     }
-    let current = read_settled(store).await;
+    let current = store.read_settled().await;
     match change {
         Change::Refresh { sent, grant, base } => {
             let mut doc = match current {

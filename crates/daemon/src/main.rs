@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod completions;
 mod daemon;
+mod exit;
 mod logging;
 mod login;
 mod service;
@@ -18,21 +19,6 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 
 use cli::{Cli, Command};
-
-/// The contract's exit codes.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// Status: the token has expired; other failures not listed below.
-    pub const FAILURE: u8 = 1;
-    /// Bad command line or setting (clap uses 2 as well).
-    pub const USAGE: u8 = 2;
-    /// Temporary failure after the retry budget: try again later (sysexits EX_TEMPFAIL).
-    pub const TEMPFAIL: u8 = 75;
-    /// A new login is needed (sysexits EX_NOPERM).
-    pub const LOGIN_NEEDED: u8 = 77;
-    /// The credentials file is missing, unreadable or malformed (sysexits EX_CONFIG).
-    pub const CONFIG: u8 = 78;
-}
 
 fn main() -> ExitCode {
     let cli = cli::parse();

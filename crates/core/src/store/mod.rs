@@ -30,6 +30,11 @@ pub use locate::{
 };
 pub use lockfile::FileLock;
 
+/// How many reads over about a second a document that fails to parse gets before it counts as
+/// malformed (see [`Store::read_settled`]).
+const SETTLE_TRIES: u32 = 5;
+const SETTLE_PAUSE: Duration = Duration::from_millis(200);
+
 /// The file mode the credentials file always has.
 pub const FILE_MODE: u32 = 0o600;
 /// The mode of a directory this program creates.
@@ -335,6 +340,21 @@ impl Store {
             fingerprint: fingerprint(&bytes),
             mode,
         })
+    }
+
+    /// Reads the store, re-reading a few times over about a second while it looks half-written
+    /// (a writer that rewrites in place, older Claude Code, may be half-way through).
+    pub async fn read_settled(&self) -> Result<Snapshot, StoreError> {
+        let mut tries = 1;
+        loop {
+            match self.read() {
+                Err(e) if e.may_be_mid_write() && tries < SETTLE_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(SETTLE_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Copies the store's bytes, unchanged, to `<target>.malformed-<UTC yyyymmddThhmmssZ>`

@@ -1,0 +1,189 @@
+//! Unit tests of the token endpoint's answers and of scrubbing.
+
+use super::transport::certificate_refused;
+use super::*;
+use proptest::prelude::*;
+use serde_json::Map;
+use std::time::UNIX_EPOCH;
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn answer(status: u16, body: &str) -> Result<TokenGrant, OAuthError> {
+    interpret_response(
+        &Answer {
+            status,
+            location: Some("https://elsewhere.example/token"),
+            retry_after: Some("12"),
+            body: body.as_bytes(),
+        },
+        at(1000),
+        at(1005),
+    )
+}
+
+#[test]
+fn full_response_sets_every_owned_field() {
+    let g = answer(
+        200,
+        r#"{"access_token":"sk-ant-oat01-new","refresh_token":"sk-ant-ort01-new",
+            "expires_in":28800,"refresh_token_expires_in":2592000,"scope":"user:inference  user:profile"}"#,
+    )
+    .unwrap();
+    assert_eq!(g.access_token.expose(), "sk-ant-oat01-new");
+    assert_eq!(g.refresh_token.unwrap().expose(), "sk-ant-ort01-new");
+    // Counted from the moment the request was sent, not when the answer arrived.
+    assert_eq!(g.expires_at, (1000 + 28800) * 1000);
+    assert_eq!(g.refresh_token_expires_at, Some((1000 + 2_592_000) * 1000));
+    assert_eq!(g.scopes.unwrap(), ["user:inference", "user:profile"]);
+}
+
+#[test]
+fn minimal_response_uses_defaults() {
+    let g = answer(200, r#"{"access_token":"a"}"#).unwrap();
+    assert!(g.refresh_token.is_none());
+    assert_eq!(g.expires_at, (1000 + 3600) * 1000);
+    assert!(g.refresh_token_expires_at.is_none());
+    assert!(g.scopes.is_none());
+    let g = answer(200, r#"{"access_token":"a","expires_in":"60"}"#).unwrap();
+    assert_eq!(g.expires_at, 1_060_000);
+}
+
+#[test]
+fn statuses_sort_into_transient_and_permanent() {
+    let cases: &[(u16, &str, bool)] = &[
+        (200, r#"{"token_type":"bearer"}"#, true),
+        (200, r#"{"access_token":""}"#, true),
+        (200, "<html>", true),
+        (408, "", true),
+        (429, "", true),
+        (500, "", true),
+        (503, r#"{"error":"overloaded"}"#, true),
+        (599, "", true),
+        (301, "", false),
+        (307, "", false),
+        (308, "", false),
+        (
+            400,
+            r#"{"error":"invalid_grant","error_description":"Refresh token not found or invalid"}"#,
+            false,
+        ),
+        (401, "", false),
+        (403, "", false),
+        (404, "", false),
+    ];
+    for (status, body, transient) in cases {
+        let err = answer(*status, body).unwrap_err();
+        assert_eq!(
+            err.is_transient(),
+            *transient,
+            "HTTP {status} {body}: {err}"
+        );
+    }
+}
+
+#[test]
+fn errors_say_what_happened() {
+    let err = answer(
+        400,
+        r#"{"error":"invalid_grant","error_description":"Refresh token not found"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        OAuthError::Permanent {
+            reason: "the token endpoint refused the request: HTTP 400: invalid_grant (Refresh token not found)".into(),
+            code: Some("invalid_grant".into()),
+        }
+    );
+    let err = answer(301, "").unwrap_err().to_string();
+    assert!(
+        err.contains("--token-url https://elsewhere.example/token"),
+        "{err}"
+    );
+    let err = answer(
+        429,
+        r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        OAuthError::Transient {
+            reason: "the token endpoint answered HTTP 429: rate_limit_error (slow down)".into(),
+            retry_after: Some(Duration::from_secs(12)),
+        }
+    );
+}
+
+#[test]
+fn scrub_masks_sent_secrets_and_token_shapes() {
+    let rt = Secret::new("sk-ant-ort01-short-but-sent-XYZW");
+    let long = "A".repeat(50);
+    let text = format!(
+        "echo sk-ant-ort01-short-but-sent-XYZW and {long}, id 9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+    );
+    let out = scrub(&text, &[&rt]);
+    assert!(!out.contains("short-but-sent"), "{out}");
+    assert!(!out.contains(&long), "{out}");
+    assert!(
+        out.contains("9d1c250a-e61b-44d9-88ed-5944d1962f5e"),
+        "a client id stays readable: {out}"
+    );
+}
+
+#[test]
+fn certificate_refusals_are_sorted_by_whether_waiting_helps() {
+    use rustls::CertificateError as C;
+    let detail = "invalid peer certificate";
+    for clock in [C::Expired, C::NotValidYet] {
+        let e = certificate_refused(&clock, detail);
+        assert!(e.is_transient(), "{clock:?}: {e}");
+        assert!(e.to_string().contains("clock"), "{e}");
+    }
+    for setting in [C::UnknownIssuer, C::NotValidForName, C::BadSignature] {
+        let e = certificate_refused(&setting, detail);
+        assert!(
+            matches!(e, OAuthError::Misdirected { .. }),
+            "{setting:?}: {e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("TLS certificate") && text.contains(CA_HINT),
+            "{text}"
+        );
+    }
+    assert!(
+        certificate_refused(&C::UnknownIssuer, detail)
+            .to_string()
+            .contains("not trusted")
+    );
+}
+
+proptest! {
+    /// Any answer is a grant or a sorted error; never a panic.
+    #[test]
+    fn interpret_never_panics(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..200), ra in proptest::option::of(".{0,30}")) {
+        let _ = interpret_response(
+            &Answer { status, location: None, retry_after: ra.as_deref(), body: &body },
+            at(0), at(0));
+    }
+
+    /// Well-formed JSON responses with arbitrary field values never panic either.
+    #[test]
+    fn parse_grant_never_panics(expires in any::<i64>(), rt_expires in any::<f64>(), scope in ".{0,40}") {
+        let mut map = Map::new();
+        map.insert("access_token".into(), "x".into());
+        map.insert("expires_in".into(), expires.into());
+        map.insert("refresh_token_expires_in".into(), json!(rt_expires));
+        map.insert("scope".into(), scope.into());
+        let g = parse_grant(&map, SystemTime::now()).unwrap();
+        prop_assert!(g.expires_at > 0);
+    }
+
+    #[test]
+    fn scrub_never_leaks_long_tokens(token in "[A-Za-z0-9_-]{40,80}", before in "[ :,]{0,3}[a-z ]{0,10}", after in "[ :,]{1,3}[a-z ]{0,10}") {
+        let out = scrub(&format!("{before}{token}{after}"), &[]);
+        prop_assert!(!out.contains(&token));
+    }
+}

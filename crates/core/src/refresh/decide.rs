@@ -1,0 +1,132 @@
+//! Deciding from a fresh read whether a refresh is needed: due (half-lifetime rule), held back
+//! by the 60 s floor, already done by another process, or impossible (no login, blank, no
+//! refresh token). Read under the lock, before and after Claude Code's locks are taken.
+
+use std::time::{Duration, SystemTime};
+
+use super::budget::format_duration_precise;
+use super::{Floor, Mode, Outcome, Policy, RefreshError};
+use crate::credentials::OAuthView;
+use crate::schedule::{GrantRecord, boot_millis, epoch_millis, next_refresh_at};
+use crate::store::{FileLock, Place, Snapshot, Store};
+
+/// The client id a refresh must use, and where it came from: the store's, when it names one
+/// (the token belongs to that client), else the setting.
+pub(super) fn client_id_for<'a>(
+    view: &'a OAuthView,
+    policy: &'a Policy,
+    place: &Place,
+) -> (&'a str, String) {
+    match view.client_id.as_deref().filter(|c| !c.trim().is_empty()) {
+        Some(id) => (id, format!("clientId in {place}")),
+        None => (&policy.client_id, policy.client_id_origin.clone()),
+    }
+}
+
+/// What the store says to do, read under the lock.
+pub(super) enum Decision {
+    Done(Outcome),
+    Refresh(Box<OAuthView>),
+}
+
+/// The record of our last grant, when the store still holds that grant.
+fn our_record(lock: &FileLock, view: &OAuthView) -> Option<GrantRecord> {
+    lock.grant_record()
+        .filter(|r| r.matches(view.refresh_token.as_ref()))
+}
+
+/// When the login in `view` is next due, given what the lock file records.
+pub fn next_at(view: &OAuthView, record: Option<&GrantRecord>, lead: Duration) -> i64 {
+    next_refresh_at(
+        view.expires_at,
+        view.refresh_token.as_ref(),
+        record,
+        lead,
+        epoch_millis(SystemTime::now()),
+        boot_millis(),
+    )
+}
+
+/// When the login in `snapshot` is next due, reading our grant record when the lock is free
+/// right now (the daemon's scheduling; never waits). A busy lock means someone is refreshing:
+/// the lead alone is used, and the attempt that follows reads the record under the lock.
+pub fn next_at_unlocked(store: &Store, view: &OAuthView, lead: Duration) -> i64 {
+    let record = match store.try_lock() {
+        Ok(Some(lock)) => lock.grant_record(),
+        _ => None,
+    };
+    next_at(view, record.as_ref(), lead)
+}
+
+/// Decides from a fresh read whether to refresh. Called again after waiting for Claude Code's
+/// locks, since whoever held them may have refreshed meanwhile.
+pub(super) fn decide(
+    snapshot: &Snapshot,
+    mode: &mut Mode,
+    policy: &Policy,
+    lock: &FileLock,
+    place: &Place,
+) -> Result<Decision, RefreshError> {
+    let view = snapshot
+        .doc
+        .oauth()
+        .expect("Credentials::parse validated the owned fields")
+        .ok_or(RefreshError::LoginNeeded {
+            place: place.clone(),
+            why: "the file has no claudeAiOauth login",
+        })?;
+    if view.is_logged_out() {
+        return Err(RefreshError::LoginNeeded {
+            place: place.clone(),
+            why: "the login in the file is blank (logged out)",
+        });
+    }
+    let record = our_record(lock, &view);
+    let now = epoch_millis(SystemTime::now());
+    match mode {
+        Mode::IfDue => {
+            let next_at = next_at(&view, record.as_ref(), policy.lead);
+            if now < next_at {
+                return Ok(Decision::Done(Outcome::Fresh {
+                    expires_at: view.expires_at,
+                    next_at,
+                }));
+            }
+        }
+        Mode::Force { expected, floor } => {
+            match expected {
+                Some(sent) if view.refresh_token.as_ref() != Some(sent) => {
+                    tracing::info!(
+                        "another process refreshed the token meanwhile; using its result"
+                    );
+                    return Ok(Decision::Done(Outcome::Adopted {
+                        expires_at: view.expires_at,
+                    }));
+                }
+                Some(_) => {}
+                None => *expected = view.refresh_token.clone(),
+            }
+            let left = record
+                .as_ref()
+                .map(|r| r.floor_left(boot_millis()))
+                .unwrap_or_default();
+            if *floor == Floor::Honour && !left.is_zero() {
+                tracing::info!(
+                    "the current tokens were obtained less than a minute ago; refreshing in {}",
+                    format_duration_precise(left)
+                );
+                return Ok(Decision::Done(Outcome::Fresh {
+                    expires_at: view.expires_at,
+                    next_at: now.saturating_add(crate::schedule::millis_i64(left)),
+                }));
+            }
+        }
+    }
+    if view.usable_refresh_token().is_none() {
+        return Err(RefreshError::LoginNeeded {
+            place: place.clone(),
+            why: "the login has no refresh token, so it cannot be renewed",
+        });
+    }
+    Ok(Decision::Refresh(Box::new(view)))
+}
