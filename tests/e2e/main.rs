@@ -18,6 +18,7 @@ mod notify;
 mod refresh;
 mod safety;
 mod settings;
+mod spent;
 mod status;
 mod suspects;
 mod token;

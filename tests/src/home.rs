@@ -178,6 +178,14 @@ pub fn write_raw_at(path: &Path, bytes: &[u8]) {
         .expect("chmod 600");
 }
 
+/// The fingerprint the program's lock file names a refresh token by (its records hold this,
+/// never a token): the first 8 bytes of the token's SHA-256, in hex.
+pub fn token_fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Reads a JSON file (panics with the text when it does not parse).
 pub fn read_json(path: &Path) -> Value {
     let text =

@@ -131,6 +131,20 @@ impl Cmd {
         self
     }
 
+    /// Runs the binary under this umask (as a shell's `umask` would set it).
+    pub fn umask(mut self, mask: u32) -> Cmd {
+        use std::os::unix::process::CommandExt;
+        self.shown.insert(0, format!("(umask {mask:03o})"));
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.
+        unsafe {
+            self.command.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
+        self
+    }
+
     pub fn timeout(mut self, d: Duration) -> Cmd {
         self.timeout = d;
         self

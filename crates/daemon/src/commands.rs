@@ -186,7 +186,8 @@ pub fn exit_code(e: &RefreshError) -> u8 {
         RefreshError::Store(
             StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },
         )
-        | RefreshError::Transient { .. } => exit::TEMPFAIL,
+        | RefreshError::Transient { .. }
+        | RefreshError::SpentElsewhere { .. } => exit::TEMPFAIL,
         RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. } => exit::LOGIN_NEEDED,
         RefreshError::Store(StoreError::Lock { .. } | StoreError::Write { .. })
         | RefreshError::SaveFailed { .. }

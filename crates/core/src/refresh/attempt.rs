@@ -16,7 +16,7 @@ use crate::schedule::{
 use crate::seams;
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{Place, Store, StoreError};
+use crate::store::{Place, SpentRecord, Store, StoreError};
 
 /// New tokens the server issued that are not saved yet, with what their save needs. While a
 /// [`Refresher`] holds one, it never sends a request: the refresh token in the store is spent.
@@ -101,6 +101,16 @@ impl Refresher {
         } else {
             None
         };
+        // A spent token is spent for every process: another claude-tokend that sent this very
+        // refresh token and still lives holds the only answer the server gives for it (a save
+        // that failed leaves the store showing the old token meanwhile). Sending it again
+        // would be a reuse. Read under the flock, so the record is the sender's last word.
+        if let Some(view) = &view
+            && let Some(token) = view.usable_refresh_token()
+            && let Some(pid) = lock.spent_record().and_then(|r| r.holder_of(token))
+        {
+            return Err(RefreshError::SpentElsewhere { place, pid });
+        }
         // Before the request: if the new tokens could not be saved, the old refresh token must
         // not be spent. (With a grant in hand, a failure here is one more failed save.)
         let pending = store.begin_write().map_err(|e| match self.in_hand {
@@ -132,6 +142,9 @@ impl Refresher {
                     .map(|s| s.join(" ")),
             };
             tracing::info!(refresh_token = %refresh_token, "refreshing");
+            // From here until the answer is saved (or the request failed), the lock file says
+            // which process spent this token (see the check above).
+            lock.set_spent_record(Some(&SpentRecord::this_process(&refresh_token)));
             let (sent_wall, sent_boot) = (epoch_millis(SystemTime::now()), boot_millis());
             observe(Step::RequestSent);
             seams::crash_in_flight("request-sent");
@@ -142,6 +155,10 @@ impl Refresher {
                 Ok(grant) => grant,
                 Err(error) => {
                     drop(pending);
+                    // No grant came back, so this process holds no answer that another
+                    // could spoil: whether or not the server spent the token, this process
+                    // would send it again itself, and so may another.
+                    lock.set_spent_record(None);
                     return failed(store, &place, error, &refresh_token, client_id, origin).await;
                 }
             };
@@ -178,6 +195,9 @@ impl Refresher {
         )
         .await
         .map_err(|source| RefreshError::SaveFailed { source })?;
+        // The answer is saved, or the store no longer holds the token it answers (another
+        // writer, a logout): either way the spent token is nobody's to protect any more.
+        lock.set_spent_record(None);
         let in_hand = self.in_hand.take().expect("a grant is in hand here");
         match saved {
             Saved::Written {

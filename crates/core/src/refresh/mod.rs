@@ -135,6 +135,10 @@ pub enum RefreshError {
     /// The server issued new tokens but they could not be saved (yet). The [`Refresher`] keeps
     /// them; its next attempt retries the save, never the request.
     SaveFailed { source: StoreError },
+    /// Another live claude-tokend (`pid`) sent the store's refresh token and has not saved
+    /// the answer yet: nothing was sent. Temporary: that process saves it, or dies and its
+    /// record no longer holds.
+    SpentElsewhere { place: Place, pid: u32 },
 }
 
 impl RefreshError {
@@ -183,6 +187,13 @@ impl fmt::Display for RefreshError {
                  refresh token is spent, so the login may be lost: fix the problem (disk space, \
                  permissions) and, if Claude Code then reports that you are logged out, run \
                  `claude-tokend login`"
+            ),
+            RefreshError::SpentElsewhere { place, pid } => write!(
+                f,
+                "another claude-tokend (pid {pid}) spent the refresh token in {place} and has \
+                 not saved the answer yet, so it was not sent again (that would be a reuse the \
+                 server may punish with a logout); nothing was sent: try again later, once that \
+                 process has saved the new tokens or has ended"
             ),
         }
     }

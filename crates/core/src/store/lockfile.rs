@@ -1,7 +1,11 @@
 //! This program's own cross-process lock: an exclusive `flock` on a sibling lock file that is
-//! never renamed or removed, so every process that opens it locks the same inode. The file's
-//! text is private state shared by whoever holds the lock in turn: the grant record behind the
-//! 60 s floor, and the ledger of Claude Code lock directories held (crash recovery).
+//! never renamed or removed (nothing in this program deletes it), so every process that opens
+//! it locks the same inode. The file's text is private state shared by whoever holds the lock in
+//! turn, one record per line: the grant record behind the 60 s floor, the spent-token record
+//! (a refresh token sent whose answer is not saved yet, and by which process), the account
+//! record (the email of this program's own login while the store descends from it), and the
+//! ledger of Claude Code lock directories held (crash recovery). A line this version does not
+//! know is kept as it is, so a newer version's records survive an older one's writes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -9,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::records::{AccountRecord, SpentRecord};
 use super::{FILE_MODE, Place, StoreError};
 use crate::schedule::GrantRecord;
 
@@ -32,6 +37,7 @@ pub(super) fn try_lock(path: &Path, place: &Place) -> Result<Option<FileLock>, S
                 source,
             },
         })?;
+    keep_private(&file);
     match file.try_lock() {
         Ok(()) => Ok(Some(FileLock { file })),
         Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -67,6 +73,30 @@ pub(super) async fn lock(
     }
 }
 
+/// Gives the lock file the mode the contract promises (0600) when it has another: the umask can
+/// only take bits away at creation (0400 would lock every later writer out), and a file made
+/// by hand may have more.
+fn keep_private(file: &File) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o777 != FILE_MODE
+    {
+        let _ = file.set_permissions(fs::Permissions::from_mode(FILE_MODE));
+    }
+}
+
+/// The lock file's text without taking the lock (and without creating the file): for `status`,
+/// which must stay as cheap as a read. A writer may be half-way through; every record is
+/// checked as it is read, so the worst case is a record missed.
+pub(super) fn peek(path: &Path) -> Records {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(64 * 1024).read_to_string(&mut text);
+    }
+    Records::parse(&text)
+}
+
 /// Held while the exclusive lock is held; dropping it closes the file, which releases the lock.
 #[derive(Debug)]
 pub struct FileLock {
@@ -75,9 +105,6 @@ pub struct FileLock {
 
 impl FileLock {
     /// The lock file's text. Whoever holds the lock may read it: the previous holder is gone.
-    /// It holds two things: the [`GrantRecord`] of the last grant this program obtained (one
-    /// line), and the ledger of Claude Code lock directories held (see `claude_locks::ledger`):
-    /// a ledger the last holder did not clear means it died holding them.
     fn read_raw(&self) -> String {
         use std::io::{Read, Seek};
         let mut text = String::new();
@@ -101,54 +128,153 @@ impl FileLock {
         let _ = f.set_len(text.len() as u64);
     }
 
-    /// Splits the text into the grant record and the ledger lines.
-    fn parts(&self) -> (Option<GrantRecord>, String) {
-        let mut record = None;
-        let mut ledger = String::new();
-        for line in self.read_raw().lines() {
-            match GrantRecord::from_line(line) {
-                Some(r) => record = Some(r),
-                None if !line.is_empty() => {
-                    ledger.push_str(line);
-                    ledger.push('\n');
-                }
-                None => {}
-            }
-        }
-        (record, ledger)
+    fn records(&self) -> Records {
+        Records::parse(&self.read_raw())
     }
 
-    fn write_parts(&self, record: Option<&GrantRecord>, ledger: &str) {
-        let mut text = record.map(GrantRecord::to_line).unwrap_or_default();
-        text.push_str(ledger);
-        self.write_raw(&text);
+    /// Changes one part of the text; every other line stays as it was.
+    fn edit(&self, change: impl FnOnce(&mut Records)) {
+        let mut records = self.records();
+        change(&mut records);
+        self.write_raw(&records.render());
     }
 
     /// The ledger of Claude Code lock directories the last holder held.
     pub fn ledger(&self) -> String {
-        self.parts().1
+        self.records().ledger
     }
 
-    /// Replaces the ledger; the grant record stays.
+    /// Replaces the ledger; the other records stay.
     pub fn set_ledger(&self, ledger: &str) {
-        let (record, _) = self.parts();
-        self.write_parts(record.as_ref(), ledger);
+        self.edit(|r| r.ledger = ledger.to_owned());
     }
 
     /// Adds to the ledger.
     pub fn append_ledger(&self, more: &str) {
-        let (record, ledger) = self.parts();
-        self.write_parts(record.as_ref(), &(ledger + more));
+        self.edit(|r| r.ledger.push_str(more));
     }
 
     /// The record of the last grant this program obtained for this store.
     pub fn grant_record(&self) -> Option<GrantRecord> {
-        self.parts().0
+        self.records().grant
     }
 
-    /// Replaces the grant record; the ledger stays.
+    /// Replaces the grant record; the other records stay.
     pub fn set_grant_record(&self, record: &GrantRecord) {
-        let (_, ledger) = self.parts();
-        self.write_parts(Some(record), &ledger);
+        self.edit(|r| r.grant = Some(record.clone()));
+    }
+
+    /// The refresh token a process sent and has not saved the answer of yet, if any.
+    pub fn spent_record(&self) -> Option<SpentRecord> {
+        self.records().spent
+    }
+
+    /// Records (or, with `None`, clears) the refresh token being spent.
+    pub fn set_spent_record(&self, record: Option<&SpentRecord>) {
+        self.edit(|r| r.spent = record.cloned());
+    }
+
+    /// The account of this program's own last login, if one was recorded.
+    pub fn account_record(&self) -> Option<AccountRecord> {
+        self.records().account
+    }
+
+    /// Records (or, with `None`, clears) the account of this program's own login.
+    pub fn set_account_record(&self, record: Option<&AccountRecord>) {
+        self.edit(|r| r.account = record.cloned());
+    }
+}
+
+/// The lock file's text, read into its records. Rendered back in a fixed order, with the lines
+/// no record claims (another version's) kept as they were.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    pub grant: Option<GrantRecord>,
+    pub spent: Option<SpentRecord>,
+    pub account: Option<AccountRecord>,
+    /// Lines of Claude Code lock directories held (`<path>\t<dev>\t<ino>\t<birth>`), each with
+    /// its newline.
+    pub ledger: String,
+    /// Lines this version does not know, without their newlines.
+    pub other: Vec<String>,
+}
+
+impl Records {
+    pub fn parse(text: &str) -> Records {
+        let mut r = Records::default();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(g) = GrantRecord::from_line(line) {
+                r.grant = Some(g);
+            } else if let Some(s) = SpentRecord::from_line(line) {
+                r.spent = Some(s);
+            } else if let Some(a) = AccountRecord::from_line(line) {
+                r.account = Some(a);
+            } else if is_ledger_line(line) {
+                r.ledger.push_str(line);
+                r.ledger.push('\n');
+            } else {
+                r.other.push(line.to_owned());
+            }
+        }
+        r
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Some(g) = &self.grant {
+            text.push_str(&g.to_line());
+        }
+        if let Some(s) = &self.spent {
+            text.push_str(&s.to_line());
+        }
+        if let Some(a) = &self.account {
+            text.push_str(&a.to_line());
+        }
+        for line in &self.other {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(&self.ledger);
+        text
+    }
+}
+
+/// A ledger line names a lock directory by its absolute path, then tab-separated identity
+/// fields (see `claude_locks::ledger`); no record line holds a tab.
+fn is_ledger_line(line: &str) -> bool {
+    line.starts_with('/') && line.contains('\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::token_fingerprint;
+    use crate::secret::Secret;
+
+    #[test]
+    fn records_round_trip_and_unknown_lines_are_kept() {
+        let r = Records {
+            grant: Some(GrantRecord {
+                obtained_at: 1,
+                obtained_boot: 2,
+                lifetime_ms: 3,
+                token: token_fingerprint(&Secret::new("a")),
+            }),
+            spent: Some(SpentRecord {
+                token: token_fingerprint(&Secret::new("b")),
+                pid: 42,
+                started: Some(7),
+            }),
+            account: AccountRecord::new(&Secret::new("c"), "ada lovelace@example.test"),
+            ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\n".into(),
+            other: vec!["future 1 2 3".into(), "spent nothex 1 -".into()],
+        };
+        let text = r.render();
+        assert_eq!(Records::parse(&text), r, "{text}");
+        assert_eq!(Records::parse(&text).render(), text);
+        assert_eq!(Records::parse(""), Records::default());
+        // An older version's text: a grant record and a ledger, nothing else.
+        let old = "grant 1 2 3 0123456789abcdef\n/x.lock\t1\t2\t3\n";
+        assert_eq!(Records::parse(old).render(), old);
     }
 }

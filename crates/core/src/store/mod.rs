@@ -13,6 +13,8 @@ mod file;
 mod keychain;
 mod locate;
 mod lockfile;
+pub mod process;
+mod records;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -28,7 +30,8 @@ pub use locate::{
     FALLBACK_ACCOUNT, FILE_NAME, KEYCHAIN_SERVICE, LocateEnv, NoHomeError, Origin,
     absolute_lexically, keychain_account, keychain_service, locate, resolve_symlinks,
 };
-pub use lockfile::FileLock;
+pub use lockfile::{FileLock, Records};
+pub use records::{AccountRecord, SpentRecord};
 
 /// How many reads over about a second a document that fails to parse gets before it counts as
 /// malformed (see [`Store::read_settled`]).
@@ -411,6 +414,12 @@ impl Store {
             self.ensure_dir()?;
         }
         lockfile::lock(&self.lock_path(), &self.place(), deadline).await
+    }
+
+    /// What the lock file records, read without taking the lock and without creating the file
+    /// (for `status`, which must stay as cheap as a read); empty when there is none.
+    pub fn peek_records(&self) -> Records {
+        lockfile::peek(&self.lock_path())
     }
 
     /// Removes temp files a crashed writer left. Taking the held lock as an argument is the
