@@ -10,7 +10,8 @@
 //! - `naming`: the service suffix and the account;
 //! - `commands`: status, login, logout, `--store auto` on Linux;
 //! - `daemon`: the daemon on the item, noticing outside writes without polling;
-//! - `auto`: `--store auto` deciding as on macOS (through a debug-only seam).
+//! - `auto`: `--store auto` deciding as on macOS (through a debug-only seam);
+//! - `too_big`: an item too big for `security`'s command line, refused before any request.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -28,6 +29,7 @@ mod fake;
 mod locks;
 mod naming;
 mod refresh;
+mod too_big;
 
 /// Generous bounds: the machine is shared and slow; a passing run takes a fraction of these.
 pub(crate) const SOON: Duration = Duration::from_secs(15);

@@ -181,7 +181,8 @@ pub fn exit_code(e: &RefreshError) -> u8 {
         RefreshError::Store(
             StoreError::Missing { .. }
             | StoreError::Unreadable { .. }
-            | StoreError::Malformed { .. },
+            | StoreError::Malformed { .. }
+            | StoreError::TooBig { .. },
         ) => exit::CONFIG,
         RefreshError::Store(
             StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },

@@ -111,6 +111,11 @@ impl Refresher {
         {
             return Err(RefreshError::SpentElsewhere { place, pid });
         }
+        // The Keychain: check before spending. A document `security` could not be given
+        // whole would fail every save after the token is spent.
+        if let Some(snapshot) = &snapshot {
+            store.check_room(&snapshot.doc)?;
+        }
         // Before the request: if the new tokens could not be saved, the old refresh token must
         // not be spent. (With a grant in hand, a failure here is one more failed save.)
         let pending = store.begin_write().map_err(|e| match self.in_hand {

@@ -184,9 +184,14 @@ impl fmt::Display for RefreshError {
             RefreshError::SaveFailed { source } => write!(
                 f,
                 "the server issued new tokens, but they could not be saved: {source}. The old \
-                 refresh token is spent, so the login may be lost: fix the problem (disk space, \
-                 permissions) and, if Claude Code then reports that you are logged out, run \
-                 `claude-tokend login`"
+                 refresh token is spent, so the login may be lost: fix the problem ({}) and, if \
+                 Claude Code then reports that you are logged out, run `claude-tokend login`",
+                match source.concerns_keychain() {
+                    true =>
+                        "for the Keychain: unlock it with `security unlock-keychain`, \
+                             or make the item smaller",
+                    false => "disk space, permissions",
+                }
             ),
             RefreshError::SpentElsewhere { place, pid } => write!(
                 f,

@@ -20,6 +20,13 @@ const LOCKED: i32 = 36;
 /// bytes and a longer line is cut, the rest running as a second command; Claude Code keeps a
 /// margin below that, and so does this program. Longer values go in argv.
 pub const MAX_INTERACTIVE_LINE: usize = 4032;
+/// How much a refresh may grow the document, generously: tokens longer than the ones stored,
+/// and the fields a grant may add (`refreshTokenExpiresAt`, `scopes`). The check before a
+/// request judges the document as it would be with this much more.
+pub const GROWTH_ALLOWANCE: usize = 4096;
+/// Room kept free below the system's argument limits: `posix_spawn`'s own bookkeeping, and an
+/// environment that may change a little before `security` is started.
+const ARGV_MARGIN: usize = 4096;
 /// How long one `security` run may take. A keychain that shows a GUI prompt nobody answers
 /// (an agent outside a login session) would otherwise hang the daemon.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,6 +130,60 @@ impl Keychain {
         Ok(())
     }
 
+    /// Checks, before a request spends a refresh token, that a document of `len` bytes (the
+    /// current one with [`GROWTH_ALLOWANCE`] added) can be written the way [`write`](Self::write)
+    /// writes it: on `security -i`'s stdin, or else as arguments, which the kernel refuses
+    /// (E2BIG) past the limit on one argument (Linux: 128 KiB) or on all of them with the
+    /// environment (`ARG_MAX`). A document too big is refused here, while nothing is spent.
+    pub(super) fn check_room(&self, len: usize) -> Result<(), StoreError> {
+        let hex = len.saturating_add(GROWTH_ALLOWANCE).saturating_mul(2);
+        let quoted = |s: &str| s.len() + s.matches(['"', '\\']).count() + 2;
+        // Everything but the hex: the names are short, and nothing below can overflow.
+        let words = "add-generic-password -U -a  -s  -X \"\"".len()
+            + quoted(&self.account)
+            + quoted(&self.service);
+        if hex.saturating_add(words) <= MAX_INTERACTIVE_LINE {
+            return Ok(());
+        }
+        let args = [
+            "security",
+            "add-generic-password",
+            "-U",
+            "-a",
+            &self.account,
+            "-s",
+            &self.service,
+            "-X",
+        ];
+        let limits = argv_limits();
+        let pointer = std::mem::size_of::<usize>();
+        let env: usize = std::env::vars_os()
+            .map(|(k, v)| k.len() + v.len() + 2 + pointer)
+            .sum();
+        // All but the hex argument: the other strings with their NULs, the environment, the
+        // pointers (argv's and envp's, with their NULL ends), the hex's NUL and a margin.
+        let besides_hex = args.iter().map(|a| a.len() + 1).sum::<usize>()
+            + env
+            + (args.len() + 3) * pointer
+            + 1
+            + ARGV_MARGIN;
+        // The hex argument and its NUL must fit in one argument, and everything in all.
+        let fits_one = limits.one.is_none_or(|one| hex < one);
+        if fits_one && hex.saturating_add(besides_hex) <= limits.all {
+            return Ok(());
+        }
+        // The largest document that fits, for the message: the tighter of the two limits.
+        let by_all = limits.all.saturating_sub(besides_hex) / 2;
+        let by_one = limits
+            .one
+            .map_or(usize::MAX, |one| one.saturating_sub(1) / 2);
+        Err(StoreError::TooBig {
+            place: self.place(),
+            size: len,
+            limit: by_all.min(by_one).saturating_sub(GROWTH_ALLOWANCE),
+        })
+    }
+
     /// Deletes the item (a logout that removed its only key).
     pub(super) fn delete(&self) -> Result<(), StoreError> {
         self.run(
@@ -161,6 +222,17 @@ impl Keychain {
             .spawn();
         let mut child = match spawned {
             Ok(c) => c,
+            // Arguments past the system's limit: a write too big for `security`'s command line
+            // (the check before a request should have refused it). Not transient: it will
+            // fail the same way until the document shrinks.
+            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                let size = args.last().map_or(0, |hex| hex.len() / 2);
+                return Err(StoreError::TooBig {
+                    place,
+                    size,
+                    limit: argv_limits().one.unwrap_or(argv_limits().all) / 2,
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::Unreadable {
                     place,
@@ -224,6 +296,38 @@ impl Keychain {
             }
         }
     }
+}
+
+/// The kernel's limits on the arguments (and environment) a program is started with.
+struct ArgvLimits {
+    /// One argument, with its NUL (Linux's MAX_ARG_STRLEN, 32 pages); `None` where there is no
+    /// such limit (macOS).
+    one: Option<usize>,
+    /// All arguments and the environment, with their NULs and pointers (`ARG_MAX`).
+    all: usize,
+}
+
+fn argv_limits() -> ArgvLimits {
+    // SAFETY: sysconf only reads a system setting.
+    let (arg_max, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_ARG_MAX),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    // POSIX's minimum ARG_MAX when the system will not say.
+    let all = usize::try_from(arg_max)
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or(4096);
+    let one = cfg!(any(target_os = "linux", target_os = "android")).then(|| {
+        usize::try_from(page)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(4096)
+            * 32
+    });
+    ArgvLimits { one, all }
 }
 
 /// Waits for `child` and collects its output, killing it after `limit`. The output is read on
@@ -323,6 +427,33 @@ mod tests {
             r#"add-generic-password -U -a "u" -s "Claude Code-credentials" -X "7b7d""#
         );
         assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn the_room_check_refuses_only_what_security_cannot_be_given() {
+        let item = Keychain {
+            service: "Claude Code-credentials".into(),
+            account: "u".into(),
+        };
+        let too_big = |len: usize| matches!(item.check_room(len), Err(StoreError::TooBig { .. }));
+        // Stdin, then argv well within every system's limits.
+        for len in [0, 100, 1_900, 20_000] {
+            assert!(item.check_room(len).is_ok(), "{len}");
+        }
+        // Past any ARG_MAX there is.
+        assert!(too_big(64 * 1024 * 1024));
+        // Linux: one argument holds at most 32 pages, so 200 KB of hex is too many.
+        if cfg!(target_os = "linux") {
+            assert!(too_big(100_000));
+            assert!(!too_big(50_000));
+        }
+        match item.check_room(usize::MAX) {
+            Err(StoreError::TooBig { size, limit, .. }) => {
+                assert_eq!(size, usize::MAX, "saturated, no panic");
+                assert!(limit < 64 * 1024 * 1024);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

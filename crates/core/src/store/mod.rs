@@ -95,6 +95,15 @@ pub enum StoreError {
         stage: &'static str,
         source: io::Error,
     },
+    /// The document, with room for new tokens, is too big to be written the way this store
+    /// writes it (a Keychain item past what `security` can be given as arguments). Found before
+    /// a request, so nothing was spent; it stays so until the document shrinks. `size` and
+    /// `limit` are bytes of JSON.
+    TooBig {
+        place: Place,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl StoreError {
@@ -107,6 +116,20 @@ impl StoreError {
                 ..
             }
         )
+    }
+
+    /// Whether the failure is the Keychain's (its advice is not the file's: no disk space to
+    /// free, no permissions to fix).
+    pub fn concerns_keychain(&self) -> bool {
+        match self {
+            StoreError::KeychainUnavailable { .. } | StoreError::TooBig { .. } => true,
+            StoreError::Missing { place }
+            | StoreError::Unreadable { place, .. }
+            | StoreError::Malformed { place, .. } => matches!(place, Place::Item { .. }),
+            StoreError::Lock { .. } | StoreError::LockTimeout { .. } | StoreError::Write { .. } => {
+                false
+            }
+        }
     }
 
     /// A failure worth retrying with backoff (a locked or busy keychain).
@@ -164,6 +187,14 @@ impl fmt::Display for StoreError {
                 stage,
                 source,
             } => write!(f, "cannot write {} ({stage}): {source}", path.display()),
+            StoreError::TooBig { place, size, limit } => write!(
+                f,
+                "{place} holds {size} bytes, but `security` can be given at most about {limit} \
+                 here (with room left for new tokens), so new tokens could not be saved into it: \
+                 nothing was sent, and the refresh token is unspent. Make the item smaller by \
+                 removing the tokens of MCP servers you no longer use (the entries under \
+                 `mcpOAuth`), or keep this login in a file instead (--store file)"
+            ),
         }
     }
 }
@@ -428,6 +459,16 @@ impl Store {
         if self.item.is_none() {
             let (dir, prefix) = file::temp_location(&self.target());
             file::remove_stale_temps(&dir, &prefix);
+        }
+    }
+
+    /// Checks, before a request, that `doc` with room for new tokens can be written back the
+    /// way this store writes it (a Keychain item has a size limit; a file has none worth
+    /// checking here: `begin_write` reserves its room). Refusing now spends nothing.
+    pub fn check_room(&self, doc: &Credentials) -> Result<(), StoreError> {
+        match &self.item {
+            None => Ok(()),
+            Some(item) => item.check_room(doc.to_compact_bytes().len()),
         }
     }
 

@@ -553,6 +553,12 @@ impl<C: Clock> LoginState<C> {
                 self.known = None;
                 self.wait_for(Waiting::Malformed(e.to_string()));
             }
+            // Too big to write back, found before any request: it stays so until the store
+            // changes, so wait for that rather than retry.
+            Err(RefreshError::Store(e @ StoreError::TooBig { .. })) => {
+                self.note_store();
+                self.wait_for(Waiting::Unreadable(e.to_string()));
+            }
             Err(e @ RefreshError::SaveFailed { .. }) => {
                 tracing::error!("{e}");
                 self.back_off(&e, Backoff::SAVE);
