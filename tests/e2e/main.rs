@@ -15,6 +15,7 @@ mod login;
 mod login_profile;
 mod many;
 mod notify;
+mod one_store;
 mod refresh;
 mod safety;
 mod settings;

@@ -131,6 +131,14 @@ impl Cmd {
         self
     }
 
+    /// Runs the binary in `dir` (relative paths on its command line are taken from there).
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Cmd {
+        self.shown
+            .insert(0, format!("(cd {})", dir.as_ref().display()));
+        self.command.current_dir(dir);
+        self
+    }
+
     /// Runs the binary under this umask (as a shell's `umask` would set it).
     pub fn umask(mut self, mask: u32) -> Cmd {
         use std::os::unix::process::CommandExt;

@@ -302,11 +302,12 @@ impl Store {
         }
     }
 
-    /// Whether `other` is this very store (the same file, through any symlink, or the same
-    /// Keychain item): two names for one login are one login.
+    /// Whether `other` is this very store (the same file, however it is reached: a symlinked
+    /// file or directory, `..`, a relative name; or the same Keychain item): two names for one
+    /// login are one login.
     pub fn same_store(&self, other: &Store) -> bool {
         match (&self.item, &other.item) {
-            (None, None) => self.path == other.path || self.target() == other.target(),
+            (None, None) => self.path == other.path || same_file(&self.target(), &other.target()),
             (Some(a), Some(b)) => a == b,
             _ => false,
         }
@@ -496,6 +497,21 @@ impl Store {
                 files
             }),
         }
+    }
+}
+
+/// Whether two paths reach one file, judged by what the system says rather than by spelling:
+/// the file's device and inode when both exist; else (no login yet) the directory's device and
+/// inode and the same file name; else, with nothing to ask, the paths themselves.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if let (Some(x), Some(y)) = (id(a), id(b)) {
+        return x == y;
+    }
+    match (a.parent().and_then(&id), b.parent().and_then(&id)) {
+        (Some(x), Some(y)) => x == y && a.file_name() == b.file_name(),
+        _ => a == b,
     }
 }
 
