@@ -227,3 +227,97 @@ fn status_ignores_a_missing_or_malformed_claude_json() {
         );
     }
 }
+
+/// `status --json`'s account: (email, emailSource).
+fn account_of(home: &TempHome) -> (Value, Value) {
+    let out = Cmd::new(home).args(["status", "--json"]).run();
+    let parsed: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e})\n{}", out.context()));
+    (parsed["email"].clone(), parsed["emailSource"].clone())
+}
+
+/// "The account `status` shows is the stored login's": after `claude-tokend login` as another
+/// account than Claude Code's config names, `status` shows the email the login printed, and
+/// keeps showing it after this program's own refreshes; once another writer replaces the
+/// refresh token (Claude Code's own refresh, say), it shows Claude Code's, labelled as such.
+#[test]
+fn status_shows_the_account_of_our_own_login_while_the_login_descends_from_it() {
+    use crate::login::{CC_SCOPES, MANUAL_REDIRECT, authorize, start_login};
+    let home = TempHome::new();
+    write_creds_at(
+        &home.path().join(".claude.json"),
+        &claude_json("claude-code@example.test"),
+    );
+    let server = TokenServer::start();
+    server.set_profile(Reply::profile("ours@example.test", "claude_max", "tier"));
+    let mut run = start_login(&home, &server, &[]);
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
+    run.paste(&format!("{code}#{state}"));
+    let login = run.finish();
+    login.expect_code(0).check(
+        login.stdout.contains("ours@example.test"),
+        "login printed the email",
+    );
+    let ours = (Value::from("ours@example.test"), Value::from("login"));
+    login.check_eq("after the login", account_of(&home), ours.clone());
+    let text = Cmd::new(&home).arg("status").run();
+    text.expect_code(0)
+        .check(
+            text.stdout.contains("ours@example.test"),
+            "the text shows our login's email",
+        )
+        .check(
+            !text.stdout.contains("claude-code@example.test"),
+            "the text shows Claude Code's email",
+        );
+
+    // Our own refreshes: the login still descends from ours.
+    for _ in 0..2 {
+        Cmd::new(&home)
+            .env("CLAUDE_TOKEND_TOKEN_URL", server.url())
+            .arg("refresh")
+            .run()
+            .expect_code(0);
+    }
+    login
+        .check_eq("refreshes made", server.count(), 3)
+        .check_eq("after our refreshes", account_of(&home), ours);
+
+    // Another writer's refresh ends the descent.
+    let mut doc = home.read_creds();
+    doc["claudeAiOauth"]["refreshToken"] = Value::from(fake_refresh());
+    replace_atomically(&home.creds_path(), &doc);
+    login.check_eq(
+        "after another writer's refresh",
+        account_of(&home),
+        (
+            Value::from("claude-code@example.test"),
+            Value::from("claude-code"),
+        ),
+    );
+    let text = Cmd::new(&home).arg("status").run();
+    text.check(
+        text.stdout.contains("claude-code@example.test") && text.stdout.contains("Claude Code"),
+        "the text labels Claude Code's email as Claude Code's",
+    );
+}
+
+#[test]
+fn status_json_says_where_the_email_comes_from_or_null() {
+    let login = Login::fresh();
+    let (home, _server) = setup(&login);
+    check_eq(
+        "no email anywhere",
+        account_of(&home),
+        (Value::Null, Value::Null),
+    );
+    write_creds_at(
+        &home.path().join(".claude.json"),
+        &claude_json("ada@example.test"),
+    );
+    check_eq(
+        "Claude Code's",
+        account_of(&home),
+        (Value::from("ada@example.test"), Value::from("claude-code")),
+    );
+}

@@ -24,7 +24,7 @@ use crate::schedule::{
 };
 use crate::secret::Secret;
 use crate::settings::Url;
-use crate::store::{Store, StoreError};
+use crate::store::{AccountRecord, Store, StoreError};
 
 /// The scopes a normal login asks for: Claude Code 2.1.332's own. A login with fewer (the seed's
 /// three) works for inference, but Claude Code then finds no plan for it and treats it as a
@@ -340,6 +340,15 @@ pub async fn save_login(
     save::save(store, &lock, &lock_paths, &|| {}, pending, change)
         .await
         .map_err(LoginError::Store)?;
+    // The account `status` shows for as long as the stored login descends from this one (a
+    // login without an email or a refresh token clears the last login's).
+    let account = match (&login.tokens.refresh_token, &lookup) {
+        (Some(rt), ProfileLookup::Read(p)) => {
+            p.email.as_deref().and_then(|e| AccountRecord::new(rt, e))
+        }
+        _ => None,
+    };
+    lock.set_account_record(account.as_ref());
     Ok(Saved {
         path: store.path().to_path_buf(),
         access_token: login.tokens.access_token.masked(),

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
+use tokend_core::credentials::OAuthView;
 use tokend_core::refresh::RefreshError;
 use tokend_core::schedule::{due_at, epoch_millis};
 use tokend_core::store::{self, FILE_MODE, Kind, Place, Store, StoreError};
@@ -125,7 +126,7 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
         Err(_) => unreachable!("Credentials::parse validated the owned fields"),
     };
     let now = epoch_millis(SystemTime::now());
-    let email = account_email(store);
+    let account = account(store, &view);
     let expired = view.expires_at.is_none_or(|at| at <= now);
     let refresh_due = view
         .expires_at
@@ -145,7 +146,8 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
         "subscriptionType": view.subscription_type,
         "rateLimitTier": view.rate_limit_tier,
         "clientId": view.client_id,
-        "email": email,
+        "email": account.as_ref().map(|a| a.email.clone()),
+        "emailSource": account.as_ref().map(|a| a.source.name()),
         "fileMode": mode_text,
         "fileModeOk": mode_ok,
     }));
@@ -199,8 +201,8 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
             (None, Some(t)) => row("Plan:", t.clone()),
             (None, None) => {}
         }
-        if let Some(e) = &email {
-            row("Account:", e.clone());
+        if let Some(a) = &account {
+            row("Account:", a.describe());
         }
     }
     if let Some(at) = view.refresh_token_expires_at
@@ -225,11 +227,67 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
     }
 }
 
-/// The signed-in account's email as Claude Code's own config records it, for `status` to show.
+/// The account `status` shows, and where its email comes from.
+struct Account {
+    email: String,
+    source: EmailSource,
+}
+
+#[derive(Clone, Copy)]
+enum EmailSource {
+    /// The email this program's own `login` printed; the stored login descends from it.
+    Login,
+    /// Claude Code's config (`.claude.json`).
+    ClaudeCode,
+}
+
+impl EmailSource {
+    fn name(self) -> &'static str {
+        match self {
+            EmailSource::Login => "login",
+            EmailSource::ClaudeCode => "claude-code",
+        }
+    }
+}
+
+impl Account {
+    fn describe(&self) -> String {
+        match self.source {
+            EmailSource::Login => format!("{} (signed in with claude-tokend login)", self.email),
+            EmailSource::ClaudeCode => {
+                format!(
+                    "{} (Claude Code's account, from its .claude.json)",
+                    self.email
+                )
+            }
+        }
+    }
+}
+
+/// The stored login's account: the email this program's own `login` recorded in its lock file,
+/// while the store still holds the refresh token the record follows (its own refreshes move it
+/// on; anyone else's ends it); else Claude Code's. The lock file is only peeked at: `status`
+/// takes no lock and creates nothing.
+fn account(store: &Store, view: &OAuthView) -> Option<Account> {
+    if let Some(ours) = store.peek_records().account
+        && ours.matches(view.refresh_token.as_ref())
+    {
+        return Some(Account {
+            email: ours.email,
+            source: EmailSource::Login,
+        });
+    }
+    claude_code_email(store).map(|email| Account {
+        email,
+        source: EmailSource::ClaudeCode,
+    })
+}
+
+/// The signed-in account's email as Claude Code's own config records it.
 /// The config belongs to the login's config directory: `~/.claude.json` for the default
 /// `~/.claude`, else `<dir>/.claude.json` (as Claude Code finds it with `CLAUDE_CONFIG_DIR`). It
 /// is only read, and anything odd about it just leaves the email out.
-fn account_email(store: &Store) -> Option<String> {
+fn claude_code_email(store: &Store) -> Option<String> {
     let home = std::env::var_os("HOME");
     let dir = store.path().parent()?;
     let default_dir = home

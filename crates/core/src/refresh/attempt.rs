@@ -16,7 +16,7 @@ use crate::schedule::{
 use crate::seams;
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{Place, SpentRecord, Store, StoreError};
+use crate::store::{AccountRecord, FileLock, Place, SpentRecord, Store, StoreError};
 
 /// New tokens the server issued that are not saved yet, with what their save needs. While a
 /// [`Refresher`] holds one, it never sends a request: the refresh token in the store is spent.
@@ -209,6 +209,7 @@ impl Refresher {
                 fingerprint,
                 malformed_copy,
             } => {
+                follow_account(&lock, &in_hand);
                 observe(Step::Written);
                 seams::crash_point("before-unlock");
                 let grant = &in_hand.grant;
@@ -254,6 +255,21 @@ impl Refresher {
                       logout was not undone",
             }),
         }
+    }
+}
+
+/// The account of this program's own login follows each of this program's own refreshes:
+/// the record named the refresh token just spent, so it now names the one saved. (Anyone
+/// else's refresh leaves it naming a token the store no longer holds: the descent ends.)
+fn follow_account(lock: &FileLock, in_hand: &InHand) {
+    if let Some(account) = lock.account_record()
+        && account.matches(Some(&in_hand.sent))
+        && let Some(new) = &in_hand.grant.refresh_token
+    {
+        lock.set_account_record(Some(&AccountRecord {
+            token: token_fingerprint(new),
+            ..account
+        }));
     }
 }
 
