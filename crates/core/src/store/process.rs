@@ -6,7 +6,8 @@
 /// Whether `pid` is a live process (not a zombie) that runs claude-tokend and, when
 /// `started` is known, started then.
 pub fn runs_this_program(pid: u32, started: Option<u64>) -> bool {
-    let Ok(raw) = libc::pid_t::try_from(pid) else {
+    // 0 (and what does not fit a pid_t, read as negative) would name a process group to kill.
+    let Some(raw) = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0) else {
         return false;
     };
     // SAFETY: kill(2) with signal 0 only checks that the pid exists and may be signalled.
@@ -21,16 +22,8 @@ pub fn runs_this_program(pid: u32, started: Option<u64>) -> bool {
 /// What `/proc` says: `None` where there is no `/proc` to ask (macOS: `kill` is all there is).
 #[cfg(target_os = "linux")]
 fn linux_says(pid: u32, started: Option<u64>) -> Option<bool> {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // `/proc` is mounted but has no such process: it is gone.
-            return std::path::Path::new("/proc/self/stat")
-                .exists()
-                .then_some(false);
-        }
-        Err(_) => return None,
-    };
+    // Unreadable (no `/proc`, or one that hides other users' processes): `kill` has spoken.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (state, start) = parse_stat(&stat)?;
     if matches!(state, 'Z' | 'X' | 'x') {
         return Some(false);
