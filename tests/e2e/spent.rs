@@ -73,6 +73,48 @@ fn once_does_not_resend_a_token_the_daemon_spent_and_could_not_save_yet() {
     check_saved(&out, &home, &server, &doc);
 }
 
+/// The other way round: a `--once` run holds the grant it could not save yet (retrying within
+/// its budget); a daemon started meanwhile does not send the token, backs off, and settles on
+/// the tokens `--once` saves once it can.
+#[test]
+fn the_daemon_does_not_resend_a_token_a_one_shot_run_spent_and_could_not_save_yet() {
+    let (home, login, doc) = setup();
+    let server = TokenServer::for_login(&login);
+    let marker = home.path().join("rename-refused");
+    std::fs::write(&marker, b"").unwrap();
+    let once = Cmd::new(&home)
+        .server(&server)
+        .args(["--once", "--retry-budget", "30s"])
+        .env(RENAME_ERRNO, EACCES)
+        .env(RENAME_FAIL_WHILE, &marker)
+        .spawn();
+    let once_pid = once.id();
+    assert!(
+        wait_until(SOON, || !server.issued().is_empty()),
+        "--once sent no request"
+    );
+    let d = daemon(&home, &server).spawn();
+    // The daemon's first attempt comes at once (the login is due); give it a few backoffs.
+    std::thread::sleep(Duration::from_secs(3));
+    let sent_meanwhile = sent_tokens(&server);
+    std::fs::remove_file(&marker).unwrap();
+    let once = once.wait();
+    let saved = wait_until(SOON, || saved_latest(&home, &server));
+    // The daemon, re-reading, finds the saved tokens fresh: still nothing to send.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = finish(d);
+    once.expect_code(0);
+    out.check_eq(
+        "refresh tokens sent while --once held the grant",
+        sent_meanwhile,
+        vec![login.refresh.clone()],
+    )
+    .check(saved, "--once never saved its grant")
+    .check_eq("requests", server.count(), 1)
+    .expect_stderr_contains(&format!("another claude-tokend (pid {once_pid})"));
+    check_saved(&out, &home, &server, &doc);
+}
+
 /// A sender that died mid-request (here `--once`, killed as `kill -9` would, while the server
 /// delays its answer) left its record behind; it holds nothing: the next run sends the token.
 #[test]
