@@ -239,10 +239,10 @@ impl Records {
     }
 }
 
-/// A ledger line names a lock directory by its absolute path, then tab-separated identity
-/// fields (see `claude_locks::ledger`); no record line holds a tab.
+/// A ledger line is a lock directory's path and three identity fields, tab-separated (see
+/// `claude_locks::ledger`); no record line holds a tab.
 fn is_ledger_line(line: &str) -> bool {
-    line.starts_with('/') && line.contains('\t')
+    line.split('\t').count() == 4
 }
 
 #[cfg(test)]
@@ -266,8 +266,12 @@ mod tests {
                 started: Some(7),
             }),
             account: AccountRecord::new(&Secret::new("c"), "ada lovelace@example.test"),
-            ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\n".into(),
-            other: vec!["future 1 2 3".into(), "spent nothex 1 -".into()],
+            ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\nrel.lock\t1\t2\t3\n".into(),
+            other: vec![
+                "future 1 2 3".into(),
+                "spent nothex 1 -".into(),
+                "future\twith a tab".into(),
+            ],
         };
         let text = r.render();
         assert_eq!(Records::parse(&text), r, "{text}");
