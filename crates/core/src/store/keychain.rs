@@ -181,6 +181,7 @@ impl Keychain {
             place: self.place(),
             size: len,
             limit: by_all.min(by_one).saturating_sub(GROWTH_ALLOWANCE),
+            checked: true,
         })
     }
 
@@ -231,6 +232,7 @@ impl Keychain {
                     place,
                     size,
                     limit: argv_limits().one.unwrap_or(argv_limits().all) / 2,
+                    checked: false,
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

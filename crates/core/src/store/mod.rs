@@ -96,13 +96,14 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The document, with room for new tokens, is too big to be written the way this store
-    /// writes it (a Keychain item past what `security` can be given as arguments). Found before
-    /// a request, so nothing was spent; it stays so until the document shrinks. `size` and
-    /// `limit` are bytes of JSON.
+    /// writes it (a Keychain item past what `security` can be given as arguments); it stays so
+    /// until the document shrinks. `size` and `limit` are bytes of JSON. `checked`: found by the
+    /// check before a request (so nothing was spent), not by a write that failed.
     TooBig {
         place: Place,
         size: usize,
         limit: usize,
+        checked: bool,
     },
 }
 
@@ -187,13 +188,21 @@ impl fmt::Display for StoreError {
                 stage,
                 source,
             } => write!(f, "cannot write {} ({stage}): {source}", path.display()),
-            StoreError::TooBig { place, size, limit } => write!(
+            StoreError::TooBig {
+                place,
+                size,
+                limit,
+                checked,
+            } => write!(
                 f,
                 "{place} holds {size} bytes, but `security` can be given at most about {limit} \
-                 here (with room left for new tokens), so new tokens could not be saved into it: \
-                 nothing was sent, and the refresh token is unspent. Make the item smaller by \
-                 removing the tokens of MCP servers you no longer use (the entries under \
-                 `mcpOAuth`), or keep this login in a file instead (--store file)"
+                 here (with room left for new tokens), so it cannot be written back{}. Make the \
+                 item smaller by removing the tokens of MCP servers you no longer use (the \
+                 entries under `mcpOAuth`), or keep this login in a file instead (--store file)",
+                match checked {
+                    true => ": nothing was sent, and the refresh token is unspent",
+                    false => "",
+                }
             ),
         }
     }
