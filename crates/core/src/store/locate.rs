@@ -1,8 +1,8 @@
 //! Where a login lives: the contract's lookup order for the credentials path, the name Claude
 //! Code gives its Keychain item, and the path rules both share (made absolute lexically, as
-//! Claude Code's `path.resolve` does; symlinks followed only to find the bytes). Pure functions
-//! of the values passed in: the process environment is read in exactly one place,
-//! [`LocateEnv::from_process`].
+//! Claude Code's `path.resolve` does; symlinks followed only to find the bytes), and whether
+//! two names reach one file. Functions of the values passed in: the process environment is read
+//! in exactly one place, [`LocateEnv::from_process`].
 
 use std::ffi::OsString;
 use std::fmt;
@@ -210,4 +210,19 @@ pub fn resolve_symlinks(path: &Path) -> io::Result<PathBuf> {
         "{}: too many levels of symbolic links",
         path.display()
     )))
+}
+
+/// Whether two paths reach one file, judged by what the system says rather than by spelling:
+/// the file's device and inode when both exist; else (no login yet) the directory's device and
+/// inode and the same file name; else, with nothing to ask, the paths themselves.
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    if let (Some(x), Some(y)) = (id(a), id(b)) {
+        return x == y;
+    }
+    match (a.parent().and_then(&id), b.parent().and_then(&id)) {
+        (Some(x), Some(y)) => x == y && a.file_name() == b.file_name(),
+        _ => a == b,
+    }
 }

@@ -26,6 +26,7 @@ use crate::credentials::{Credentials, ParseError};
 
 pub use file::{FileWrite, utc_stamp};
 pub use keychain::{Keychain, MAX_INTERACTIVE_LINE, decode_hex, encode_hex, interactive_line};
+use locate::same_file;
 pub use locate::{
     FALLBACK_ACCOUNT, FILE_NAME, KEYCHAIN_SERVICE, LocateEnv, NoHomeError, Origin,
     absolute_lexically, keychain_account, keychain_service, locate, resolve_symlinks,
@@ -506,21 +507,6 @@ impl Store {
                 files
             }),
         }
-    }
-}
-
-/// Whether two paths reach one file, judged by what the system says rather than by spelling:
-/// the file's device and inode when both exist; else (no login yet) the directory's device and
-/// inode and the same file name; else, with nothing to ask, the paths themselves.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    if let (Some(x), Some(y)) = (id(a), id(b)) {
-        return x == y;
-    }
-    match (a.parent().and_then(&id), b.parent().and_then(&id)) {
-        (Some(x), Some(y)) => x == y && a.file_name() == b.file_name(),
-        _ => a == b,
     }
 }
 
