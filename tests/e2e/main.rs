@@ -4,6 +4,7 @@
 //!
 //! One test binary (ripgrep style); the harness is the `claude-tokend-e2e` library.
 
+mod access_only;
 mod cli;
 mod coexist;
 mod crash;
@@ -18,6 +19,7 @@ mod notify;
 mod refresh;
 mod safety;
 mod settings;
+mod signals;
 mod status;
 mod suspects;
 mod token;
