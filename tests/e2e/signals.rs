@@ -434,3 +434,28 @@ fn login_interrupted_during_the_exchange_waits_for_it_and_saves_the_login() {
         .check_eq("exchanges", server.count(), 1);
     expect_nothing_left(&out, &home);
 }
+
+/// SIGHUP usually means the terminal hung up: from then on every write to stderr fails (as it
+/// does here, with stderr on /dev/full). No message or log line may then end the run before
+/// the answer in flight is saved.
+#[test]
+fn a_failing_stderr_does_not_lose_the_answer_in_flight() {
+    for command in ["--once", "token", "refresh"] {
+        let (home, _login, server) = setup();
+        let before = home.read_creds();
+        server.set_delay(DELAY);
+        let run = Cmd::new(&home)
+            .server(&server)
+            .arg(command)
+            .stderr_to(Path::new("/dev/full"))
+            .spawn();
+        await_request(&server);
+        send_signal(&run, SIGHUP);
+        let (out, status) = run.wait_with_status();
+        expect_exited(&out, status);
+        out.check_eq(format!("{command}: exit code"), out.code, 129)
+            .check_eq("requests sent", server.count(), 1)
+            .expect_latest_pair("the file", &home.read_creds(), &server, &before);
+        expect_nothing_left(&out, &home);
+    }
+}

@@ -199,7 +199,7 @@ pub fn exit_code(e: &RefreshError) -> u8 {
 }
 
 pub fn report(e: &RefreshError) -> u8 {
-    eprintln!("claude-tokend: {e}");
+    interrupt::tell(format_args!("{e}"));
     exit_code(e)
 }
 
@@ -308,11 +308,11 @@ pub fn refresh_interruptibly(
             result: Ok(outcome),
         } => {
             warn_malformed_copy(&outcome);
-            eprintln!(
-                "claude-tokend: {}; stopping ({})",
+            interrupt::tell(format_args!(
+                "{}; stopping ({})",
                 describe_outcome(&outcome),
                 interrupt::name(signal)
-            );
+            ));
             Err(interrupt::exit_code(signal))
         }
         Ran::Finished {
@@ -323,7 +323,7 @@ pub fn refresh_interruptibly(
             signal,
             result: Err(e),
         } => {
-            eprintln!("claude-tokend: {e}");
+            interrupt::tell(format_args!("{e}"));
             Err(interrupt::exit_code(signal))
         }
     }
@@ -370,11 +370,11 @@ pub fn held_back(store: &Store, view: &OAuthView, next_at: Option<i64>) -> u8 {
         Some(at) => format!("try again at {}", crate::show::when(at)),
         None => "try again in a minute".to_owned(),
     };
-    eprintln!(
-        "claude-tokend: the access token in {} {state}, and it may not be refreshed yet (no \
-         refresh within a minute of the last one); {retry}",
+    interrupt::tell(format_args!(
+        "the access token in {} {state}, and it may not be refreshed yet (no refresh within a \
+         minute of the last one); {retry}",
         store.place()
-    );
+    ));
     exit::TEMPFAIL
 }
 
@@ -386,11 +386,11 @@ fn warn_malformed_copy(outcome: &Outcome) {
         ..
     } = outcome
     {
-        eprintln!(
-            "claude-tokend: warning: the credentials file did not parse when the new tokens \
-             arrived; its bytes were copied unchanged to {} and the tokens were saved",
+        interrupt::tell(format_args!(
+            "warning: the credentials file did not parse when the new tokens arrived; its \
+             bytes were copied unchanged to {} and the tokens were saved",
             copy.display()
-        );
+        ));
     }
 }
 

@@ -35,6 +35,14 @@ pub enum Ran<T> {
     Abandoned { signal: c_int },
 }
 
+/// Writes `claude-tokend: <line>` to stderr, ignoring failure. After SIGHUP (a terminal that
+/// hung up), or with stderr on a closed pipe, every write there fails, and `eprintln!` would
+/// then panic (abort, in a release build) before the answer in flight is saved.
+pub fn tell(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "claude-tokend: {line}");
+}
+
 /// The exit status of a command a signal ended: 128 + its number, as a shell reports one.
 pub fn exit_code(signal: c_int) -> u8 {
     u8::try_from(128 + signal).unwrap_or(u8::MAX)
@@ -98,27 +106,27 @@ impl Session {
                 signal = next(signals) => signal,
             };
             if !control.at_stake() {
-                eprintln!(
-                    "claude-tokend: {}: stopped; no request was in flight",
+                tell(format_args!(
+                    "{}: stopped; no request was in flight",
                     name(signal)
-                );
+                ));
                 return Ran::Stopped { signal };
             }
-            eprintln!(
-                "claude-tokend: {}: waiting for the {what} in flight, then stopping",
+            tell(format_args!(
+                "{}: waiting for the {what} in flight, then stopping",
                 name(signal)
-            );
+            ));
             control.stop();
             loop {
                 tokio::select! {
                     out = &mut run => return Ran::Finished { signal, result: out },
                     again = next(signals) => if again == libc::SIGINT {
-                        eprintln!(
-                            "claude-tokend: SIGINT again: stopped without the answer to the \
-                             {what} in flight, so nothing was saved and the login may be lost \
-                             (the server may have spent it): if Claude Code then reports that \
-                             you are logged out, run `claude-tokend login`"
-                        );
+                        tell(format_args!(
+                            "SIGINT again: stopped without the answer to the {what} in \
+                             flight, so nothing was saved and the login may be lost (the server \
+                             may have spent it): if Claude Code then reports that you are \
+                             logged out, run `claude-tokend login`"
+                        ));
                         return Ran::Abandoned { signal: again };
                     },
                 }

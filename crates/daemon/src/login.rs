@@ -120,7 +120,7 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
             stopped(exit::OK)
         }
         Err(e) => {
-            eprintln!("claude-tokend: {e}");
+            interrupt::tell(format_args!("{e}"));
             match e {
                 // The login is lost whatever stopped it: the user must hear it by its code.
                 LoginError::SaveFailed(_) => exit::FAILURE,
@@ -156,11 +156,10 @@ fn show_profile(lookup: &ProfileLookup) {
             }
         }
         ProfileLookup::Skipped => {}
-        ProfileLookup::Interrupted => eprintln!(
-            "claude-tokend: the login was saved without its plan (subscriptionType, \
-             rateLimitTier): the signal cut the profile lookup short; Claude Code fills the \
-             plan in itself"
-        ),
+        ProfileLookup::Interrupted => interrupt::tell(format_args!(
+            "the login was saved without its plan (subscriptionType, rateLimitTier): the signal \
+             cut the profile lookup short; Claude Code fills the plan in itself"
+        )),
         ProfileLookup::Failed(e) => eprintln!(
             "claude-tokend: warning: could not read the account's profile ({}); the login was \
              saved without its plan (subscriptionType, rateLimitTier), which Claude Code then \

@@ -106,11 +106,10 @@ pub fn token(settings: &Settings, as_json: bool) -> u8 {
             why: "the login was removed meanwhile",
         }),
         (Err(e), Some(view)) if exit_code(&e) == exit::TEMPFAIL && lasts(&view) => {
-            eprintln!(
-                "claude-tokend: warning: {e}; printing the stored token, which is still valid \
-                 until {}",
+            interrupt::tell(format_args!(
+                "warning: {e}; printing the stored token, which is still valid until {}",
                 when(view.expires_at.unwrap_or_default())
-            );
+            ));
             print(&view, as_json)
         }
         // Became access-only since the first read (a mirror rewritten meanwhile).
@@ -139,10 +138,10 @@ fn warn_access_only(store: &Store, view: &OAuthView) {
         Some(at) => format!("valid until {}", when(at)),
         None => "of unknown expiry".to_owned(),
     };
-    eprintln!(
-        "claude-tokend: warning: {}: {ACCESS_ONLY}; printing its access token, {until}",
+    interrupt::tell(format_args!(
+        "warning: {}: {ACCESS_ONLY}; printing its access token, {until}",
         store.place()
-    );
+    ));
 }
 
 /// The token (or `{"accessToken":…,"expiresAt":…}`) and a newline, in one write.
