@@ -61,6 +61,11 @@ impl LoginRun {
         (url, params)
     }
 
+    /// The process id, for sending it a signal.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn paste(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{text}").expect("paste");

@@ -4,6 +4,7 @@
 //!
 //! One test binary (ripgrep style); the harness is the `claude-tokend-e2e` library.
 
+mod access_only;
 mod cli;
 mod coexist;
 mod crash;
@@ -19,6 +20,7 @@ mod one_store;
 mod refresh;
 mod safety;
 mod settings;
+mod signals;
 mod spent;
 mod status;
 mod suspects;

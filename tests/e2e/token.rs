@@ -174,3 +174,92 @@ fn no_file_is_78_and_a_blank_login_is_77() {
         .check_eq("stdout", out.stdout.as_str(), "")
         .check_eq("requests sent", server.count(), 0);
 }
+
+/// A grant of `lifetime` seconds obtained by `refresh` just now, so the 60 s floor holds it.
+fn refreshed_with_lifetime(lifetime: u64) -> (TempHome, TokenServer) {
+    let login = Login::due();
+    let (home, server) = setup(&login);
+    server.set_policy(GrantPolicy {
+        expires_in: Some(lifetime),
+        ..GrantPolicy::default()
+    });
+    Cmd::new(&home)
+        .server(&server)
+        .arg("refresh")
+        .run()
+        .expect_code(0);
+    (home, server)
+}
+
+/// A token with under a minute to live, held back from a refresh by the floor, is not handed
+/// out: 75, saying when to try again.
+#[test]
+fn a_token_with_under_a_minute_left_inside_the_floor_is_not_printed() {
+    let (home, server) = refreshed_with_lifetime(30);
+    let out = Cmd::new(&home).server(&server).arg("token").run();
+    out.expect_code(75)
+        .check_eq("stdout", out.stdout.as_str(), "")
+        .expect_stderr_contains("try again")
+        .check_eq("requests sent (only the refresh)", server.count(), 1);
+}
+
+/// Under a minute left is reason enough to refresh, even when the lead says "not yet" (a lead
+/// shorter than a minute): the new token is printed.
+#[test]
+fn a_token_with_under_a_minute_left_is_refreshed_first_even_with_a_short_lead() {
+    let login = Login::expiring_in(45);
+    let (home, server) = setup(&login);
+    let out = Cmd::new(&home)
+        .server(&server)
+        .args(["token", "--refresh-before", "20s"])
+        .run();
+    let issued = server.last_issued();
+    out.expect_code(0)
+        .check_eq(
+            "stdout",
+            out.stdout.as_str(),
+            &format!("{}\n", issued.access),
+        )
+        .check_eq("requests sent", server.count(), 1);
+}
+
+/// `--once` exits 0 only with a valid token stored: an expired one the floor keeps from being
+/// refreshed is 75, saying when to try again, and nothing is sent.
+#[test]
+fn once_with_an_expired_token_inside_the_floor_exits_75_saying_when_to_try_again() {
+    let (home, server) = refreshed_with_lifetime(1);
+    let expires_at = oauth(&home.read_creds())["expiresAt"].as_i64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || now_ms() > expires_at + 50),
+        "the 1 s grant should have expired"
+    );
+    let out = Cmd::new(&home).server(&server).arg("--once").run();
+    out.expect_code(75)
+        .expect_stderr_contains("try again")
+        .check_eq("requests sent (only the refresh)", server.count(), 1);
+}
+
+/// A Retry-After longer than the retry budget ends the attempt at once; like any transient
+/// failure, a stored token with more than a minute left is still handed out, with a warning.
+#[test]
+fn a_retry_after_past_the_budget_still_hands_out_a_token_with_time_left() {
+    let login = Login::expiring_in(600);
+    let (home, server) = setup(&login);
+    server.always(Reply::error(429).header("Retry-After", "3600"));
+    let out = Cmd::new(&home).server(&server).arg("token").run();
+    out.expect_code(0)
+        .check_eq(
+            "stdout",
+            out.stdout.as_str(),
+            &format!("{}\n", login.access),
+        )
+        .expect_stderr_contains("warning")
+        .check_eq("requests sent", server.count(), 1)
+        .check(
+            out.elapsed < Duration::from_secs(10),
+            format!(
+                "took {:?}: the Retry-After must end it at once",
+                out.elapsed
+            ),
+        );
+}

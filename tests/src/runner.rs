@@ -158,6 +158,32 @@ impl Cmd {
         self
     }
 
+    /// Starts the binary with `sig` ignored (SIG_IGN, inherited across exec), as `nohup` does
+    /// for SIGHUP.
+    pub fn ignoring_signal(mut self, sig: i32) -> Cmd {
+        use std::os::unix::process::CommandExt;
+        self.shown.insert(0, format!("(signal {sig} ignored)"));
+        // SAFETY: between fork and exec only an async-signal-safe call (signal(2)) is made.
+        unsafe {
+            self.command.pre_exec(move || {
+                if libc::signal(sig, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+
+    /// Sends stderr to `path` instead of collecting it, so a test can watch it while the run
+    /// goes on ([`Out::stderr`] is then empty; read the file).
+    pub fn stderr_to(mut self, path: &Path) -> Cmd {
+        let file =
+            fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        self.command.stderr(file);
+        self
+    }
+
     /// The command line as a shell would show it (for failure messages).
     pub fn describe(&self) -> String {
         self.shown.join(" ")
@@ -215,7 +241,13 @@ impl Running {
     }
 
     /// Waits for the exit; past the timeout the child is killed and the test fails.
-    pub fn wait(mut self) -> Out {
+    pub fn wait(self) -> Out {
+        self.wait_with_status().0
+    }
+
+    /// [`wait`](Self::wait), with the exit status itself, which tells an exit with status
+    /// 128 + N from death by signal N (`Out::code` is the same for both).
+    pub fn wait_with_status(mut self) -> (Out, std::process::ExitStatus) {
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -234,7 +266,7 @@ impl Running {
             }
         };
         let elapsed = self.started.elapsed();
-        Out {
+        let out = Out {
             code: status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
@@ -242,7 +274,8 @@ impl Running {
             stderr: self.stderr.join().unwrap_or_default(),
             cmd: self.cmd,
             elapsed,
-        }
+        };
+        (out, status)
     }
 }
 

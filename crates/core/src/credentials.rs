@@ -57,6 +57,22 @@ impl OAuthView {
     pub fn usable_refresh_token(&self) -> Option<&Secret> {
         self.refresh_token.as_ref().filter(|t| !t.is_blank())
     }
+
+    /// An access-only login: an access token, and no (or a blank) refresh token. What a mirror
+    /// holds, or a long-lived token: served until it expires, never refreshed here.
+    pub fn is_access_only(&self) -> bool {
+        !self.access_token.is_blank() && self.usable_refresh_token().is_none()
+    }
+
+    /// Whether the access token can still be used for more than `margin_ms` after `now` (epoch
+    /// ms): not blank, and not expiring before then. An unknown expiry (no `expiresAt`) is not
+    /// known to be over.
+    pub fn access_token_lasts(&self, now: i64, margin_ms: i64) -> bool {
+        !self.access_token.is_blank()
+            && self
+                .expires_at
+                .is_none_or(|at| at.saturating_sub(now) > margin_ms)
+    }
 }
 
 /// What a token response changes. Only these fields are ever written by this program.

@@ -18,6 +18,7 @@ use crate::oauth::{
     ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient, TokenGrant,
 };
 use crate::profile::{self, Profile, ProfileError};
+use crate::refresh::{RunControl, STOP_SAVE_GRACE};
 use crate::save::{self, Change};
 use crate::schedule::{
     Backoff, GrantRecord, boot_millis, epoch_millis, random_unit, token_fingerprint,
@@ -201,12 +202,16 @@ pub fn check_state(pasted: &Pasted, ours: &str) -> Result<(), PasteError> {
 /// Why a login could not be saved.
 #[derive(Debug)]
 pub enum LoginError {
-    /// The existing file cannot be merged into (malformed, unreadable), or the write failed.
+    /// The existing file cannot be merged into (malformed, unreadable), or the lock could not
+    /// be taken; nothing was sent.
     Store(StoreError),
     /// The server refused the code, or a failure after which the code may be spent.
     Refused(OAuthError),
     /// Transient failures that left the code unspent, until the budget ran out.
     Unavailable(OAuthError),
+    /// The server issued the login, but it could not be saved, retried for a while: the code
+    /// is spent, so the login is lost.
+    SaveFailed(StoreError),
 }
 
 impl fmt::Display for LoginError {
@@ -218,6 +223,12 @@ impl fmt::Display for LoginError {
                 "{e}. Authorization codes work once: run `claude-tokend login` again for a new one"
             ),
             LoginError::Unavailable(e) => write!(f, "{e}; try `claude-tokend login` again later"),
+            LoginError::SaveFailed(e) => write!(
+                f,
+                "the server issued the new login, but it could not be saved: {e}. The \
+                 authorization code is spent, so this login may be lost: fix the problem (disk \
+                 space, permissions) and run `claude-tokend login` again"
+            ),
         }
     }
 }
@@ -242,6 +253,8 @@ pub enum ProfileLookup {
     Skipped,
     /// It failed: the login was saved without a plan, and the caller warns.
     Failed(ProfileError),
+    /// A stop (a signal) came first: the login was saved without a plan, as after a failure.
+    Interrupted,
 }
 
 /// The exchange parameters the binary collected.
@@ -262,10 +275,16 @@ pub struct LoginRequest<'a> {
 /// Exchanges the code and merges the new login into the file, keeping every other key. The
 /// directory is created (0700) when missing. Under the lock, the file is read (a malformed one
 /// is refused before the code is spent) and the temp file created before the exchange.
+///
+/// `control` is told when the exchange is at stake (from the moment it is sent: the code may be
+/// spent) and may ask the login to stop: before the exchange is sent, the caller drops the
+/// future; after, a stop ends the retries of an unspent code, skips or cuts short the profile
+/// lookup, and leaves the save [`STOP_SAVE_GRACE`] to succeed.
 pub async fn save_login(
     store: &Store,
     req: &LoginRequest<'_>,
     budget: Duration,
+    control: &RunControl,
 ) -> Result<Saved, LoginError> {
     store.ensure_dir().map_err(LoginError::Store)?;
     let deadline = Instant::now().checked_add(budget);
@@ -277,7 +296,7 @@ pub async fn save_login(
         Err(StoreError::Missing { .. }) => None,
         Err(e) => return Err(LoginError::Store(e)),
     };
-    let pending = store.begin_write().map_err(LoginError::Store)?;
+    let mut pending = Some(store.begin_write().map_err(LoginError::Store)?);
     let client = TokenClient::new(req.client).map_err(LoginError::Refused)?;
     let exchange = CodeExchange {
         code: req.code,
@@ -290,12 +309,15 @@ pub async fn save_login(
     let mut retries = 0;
     let (sent_wall, sent_boot) = (epoch_millis(SystemTime::now()), boot_millis());
     let grant = loop {
+        control.set_at_stake(true);
         match client.exchange_code(&exchange).await {
             Ok(grant) => break grant,
             Err(ExchangeError {
                 error,
                 code_unspent: true,
             }) => {
+                // The code was not spent: nothing is at stake until the next try.
+                control.set_at_stake(false);
                 let Some(delay) = Backoff::STANDARD.delay_within(
                     retries,
                     random_unit(),
@@ -306,14 +328,22 @@ pub async fn save_login(
                 ) else {
                     return Err(LoginError::Unavailable(error));
                 };
+                if control.is_stopping() {
+                    return Err(LoginError::Unavailable(error));
+                }
                 retries += 1;
                 tracing::warn!("{error}; retrying in {:.1}s", delay.as_secs_f64());
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = control.stopped() => return Err(LoginError::Unavailable(error)),
+                }
             }
             Err(ExchangeError { error, .. }) => return Err(LoginError::Refused(error)),
         }
     };
-    let lookup = lookup_profile(req, &grant).await;
+    // The login is in hand from here: a stop skips what is left of the profile lookup, never
+    // the save.
+    let lookup = lookup_profile(req, &grant, control).await;
     let plan = match &lookup {
         ProfileLookup::Read(p) => p.clone(),
         _ => Profile::default(),
@@ -333,13 +363,45 @@ pub async fn save_login(
         subscription_type: plan.subscription_type,
         rate_limit_tier: plan.rate_limit_tier,
     };
-    let change = Change::Login {
+    let change = || Change::Login {
         grant: &login,
         base: base.as_ref(),
     };
-    save::save(store, &lock, &lock_paths, &|| {}, pending, change)
-        .await
-        .map_err(LoginError::Store)?;
+    // The code is spent: these tokens are the login. A failed save is retried for a while
+    // (the daemon's rule on SIGTERM), with a new temp file each time.
+    let mut save_until: Option<Instant> = None;
+    let mut retries = 0;
+    loop {
+        let attempt = match pending.take() {
+            Some(p) => Ok(p),
+            None => store.begin_write(),
+        };
+        let result = match attempt {
+            Ok(p) => save::save(store, &lock, &lock_paths, &|| {}, p, change()).await,
+            Err(e) => Err(e),
+        };
+        let error = match result {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let now = Instant::now();
+        let until =
+            *save_until.get_or_insert_with(|| now.checked_add(STOP_SAVE_GRACE).unwrap_or(now));
+        let Some(delay) = Backoff::SAVE.delay_within(
+            retries,
+            random_unit(),
+            None,
+            until.saturating_duration_since(now),
+        ) else {
+            return Err(LoginError::SaveFailed(error));
+        };
+        retries += 1;
+        tracing::warn!(
+            "the new login could not be saved ({error}); retrying in {:.1}s",
+            delay.as_secs_f64()
+        );
+        tokio::time::sleep(delay).await;
+    }
     // The account `status` shows for as long as the stored login descends from this one (a
     // login without an email or a refresh token clears the last login's).
     let account = match (&login.tokens.refresh_token, &lookup) {
@@ -349,6 +411,7 @@ pub async fn save_login(
         _ => None,
     };
     lock.set_account_record(account.as_ref());
+    control.set_at_stake(false);
     Ok(Saved {
         path: store.path().to_path_buf(),
         access_token: login.tokens.access_token.masked(),
@@ -361,8 +424,13 @@ pub async fn save_login(
 /// Reads the new login's profile, as Claude Code does right after its own exchange, so the
 /// login saved carries its plan. Skipped when the granted scopes (the asked ones when the answer
 /// names none) do not allow it. Made before the save, with the grant in hand, because the login
-/// is written once, whole; it is one attempt bounded by the client's timeouts.
-async fn lookup_profile(req: &LoginRequest<'_>, grant: &TokenGrant) -> ProfileLookup {
+/// is written once, whole; it is one attempt bounded by the client's timeouts, cut short by a
+/// stop (the login is then saved without its plan, as after a failed lookup).
+async fn lookup_profile(
+    req: &LoginRequest<'_>,
+    grant: &TokenGrant,
+    control: &RunControl,
+) -> ProfileLookup {
     let allowed = match &grant.scopes {
         Some(granted) => profile::scopes_allow_lookup(granted),
         None => profile::scopes_allow_lookup(&req.scope.split_whitespace().collect::<Vec<_>>()),
@@ -370,9 +438,15 @@ async fn lookup_profile(req: &LoginRequest<'_>, grant: &TokenGrant) -> ProfileLo
     if !allowed {
         return ProfileLookup::Skipped;
     }
-    match profile::fetch(req.api_url, &req.client.user_agent, &grant.access_token).await {
-        Ok(p) => ProfileLookup::Read(p),
-        Err(e) => ProfileLookup::Failed(e),
+    tokio::select! {
+        biased;
+        _ = control.stopped() => ProfileLookup::Interrupted,
+        fetched = profile::fetch(req.api_url, &req.client.user_agent, &grant.access_token) => {
+            match fetched {
+                Ok(p) => ProfileLookup::Read(p),
+                Err(e) => ProfileLookup::Failed(e),
+            }
+        }
     }
 }
 

@@ -1,16 +1,19 @@
 //! The one-shot commands (`--once`, `refresh`) and the glue every command shares: which logins
-//! the settings name (and their stores), the policy, the tokio runtime (only when a request may
-//! be needed), and the mapping from outcomes to messages and exit codes.
+//! the settings name (and their stores), the policy, the tokio runtime and signal handlers
+//! (only when a request may be needed: see `interrupt`), and the mapping from outcomes to
+//! messages and exit codes.
 
 use std::time::SystemTime;
 
+use tokend_core::credentials::OAuthView;
 use tokend_core::oauth::ClientConfig;
-use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError};
+use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError, RunControl};
 use tokend_core::schedule::{epoch_millis, is_due};
 use tokend_core::store::{self, Keychain, LocateEnv, Store, StoreError};
 
 use crate::cli::{DEFAULT_CLIENT_ID, LoginFlag, Settings, StoreChoice};
 use crate::exit;
+use crate::interrupt::{self, Ran, Session};
 use crate::show::{describe_expiry, emit};
 
 /// Every login the settings name, in order (see CONTRACT.md "Several logins, one daemon"): the
@@ -198,7 +201,7 @@ pub fn exit_code(e: &RefreshError) -> u8 {
 }
 
 pub fn report(e: &RefreshError) -> u8 {
-    eprintln!("claude-tokend: {e}");
+    interrupt::tell(format_args!("{e}"));
     exit_code(e)
 }
 
@@ -220,19 +223,33 @@ pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
 
 /// `--once`: refresh each login only if due. Silent on success.
 pub fn once(settings: &Settings) -> u8 {
-    match stores_for(settings) {
-        Ok(stores) => worst(stores.iter().map(|s| once_one(settings, s))),
-        Err(code) => code,
+    interrupt::ignore_user_signals();
+    let stores = match stores_for(settings) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut session = None;
+    let mut codes = Vec::with_capacity(stores.len());
+    for store in &stores {
+        match once_one(settings, store, &mut session) {
+            Ok(code) => codes.push(code),
+            Err(code) => return code,
+        }
+    }
+    match session.as_mut().and_then(Session::pending) {
+        Some(signal) => interrupt::exit_code(signal),
+        None => worst(codes),
     }
 }
 
-fn once_one(settings: &Settings, store: &Store) -> u8 {
+/// One login of `--once`: `Ok(code)`, or `Err(code)` when a signal stopped the command.
+fn once_one(settings: &Settings, store: &Store, session: &mut Option<Session>) -> Result<u8, u8> {
     // The fast path: a fresh token is decided from one unlocked read, with no runtime, no HTTP
-    // client and no lock. Anything else (due, missing, odd) takes the full path, which reads
-    // again under the lock before deciding anything.
+    // client, no lock and no signal handler. Anything else (due, missing, blank, odd) takes
+    // the full path, which reads again under the lock before deciding anything.
     if let Ok(snapshot) = store.read()
         && let Ok(Some(view)) = snapshot.doc.oauth()
-        && !view.is_logged_out()
+        && !view.access_token.is_blank()
         && !is_due(
             epoch_millis(SystemTime::now()),
             view.expires_at,
@@ -245,23 +262,122 @@ fn once_one(settings: &Settings, store: &Store) -> u8 {
             refresh::tidy(store, &lock);
         }
         tracing::info!(expires = %describe_expiry(view.expires_at), "token is fresh; nothing to do");
-        return exit::OK;
+        return Ok(exit::OK);
     }
     let policy = policy_for(settings);
-    let result = runtime().block_on(refresh::refresh_with_budget(
-        store,
-        &policy,
-        Mode::IfDue,
-        settings.retry_budget,
-    ));
-    match result {
+    let session = started(session)?;
+    let result =
+        refresh_interruptibly(session, store, &policy, Mode::IfDue, settings.retry_budget)?;
+    Ok(match result {
         Ok(outcome) => {
             warn_malformed_copy(&outcome);
             tracing::info!("{}", describe_outcome(&outcome));
-            exit::OK
+            valid_after(store, &outcome)
         }
         Err(e) => report(&e),
+    })
+}
+
+/// The session of a command at its first login that may take locks (the runtime and the
+/// signal handlers), or `Err(code)` when a signal came since its last run.
+pub fn started(session: &mut Option<Session>) -> Result<&mut Session, u8> {
+    match session {
+        Some(s) => match s.pending() {
+            Some(signal) => Err(interrupt::exit_code(signal)),
+            None => Ok(s),
+        },
+        None => Ok(session.insert(Session::start(runtime()))),
     }
+}
+
+/// One login's refresh under the session's signal handling (see `interrupt`). `Ok` with the
+/// run's result when no signal ended it; `Err(code)` when one did, with what happened printed:
+/// the command stops there, with 128 + the signal, or 1 when new tokens could not be saved.
+pub fn refresh_interruptibly(
+    session: &mut Session,
+    store: &Store,
+    policy: &Policy,
+    mode: Mode,
+    budget: std::time::Duration,
+) -> Result<Result<Outcome, RefreshError>, u8> {
+    let control = RunControl::new();
+    let run = refresh::refresh_controlled(store, policy, mode, budget, &control);
+    match session.run(&control, "refresh", run) {
+        Ran::Done(result) => Ok(result),
+        Ran::Stopped { signal } | Ran::Abandoned { signal } => Err(interrupt::exit_code(signal)),
+        Ran::Finished {
+            signal,
+            result: Ok(outcome),
+        } => {
+            warn_malformed_copy(&outcome);
+            interrupt::tell(format_args!(
+                "{}; stopping ({})",
+                describe_outcome(&outcome),
+                interrupt::name(signal)
+            ));
+            Err(interrupt::exit_code(signal))
+        }
+        Ran::Finished {
+            result: Err(e @ RefreshError::SaveFailed { .. }),
+            ..
+        } => Err(report(&e)),
+        Ran::Finished {
+            signal,
+            result: Err(e),
+        } => {
+            interrupt::tell(format_args!("{e}"));
+            Err(interrupt::exit_code(signal))
+        }
+    }
+}
+
+/// `--once` and `refresh` exit 0 only with a valid token stored. A run that refreshed nothing
+/// may leave an expired (or blank) one: the 60 s floor held the refresh back. Then 75, saying
+/// when to try again.
+fn valid_after(store: &Store, outcome: &Outcome) -> u8 {
+    let next_at = match outcome {
+        Outcome::Refreshed { .. } => return exit::OK,
+        Outcome::Fresh { next_at, .. } => Some(*next_at),
+        Outcome::Adopted { .. } => None,
+    };
+    let view = match store.read() {
+        Ok(snapshot) => snapshot.doc.oauth().ok().flatten(),
+        Err(e) => return report(&RefreshError::Store(e)),
+    };
+    match view {
+        Some(v) if v.access_token_lasts(epoch_millis(SystemTime::now()), 0) => exit::OK,
+        Some(v) if !v.is_logged_out() => held_back(store, &v, next_at),
+        _ => report(&RefreshError::LoginNeeded {
+            place: store.place(),
+            why: "the login was removed meanwhile",
+        }),
+    }
+}
+
+/// The stored token cannot be used (expired, blank, or too close to its end for `token`) and
+/// no refresh may be sent yet: the floor holds back a grant this program obtained less than
+/// a minute ago. Exit 75, saying when to try again.
+pub fn held_back(store: &Store, view: &OAuthView, next_at: Option<i64>) -> u8 {
+    let state = if view.access_token.is_blank() {
+        "has no access token"
+    } else if view
+        .expires_at
+        .is_some_and(|at| at <= epoch_millis(SystemTime::now()))
+    {
+        "has expired"
+    } else {
+        "has less than a minute left"
+    };
+    let retry = match next_at {
+        Some(at) => format!("try again at {}", crate::show::when(at)),
+        None => "try again in a minute".to_owned(),
+    };
+    interrupt::tell(format_args!(
+        "the access token in {} {state}, and it may not be refreshed yet (no refresh within a \
+         minute of the last one); {retry}",
+        store.place()
+    ));
+    exit::TEMPFAIL
 }
 
 /// The one success `--once` is not silent about: the store did not parse when the new tokens
@@ -272,36 +388,50 @@ fn warn_malformed_copy(outcome: &Outcome) {
         ..
     } = outcome
     {
-        eprintln!(
-            "claude-tokend: warning: the credentials file did not parse when the new tokens \
-             arrived; its bytes were copied unchanged to {} and the tokens were saved",
+        interrupt::tell(format_args!(
+            "warning: the credentials file did not parse when the new tokens arrived; its \
+             bytes were copied unchanged to {} and the tokens were saved",
             copy.display()
-        );
+        ));
     }
 }
 
 /// `refresh`: refresh each login now, even if not due.
 pub fn refresh(settings: &Settings) -> u8 {
+    interrupt::ignore_user_signals();
     let stores = match stores_for(settings) {
         Ok(s) => s,
         Err(code) => return code,
     };
     let many = stores.len() > 1;
-    worst(stores.iter().map(|s| refresh_one(settings, s, many)))
+    let mut session = None;
+    let mut codes = Vec::with_capacity(stores.len());
+    for store in &stores {
+        match refresh_one(settings, store, many, &mut session) {
+            Ok(code) => codes.push(code),
+            Err(code) => return code,
+        }
+    }
+    match session.as_mut().and_then(Session::pending) {
+        Some(signal) => interrupt::exit_code(signal),
+        None => worst(codes),
+    }
 }
 
-fn refresh_one(settings: &Settings, store: &Store, many: bool) -> u8 {
+fn refresh_one(
+    settings: &Settings,
+    store: &Store,
+    many: bool,
+    session: &mut Option<Session>,
+) -> Result<u8, u8> {
     let policy = policy_for(settings);
-    let result = runtime().block_on(refresh::refresh_with_budget(
-        store,
-        &policy,
-        Mode::Force {
-            expected: None,
-            floor: Floor::Exempt,
-        },
-        settings.retry_budget,
-    ));
-    match result {
+    let mode = Mode::Force {
+        expected: None,
+        floor: Floor::Exempt,
+    };
+    let session = started(session)?;
+    let result = refresh_interruptibly(session, store, &policy, mode, settings.retry_budget)?;
+    Ok(match result {
         Ok(outcome) => {
             warn_malformed_copy(&outcome);
             let text = match many {
@@ -314,7 +444,7 @@ fn refresh_one(settings: &Settings, store: &Store, many: bool) -> u8 {
             }
         }
         Err(e) => report(&e),
-    }
+    })
 }
 
 pub fn describe_outcome(outcome: &Outcome) -> String {

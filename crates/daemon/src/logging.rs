@@ -27,10 +27,14 @@ pub fn init(quiet_by_default: bool, verbose: u8, quiet: u8, daemon: bool) {
     let stamped = daemon && std::env::var_os("JOURNAL_STREAM").is_none();
     macro_rules! install {
         ($builder:expr) => {{
+            // A stderr that fails (a terminal that hung up, a closed pipe) must not make a
+            // log line panic: tracing-subscriber would report it with `eprintln!`, whose panic
+            // (an abort in release builds) could lose an answer in flight.
             let builder = $builder
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
-                .with_target(false);
+                .with_target(false)
+                .log_internal_errors(false);
             if stamped {
                 builder.init()
             } else {

@@ -10,6 +10,7 @@ use tokend_core::login::{
     self, DEFAULT_SCOPE, LONG_LIVED_SCOPE, LONG_LIVED_SECONDS, LoggedOut, LoginError, LoginRequest,
     Pkce, ProfileLookup, authorize_url, check_state, parse_paste,
 };
+use tokend_core::refresh::RunControl;
 use tokend_core::secret::Secret;
 use tokend_core::store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::cli::{LoginArgs, Settings};
 use crate::commands::{one_store_for, policy_for, runtime};
 use crate::exit;
+use crate::interrupt::{self, Ran, Session};
 use crate::show::describe_expiry;
 
 /// How long the loopback flow waits for the browser to come back.
@@ -89,7 +91,18 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
         scope: &scope,
         api_url: &settings.api_url,
     };
-    match rt.block_on(login::save_login(&store, &request, settings.retry_budget)) {
+    // From here the code may be spent: signals wait for the exchange's answer and its save.
+    let control = RunControl::new();
+    let mut session = Session::start(rt);
+    let run = login::save_login(&store, &request, settings.retry_budget, &control);
+    let (result, signal) = match session.run(&control, "code exchange", run) {
+        Ran::Done(result) => (result, session.pending()),
+        Ran::Finished { signal, result } => (result, Some(signal)),
+        Ran::Stopped { signal } | Ran::Abandoned { signal } => return interrupt::exit_code(signal),
+    };
+    // A signal that waited for the login ends the command with it, once the outcome is told.
+    let stopped = |code: u8| signal.map_or(code, interrupt::exit_code);
+    match result {
         Ok(saved) => {
             println!("Signed in. Saved to {}", store.place());
             println!(
@@ -104,22 +117,24 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
                      before it expires (--once and the daemon report exit 77 when it is due)."
                 );
             }
-            exit::OK
+            stopped(exit::OK)
         }
         Err(e) => {
-            eprintln!("claude-tokend: {e}");
+            interrupt::tell(format_args!("{e}"));
             match e {
+                // The login is lost whatever stopped it: the user must hear it by its code.
+                LoginError::SaveFailed(_) => exit::FAILURE,
                 LoginError::Store(
                     StoreError::Missing { .. }
                     | StoreError::Unreadable { .. }
                     | StoreError::Malformed { .. },
-                ) => exit::CONFIG,
+                ) => stopped(exit::CONFIG),
                 LoginError::Store(
                     StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },
                 )
-                | LoginError::Unavailable(_) => exit::TEMPFAIL,
-                LoginError::Store(_) => exit::FAILURE,
-                LoginError::Refused(_) => exit::LOGIN_NEEDED,
+                | LoginError::Unavailable(_) => stopped(exit::TEMPFAIL),
+                LoginError::Store(_) => stopped(exit::FAILURE),
+                LoginError::Refused(_) => stopped(exit::LOGIN_NEEDED),
             }
         }
     }
@@ -141,6 +156,10 @@ fn show_profile(lookup: &ProfileLookup) {
             }
         }
         ProfileLookup::Skipped => {}
+        ProfileLookup::Interrupted => interrupt::tell(format_args!(
+            "the login was saved without its plan (subscriptionType, rateLimitTier): the signal \
+             cut the profile lookup short; Claude Code fills the plan in itself"
+        )),
         ProfileLookup::Failed(e) => eprintln!(
             "claude-tokend: warning: could not read the account's profile ({}); the login was \
              saved without its plan (subscriptionType, rateLimitTier), which Claude Code then \

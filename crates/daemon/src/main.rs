@@ -7,6 +7,7 @@ mod commands;
 mod completions;
 mod daemon;
 mod exit;
+mod interrupt;
 mod logging;
 mod login;
 mod service;

@@ -2,47 +2,85 @@
 //! scripts that would otherwise read the credentials and refresh on their own (racing Claude
 //! Code and spending single-use refresh tokens). When the token is due it is refreshed first,
 //! by the same sequence and under the same locks as `--once`, so any number of concurrent
-//! `token` and `--once` runs send one request. This is the one place a whole token is printed,
-//! on purpose, and only on stdout; like `--once`, it says nothing on stderr when it succeeds.
+//! `token` and `--once` runs send one request. It never prints an empty, blank or expired
+//! token, nor one with under a minute to live (it refreshes first, the floor permitting); an
+//! access-only login is served while it lasts. Interrupted by a signal, it prints no token.
+//! This is the one place a whole token is printed, on purpose, and only on stdout; like
+//! `--once`, it says nothing on stderr when it succeeds.
 
 use std::time::SystemTime;
 
 use serde_json::json;
 use tokend_core::credentials::OAuthView;
-use tokend_core::refresh::{self, Mode, RefreshError};
+use tokend_core::refresh::{ACCESS_ONLY, Floor, Mode, Outcome, RefreshError};
 use tokend_core::schedule::{epoch_millis, is_due};
+use tokend_core::store::Store;
 
 use crate::cli::Settings;
-use crate::commands::{exit_code, one_store_for, policy_for, runtime};
+use crate::commands::{
+    exit_code, held_back, one_store_for, policy_for, refresh_interruptibly, report, started,
+};
 use crate::exit;
-use crate::show::emit;
+use crate::interrupt;
+use crate::show::{emit, when};
 
-/// A token with less than this left is not handed out when its refresh failed: a script could
-/// not finish a request with it.
+/// A token with this little left is never handed out: a script could not finish a request
+/// with it. Under it, the login is refreshed first (the floor permitting).
 const MIN_LEFT_MS: i64 = 60_000;
 
 pub fn token(settings: &Settings, as_json: bool) -> u8 {
+    interrupt::ignore_user_signals();
     let store = match one_store_for(settings, "token") {
         Ok(s) => s,
         Err(code) => return code,
     };
     let now = || epoch_millis(SystemTime::now());
-    // The fast path, as `--once` has it: a fresh token from one unlocked read, no runtime, no
-    // HTTP client, no lock.
-    if let Ok(snapshot) = store.read()
-        && let Ok(Some(view)) = snapshot.doc.oauth()
-        && !view.is_logged_out()
-        && !is_due(now(), view.expires_at, settings.refresh_before)
+    let seen = store.read().ok().and_then(|s| s.doc.oauth().ok().flatten());
+    // The fast path, as `--once` has it: a usable token from one unlocked read, no runtime, no
+    // HTTP client, no lock, no signal handler.
+    if let Some(view) = &seen
+        && view.access_token_lasts(now(), MIN_LEFT_MS)
     {
-        return print(&view, as_json);
+        if !is_due(now(), view.expires_at, settings.refresh_before) {
+            return print(view, as_json);
+        }
+        // Nothing could make an access-only token fresher: served while it lasts.
+        if view.is_access_only() {
+            warn_access_only(&store, view);
+            return print(view, as_json);
+        }
     }
+    // Due by the lead: the usual decision under the lock (which also sees the half-lifetime
+    // rule and the floor). Not due by the lead but too close to the end to hand out (a lead
+    // under a minute): refreshed now, unless the floor holds it back or another process
+    // already replaced the refresh token seen here.
+    let mode = match &seen {
+        Some(v)
+            if !v.access_token.is_blank()
+                && !is_due(now(), v.expires_at, settings.refresh_before) =>
+        {
+            match v.usable_refresh_token() {
+                Some(rt) => Mode::Force {
+                    expected: Some(rt.clone()),
+                    floor: Floor::Honour,
+                },
+                None => Mode::IfDue,
+            }
+        }
+        _ => Mode::IfDue,
+    };
     let policy = policy_for(settings);
-    let result = runtime().block_on(refresh::refresh_with_budget(
-        &store,
-        &policy,
-        Mode::IfDue,
-        settings.retry_budget,
-    ));
+    let mut session = None;
+    let result = match started(&mut session)
+        .and_then(|s| refresh_interruptibly(s, &store, &policy, mode, settings.retry_budget))
+    {
+        Ok(result) => result,
+        // Interrupted: no token on stdout.
+        Err(code) => return code,
+    };
+    if let Some(signal) = session.as_mut().and_then(interrupt::Session::pending) {
+        return interrupt::exit_code(signal);
+    }
     // Whatever the outcome, the token printed is the one in the store now: after a refresh (ours
     // or another process's) that is the new one.
     let current = store
@@ -50,46 +88,60 @@ pub fn token(settings: &Settings, as_json: bool) -> u8 {
         .ok()
         .and_then(|s| s.doc.oauth().ok().flatten())
         .filter(|v| !v.is_logged_out());
+    let lasts = |v: &OAuthView| v.access_token_lasts(now(), MIN_LEFT_MS);
     match (result, current) {
-        (Ok(_), Some(view)) if view.expires_at.is_some_and(|at| at > now()) => {
-            print(&view, as_json)
-        }
-        (Ok(_), Some(_)) => {
-            // Only a grant that lives less than the 60 s floor gets here: the refresh is held
-            // back and the stored token has run out.
-            eprintln!(
-                "claude-tokend: the access token in {} has expired and may not be refreshed again \
-                 yet (no refresh within a minute of the last); try again shortly",
-                store.place()
-            );
-            exit::TEMPFAIL
-        }
-        (Ok(_), None) => {
-            let e = RefreshError::LoginNeeded {
-                place: store.place(),
-                why: "the login was removed meanwhile",
+        (Ok(_), Some(view)) if lasts(&view) => print(&view, as_json),
+        (Ok(_), Some(view)) if view.is_access_only() => report(&access_only(&store)),
+        (Ok(outcome), Some(view)) => {
+            // The floor held the refresh back (or the server grants tokens that live under a
+            // minute).
+            let next_at = match outcome {
+                Outcome::Fresh { next_at, .. } => Some(next_at),
+                _ => None,
             };
-            eprintln!("claude-tokend: {e}");
-            exit_code(&e)
+            held_back(&store, &view, next_at)
         }
-        (Err(e), Some(view))
-            if exit_code(&e) == exit::TEMPFAIL
-                && view
-                    .expires_at
-                    .is_some_and(|at| at.saturating_sub(now()) > MIN_LEFT_MS) =>
-        {
-            eprintln!(
-                "claude-tokend: warning: {e}; printing the stored token, which is still valid \
-                 until {}",
-                crate::show::when(view.expires_at.unwrap_or_default())
-            );
+        (Ok(_), None) => report(&RefreshError::LoginNeeded {
+            place: store.place(),
+            why: "the login was removed meanwhile",
+        }),
+        (Err(e), Some(view)) if exit_code(&e) == exit::TEMPFAIL && lasts(&view) => {
+            interrupt::tell(format_args!(
+                "warning: {e}; printing the stored token, which is still valid until {}",
+                when(view.expires_at.unwrap_or_default())
+            ));
             print(&view, as_json)
         }
-        (Err(e), _) => {
-            eprintln!("claude-tokend: {e}");
-            exit_code(&e)
+        // Became access-only since the first read (a mirror rewritten meanwhile).
+        (Err(RefreshError::LoginNeeded { why, .. }), Some(view))
+            if why == ACCESS_ONLY && lasts(&view) =>
+        {
+            warn_access_only(&store, &view);
+            print(&view, as_json)
         }
+        (Err(e), _) => report(&e),
     }
+}
+
+/// The refusal of an access-only login that does not last long enough to hand out.
+fn access_only(store: &Store) -> RefreshError {
+    RefreshError::LoginNeeded {
+        place: store.place(),
+        why: ACCESS_ONLY,
+    }
+}
+
+/// An access-only token handed out although it is due: it cannot be refreshed here, and it
+/// stops working when it expires.
+fn warn_access_only(store: &Store, view: &OAuthView) {
+    let until = match view.expires_at {
+        Some(at) => format!("valid until {}", when(at)),
+        None => "of unknown expiry".to_owned(),
+    };
+    interrupt::tell(format_args!(
+        "warning: {}: {ACCESS_ONLY}; printing its access token, {until}",
+        store.place()
+    ));
 }
 
 /// The token (or `{"accessToken":…,"expiresAt":…}`) and a newline, in one write.

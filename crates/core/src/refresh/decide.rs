@@ -23,6 +23,12 @@ pub(super) fn client_id_for<'a>(
     }
 }
 
+/// Why an access-only login (an access token and no, or a blank, refresh token: a mirror's
+/// copy, a long-lived token) that is due cannot be refreshed: the `why` of its
+/// [`RefreshError::LoginNeeded`], which callers compare against to tell it from a logout.
+pub const ACCESS_ONLY: &str = "the login has no refresh token (an access-only copy, or a \
+                               long-lived token), so it cannot be refreshed here";
+
 /// What the store says to do, read under the lock.
 pub(super) enum Decision {
     Done(Outcome),
@@ -35,10 +41,12 @@ fn our_record(lock: &FileLock, view: &OAuthView) -> Option<GrantRecord> {
         .filter(|r| r.matches(view.refresh_token.as_ref()))
 }
 
-/// When the login in `view` is next due, given what the lock file records.
+/// When the login in `view` is next due, given what the lock file records. A blank access
+/// token beside a live refresh token is a login without an access token: due now (the floor
+/// permitting), whatever `expiresAt` says.
 pub fn next_at(view: &OAuthView, record: Option<&GrantRecord>, lead: Duration) -> i64 {
     next_refresh_at(
-        view.expires_at,
+        view.expires_at.filter(|_| !view.access_token.is_blank()),
         view.refresh_token.as_ref(),
         record,
         lead,
@@ -125,8 +133,83 @@ pub(super) fn decide(
     if view.usable_refresh_token().is_none() {
         return Err(RefreshError::LoginNeeded {
             place: place.clone(),
-            why: "the login has no refresh token, so it cannot be renewed",
+            why: ACCESS_ONLY,
         });
     }
     Ok(Decision::Refresh(Box::new(view)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn view(access: &str, refresh: Option<&str>, expires_at: Option<i64>) -> OAuthView {
+        OAuthView {
+            access_token: Secret::new(access),
+            refresh_token: refresh.map(Secret::new),
+            expires_at,
+            refresh_token_expires_at: None,
+            scopes: None,
+            client_id: None,
+            subscription_type: None,
+            rate_limit_tier: None,
+        }
+    }
+
+    /// The rules the one-shot commands and `decide` build on: which token is missing, and
+    /// whether the access token lasts past a minute.
+    #[test]
+    fn which_token_is_missing_by_table() {
+        const NOW: i64 = 1_000_000_000;
+        let (hour, half_minute, past) = (Some(NOW + 3_600_000), Some(NOW + 30_000), Some(NOW - 1));
+        // (access, refresh, expiresAt, logged out?, access-only?, lasts past a minute?)
+        let cases = [
+            ("a", Some("r"), hour, false, false, true),
+            ("a", Some("r"), half_minute, false, false, false),
+            ("a", Some("r"), past, false, false, false),
+            ("a", Some("r"), None, false, false, true),
+            ("", Some("r"), hour, false, false, false),
+            (" ", Some("r"), hour, false, false, false),
+            ("a", None, hour, false, true, true),
+            ("a", Some(""), hour, false, true, true),
+            ("a", None, half_minute, false, true, false),
+            ("", Some(""), Some(0), true, false, false),
+            ("", None, hour, true, false, false),
+        ];
+        for (access, refresh, expires_at, logged_out, access_only, lasts) in cases {
+            let v = view(access, refresh, expires_at);
+            let case = format!("{access:?} {refresh:?} {expires_at:?}");
+            assert_eq!(v.is_logged_out(), logged_out, "logged out: {case}");
+            assert_eq!(v.is_access_only(), access_only, "access-only: {case}");
+            assert_eq!(v.access_token_lasts(NOW, 60_000), lasts, "lasts: {case}");
+        }
+    }
+
+    #[test]
+    fn a_blank_access_token_is_due_now_whatever_expires_at_says() {
+        let lead = Duration::from_secs(15 * 60);
+        let hours = epoch_millis(SystemTime::now()) + 8 * 3_600_000;
+        // (access token, expiresAt, due now?)
+        let cases = [
+            ("sk-ant-oat01-live", Some(hours), false),
+            ("sk-ant-oat01-live", None, true),
+            ("", Some(hours), true),
+            ("   ", Some(hours), true),
+            ("", None, true),
+        ];
+        for (access, expires_at, due) in cases {
+            let before = epoch_millis(SystemTime::now());
+            let at = next_at(
+                &view(access, Some("sk-ant-ort01-r"), expires_at),
+                None,
+                lead,
+            );
+            assert_eq!(
+                at <= before.max(epoch_millis(SystemTime::now())),
+                due,
+                "{access:?} {expires_at:?}"
+            );
+        }
+    }
 }

@@ -24,8 +24,10 @@ use crate::secret::Secret;
 use crate::store::{FileLock, Place, Store, StoreError};
 
 pub use attempt::{InHand, Refresher};
-pub use budget::{LOCK_WAIT_LIMIT, refresh_with_budget};
-pub use decide::{next_at, next_at_unlocked};
+pub use budget::{
+    LOCK_WAIT_LIMIT, RunControl, STOP_SAVE_GRACE, refresh_controlled, refresh_with_budget,
+};
+pub use decide::{ACCESS_ONLY, next_at, next_at_unlocked};
 
 /// What the sequence needs to know besides the store.
 #[derive(Clone, Debug)]
