@@ -15,6 +15,7 @@ mod login;
 mod login_profile;
 mod many;
 mod notify;
+mod papercuts;
 mod refresh;
 mod safety;
 mod settings;
