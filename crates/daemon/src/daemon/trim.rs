@@ -32,12 +32,34 @@
 //! breakpoint, a uprobe) in that window of microseconds: the page would go back to the
 //! program's own code from the file, so that breakpoint is lost, and nothing crashes.
 //!
+//! A dirty page is not dropped either, even one that is only the page cache of a binary written
+//! moments ago and not yet written back (`cargo install`, then start it at once): as the
+//! contract says, no dirty page. That case is worth one later look, once the kernel has
+//! written the file back (see `WRITEBACK_WAIT`), from a thread that then ends.
+//!
 //! Anything unexpected (no smaps, no pagemap, a short read, an odd line) drops nothing.
 
+/// How long after start-up a second, last try waits when the first found the program file's
+/// pages dirty in the page cache (a binary written moments before it was started, by `cargo
+/// install` or a package manager, before the kernel wrote it back): past the kernel's default
+/// 30 s expiry of dirty pages and its 5 s write-back period.
+#[cfg(target_os = "linux")]
+const WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Releases the pages of the running program's own file mappings that are provably the file's.
+/// When a mapping was turned down only because its pages are dirty in the page cache, one more
+/// try is made from a short-lived thread once the kernel has had time to write them back.
 pub fn release_startup_pages() {
     #[cfg(target_os = "linux")]
-    linux::release();
+    if linux::release() == linux::Verdict::Dirty {
+        let _ = std::thread::Builder::new()
+            .name("trim".into())
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                std::thread::sleep(WRITEBACK_WAIT);
+                linux::release();
+            });
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -49,12 +71,12 @@ mod linux {
     const PM_SWAP: u64 = 1 << 62;
     const PM_FILE: u64 = 1 << 61;
 
+    /// Counters of dirty pages: a private copy, or a page of the page cache written and not yet
+    /// written back. Each must be zero.
+    const DIRTY: &[&str] = &["Shared_Dirty", "Private_Dirty", "Pss_Dirty"];
     /// Counters that show a private copy (or a page that is not the file's) in a mapping: each
     /// must be zero.
     const MUST_BE_ZERO: &[&str] = &[
-        "Shared_Dirty",
-        "Private_Dirty",
-        "Pss_Dirty",
         "Pss_Anon",
         "Pss_Shmem",
         "Anonymous",
@@ -87,29 +109,52 @@ mod linux {
         "VmFlags",
     ];
 
-    pub fn release() {
+    /// What smaps shows of a mapping.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Verdict {
+        /// No page in it is anything but the file's own, as far as smaps can tell.
+        Clean,
+        /// Clean but for dirty pages (and nothing else that shows a private copy): most likely
+        /// the page cache of a file written moments ago, clean once written back.
+        Dirty,
+        /// Writable, a private copy, a swapped-out page, or something smaps does not let us read.
+        Refused,
+    }
+
+    /// Drops what can be proven, and says whether some mapping was turned down only for dirty
+    /// pages (`Verdict::Dirty`), which a later try may find written back.
+    pub fn release() -> Verdict {
         let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-            return;
+            return Verdict::Refused;
         };
         let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-            return;
+            return Verdict::Refused;
         };
         let exe = exe.to_string_lossy().into_owned();
-        let candidates: Vec<(usize, usize)> = mappings(&smaps)
+        let ours: Vec<(usize, usize, Verdict)> = mappings(&smaps)
             .into_iter()
-            .filter(|m| m.path == exe && clean_by_smaps(m))
-            .map(|m| (m.start, m.end))
+            .filter(|m| m.path == exe)
+            .map(|m| (m.start, m.end, verdict(&m)))
+            .collect();
+        let later = match ours.iter().any(|m| m.2 == Verdict::Dirty) {
+            true => Verdict::Dirty,
+            false => Verdict::Refused,
+        };
+        let candidates: Vec<(usize, usize)> = ours
+            .iter()
+            .filter(|m| m.2 == Verdict::Clean)
+            .map(|m| (m.0, m.1))
             .collect();
         if candidates.is_empty() {
-            return;
+            return later;
         }
         let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
-            return;
+            return Verdict::Refused;
         };
         // SAFETY: sysconf has no preconditions.
         let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
             p if p > 0 => p as usize,
-            _ => return,
+            _ => return Verdict::Refused,
         };
         for (start, end) in candidates {
             let Some(entries) = pagemap_entries(&pagemap, start, end, page) else {
@@ -125,6 +170,7 @@ mod linux {
                 }
             }
         }
+        later
     }
 
     /// The pagemap entries of [start, end), one per page; `None` on any failure.
@@ -210,28 +256,47 @@ mod linux {
     }
 
     /// The smaps half of the proof (see the module comment): not writable, every counter that
-    /// shows a private copy present where required and zero, and nothing unknown non-zero.
-    pub(super) fn clean_by_smaps(m: &Mapping) -> bool {
+    /// shows a private copy present where required and zero, and nothing unknown non-zero;
+    /// `Dirty` when only the dirty counters stand in the way.
+    pub(super) fn verdict(m: &Mapping) -> Verdict {
         if m.perms.contains('w') {
-            return false;
+            return Verdict::Refused;
         }
         let has = |name: &str| m.fields.iter().any(|(n, v)| n == name && v.is_some());
         if !REQUIRED.iter().all(|r| has(r)) {
-            return false;
+            return Verdict::Refused;
         }
-        m.fields.iter().all(|(name, value)| {
-            if MUST_BE_ZERO.contains(&name.as_str()) {
+        let mut dirty = false;
+        for (name, value) in &m.fields {
+            let name = name.as_str();
+            let fine = if DIRTY.contains(&name) {
+                dirty |= *value != Some(0);
+                value.is_some()
+            } else if MUST_BE_ZERO.contains(&name) {
                 *value == Some(0)
             } else {
-                HARMLESS.contains(&name.as_str()) || value.is_none_or(|v| v == 0)
+                HARMLESS.contains(&name) || value.is_none_or(|v| v == 0)
+            };
+            if !fine {
+                return Verdict::Refused;
             }
-        })
+        }
+        if dirty {
+            Verdict::Dirty
+        } else {
+            Verdict::Clean
+        }
     }
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::linux::{clean_by_smaps, mappings, page_is_the_files};
+    use super::linux::{Mapping, Verdict, mappings, page_is_the_files, verdict};
+
+    /// Whether smaps shows the mapping clean (the first half of the proof).
+    fn clean_by_smaps(m: &Mapping) -> bool {
+        verdict(m) == Verdict::Clean
+    }
 
     /// A mapping's smaps block as this kernel prints it, with some counters set.
     fn block(header: &str, set: &[(&str, u64)]) -> String {
@@ -267,7 +332,7 @@ mod tests {
         text
     }
 
-    fn verdict(text: &str) -> bool {
+    fn clean_text(text: &str) -> bool {
         let ms = mappings(text);
         assert_eq!(ms.len(), 1, "{text}");
         clean_by_smaps(&ms[0])
@@ -321,13 +386,39 @@ mod tests {
             ),
         ];
         for (header, set, want, why) in cases {
-            assert_eq!(verdict(&block(header, set)), *want, "{why}");
+            assert_eq!(clean_text(&block(header, set)), *want, "{why}");
         }
         // Writable: never, however clean.
-        assert!(!verdict(&block(
+        assert!(!clean_text(&block(
             "5a00-5b00 rw-p 00400000 fe:00 1 /bin/tokend",
             &[]
         )));
+    }
+
+    /// Dirty but otherwise clean: not dropped now, but worth one more look once written back
+    /// (a binary started moments after it was written). Dirty with anything else: never.
+    #[test]
+    fn dirty_pages_alone_are_worth_a_later_look() {
+        let ro = "5600-5700 r--p 00000000 fe:00 1 /bin/tokend";
+        let cases: &[(&[(&str, u64)], Verdict)] = &[
+            (&[], Verdict::Clean),
+            (
+                &[("Private_Dirty", 532), ("Pss_Dirty", 532)],
+                Verdict::Dirty,
+            ),
+            (&[("Shared_Dirty", 4)], Verdict::Dirty),
+            (&[("Private_Dirty", 4), ("Anonymous", 4)], Verdict::Refused),
+            (&[("Private_Dirty", 4), ("Swap", 4)], Verdict::Refused),
+        ];
+        for (set, want) in cases {
+            let ms = mappings(&block(ro, set));
+            assert_eq!(verdict(&ms[0]), *want, "{set:?}");
+        }
+        let rw = mappings(&block(
+            "5a00-5b00 rw-p 0 fe:00 1 /bin/tokend",
+            &[("Private_Dirty", 4)],
+        ));
+        assert_eq!(verdict(&rw[0]), Verdict::Refused);
     }
 
     #[test]
@@ -340,11 +431,11 @@ mod tests {
                 .filter(|l| !l.starts_with(missing))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            assert!(!verdict(&text), "without {missing}");
+            assert!(!clean_text(&text), "without {missing}");
         }
         // A counter this code does not know, non-zero: not assumed harmless.
-        assert!(!verdict(&format!("{clean}Dirty_Ghosts:     4 kB\n")));
-        assert!(verdict(&format!("{clean}Dirty_Ghosts:     0 kB\n")));
+        assert!(!clean_text(&format!("{clean}Dirty_Ghosts:     4 kB\n")));
+        assert!(clean_text(&format!("{clean}Dirty_Ghosts:     0 kB\n")));
         // A known counter whose value does not parse proves nothing.
         let unreadable: String = clean
             .lines()
@@ -353,7 +444,7 @@ mod tests {
                 false => format!("{l}\n"),
             })
             .collect();
-        assert!(!verdict(&unreadable));
+        assert!(!clean_text(&unreadable));
     }
 
     #[test]
