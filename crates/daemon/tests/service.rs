@@ -569,6 +569,50 @@ fn systemd_exec_start_carries_dollars_and_quotes_exactly() {
             "systemd-analyze: {complaints}\n{unit}"
         );
     }
+
+    // The program itself in such a directory: its path is literal to systemd (no variable is
+    // expanded in ExecStart='s first word, so a `$$` there would stay two).
+    let dir = env.root.join("bin $1 50%");
+    std::fs::create_dir_all(&dir).unwrap();
+    let linked = dir.join("claude-tokend");
+    std::fs::hard_link(BIN, &linked)
+        .or_else(|_| std::fs::copy(BIN, &linked).map(|_| ()))
+        .unwrap();
+    let run = std::process::Command::new(&linked)
+        .args([
+            "service",
+            "install",
+            "--force",
+            "--credentials",
+            "/a$b",
+            "--config-dir",
+            "/c",
+        ])
+        .env_clear()
+        .env("HOME", env.home())
+        .env("XDG_CONFIG_HOME", env.root.join("xdg"))
+        .env("CLAUDE_TOKEND_SERVICE_MANAGER", "systemd")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let unit = read(&env.unit_path());
+    let argv = unit_exec_start(&unit);
+    assert_eq!(argv[0], linked.display().to_string(), "{unit}");
+    assert_eq!(
+        argv[1..],
+        ["--credentials", "/a$b", "--config-dir", "/c"],
+        "{unit}"
+    );
+    if let Some(complaints) = systemd_verify(&env, &env.unit_path()) {
+        assert!(
+            complaints.is_empty(),
+            "systemd-analyze: {complaints}\n{unit}"
+        );
+    }
 }
 
 /// What no service file can hold (a newline or another control character but tab, U+FFFE,

@@ -43,7 +43,9 @@ pub(super) fn render_unit(
     let mut out = String::with_capacity(UNIT_TEMPLATE.len() + 256);
     for line in UNIT_TEMPLATE.lines() {
         if line == UNIT_EXEC_LINE {
-            let mut words = vec![systemd_word(&program, Dollar::Expanded)];
+            // The program itself is a literal path to systemd (no variables there, only
+            // specifiers), so its `$` stays one; the arguments after it are expanded.
+            let mut words = vec![systemd_word(&program, Dollar::Plain)];
             words.extend(args.iter().map(|a| systemd_word(a, Dollar::Expanded)));
             writeln!(out, "ExecStart={}", words.join(" ")).expect("String");
             continue;
@@ -123,8 +125,9 @@ pub(super) fn render_agent(
 /// Whether systemd expands `$` in the directive a word goes into.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dollar {
-    /// `ExecStart=`: `$NAME` and `${NAME}` are the environment's (even inside quotes), so a
-    /// `$` of the value is written `$$`.
+    /// `ExecStart=`'s arguments: `$NAME` and `${NAME}` are the environment's (even inside
+    /// quotes), so a `$` of the value is written `$$`. (Not its first word, the program: that
+    /// is a literal path, where `$$` would stay two.)
     Expanded,
     /// `Environment=`, `ReadWritePaths=`: a `$` is just a character.
     Plain,
@@ -291,6 +294,18 @@ mod tests {
         let env_at = unit.find("Environment=").unwrap();
         assert!(env_at > unit.find("[Service]").unwrap());
         assert!(env_at < unit.find("[Install]").unwrap());
+        // A `$` in the program's own path stays one (systemd expands no variable there); in
+        // its arguments it is doubled.
+        let odd = render_unit(
+            Path::new("/opt/v$1/claude-tokend"),
+            &["--credentials".into(), "/d$x/c.json".into()],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            odd.contains("\nExecStart=\"/opt/v$1/claude-tokend\" --credentials \"/d$$x/c.json\"\n"),
+            "{odd}"
+        );
         let plain = render_unit(Path::new("/usr/bin/claude-tokend"), &[], &[]).unwrap();
         assert!(plain.contains("\nExecStart=/usr/bin/claude-tokend\n"));
         assert!(!plain.contains("Environment="));

@@ -284,16 +284,18 @@ pub fn unit_environment(unit: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The argv `ExecStart=` runs, as systemd reads it: the words, then `$$` → `$` (a lone `$`
-/// would be a variable systemd expands: a test failure).
+/// The program and arguments `ExecStart=` runs, as systemd reads them: the words, then, in the
+/// arguments, `$$` → `$` (a lone `$` would be a variable systemd expands: a test failure). The
+/// first word, the program, is a literal path: no variable is expanded there.
 pub fn unit_exec_start(unit: &str) -> Vec<String> {
     let line = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("an ExecStart= line");
-    systemd_words(line)
-        .into_iter()
-        .map(|w| {
+    let mut words = systemd_words(line).into_iter();
+    let program = words.next().expect("a program");
+    std::iter::once(program)
+        .chain(words.map(|w| {
             let mut out = String::new();
             let mut chars = w.chars();
             while let Some(c) = chars.next() {
@@ -303,7 +305,7 @@ pub fn unit_exec_start(unit: &str) -> Vec<String> {
                 out.push(c);
             }
             out
-        })
+        }))
         .collect()
 }
 
