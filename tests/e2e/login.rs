@@ -29,12 +29,23 @@ pub(crate) struct LoginRun {
 
 /// `login --no-browser ARGS` against `server`, as token endpoint and API base alike.
 pub(crate) fn start_login(home: &TempHome, server: &TokenServer, args: &[&str]) -> LoginRun {
+    start_login_with(home, server, args, &[])
+}
+
+/// [`start_login`] with more variables in its environment.
+pub(crate) fn start_login_with(
+    home: &TempHome,
+    server: &TokenServer,
+    args: &[&str],
+    vars: &[(&str, &std::path::Path)],
+) -> LoginRun {
     let mut cmd = Command::new(bin());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home.path())
         .env("CLAUDE_TOKEND_TOKEN_URL", server.url())
         .env("CLAUDE_TOKEND_API_URL", server.base())
+        .envs(vars.iter().copied())
         .arg("login")
         .arg("--no-browser")
         .args(args)
@@ -478,4 +489,211 @@ fn an_unreachable_endpoint_is_retried_until_the_budget_then_exits_75() {
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("retrying"), "it retried: {stderr}");
     assert!(!home.creds_path().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing to log out is success; a store `login` cannot write is refused before the browser.
+
+#[test]
+fn logout_twice_succeeds_both_times() {
+    let home = TempHome::new();
+    home.write_creds(&json!({"claudeAiOauth": Login::fresh().doc()["claudeAiOauth"]}));
+    Cmd::new(&home)
+        .args(["logout", "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(!home.creds_path().exists(), "the first logout removed it");
+    let out = Cmd::new(&home).args(["logout", "--yes"]).run();
+    out.expect_code(0);
+    out.check(out.stdout.contains("No login"), "says there is none");
+    out.check(!home.creds_path().exists(), "and created nothing");
+
+    // A file that holds other keys but no login: nothing to do, the file untouched.
+    let home = TempHome::new();
+    home.write_creds(&json!({"mcpOAuth": {"x": 1}}));
+    let before = home.state();
+    let out = Cmd::new(&home).args(["logout", "--yes"]).run();
+    out.expect_code(0);
+    out.expect_untouched(&home.creds_path(), &before);
+}
+
+#[test]
+fn logout_with_no_store_at_all_says_so_exits_0_and_creates_nothing() {
+    let home = TempHome::new();
+    // Not even ~/.claude, and no terminal or --yes: nothing to confirm either.
+    let out = Cmd::new(&home).arg("logout").run();
+    out.expect_code(0);
+    out.check(out.stdout.contains("No login"), "says there is none");
+    out.check(!home.claude_dir().exists(), "no directory made for nothing");
+    let out = Cmd::new(&home).args(["logout", "--yes"]).run();
+    out.expect_code(0);
+    out.check(!home.claude_dir().exists(), "no directory made for nothing");
+}
+
+/// `login` with stdin closed: whatever the store, the URL must not be printed when the store
+/// cannot be written.
+fn login_without_paste(home: &TempHome, server: &TokenServer) -> Cmd {
+    Cmd::new(home)
+        .server(server)
+        .env("CLAUDE_TOKEND_API_URL", server.base())
+        .args(["login", "--no-browser"])
+}
+
+#[track_caller]
+fn expect_refused_before_the_browser(out: &Out, code: i32, server: &TokenServer) {
+    out.expect_code(code)
+        .check(
+            !out.stdout.contains("authorize"),
+            "no authorize URL was printed",
+        )
+        .check(
+            !out.stderr.contains("Open this URL"),
+            "the user is not sent to the browser",
+        )
+        .check_eq("requests", server.count(), 0);
+}
+
+#[test]
+fn login_refuses_a_malformed_file_before_printing_the_url() {
+    let home = TempHome::new();
+    home.write_raw(b"{\"claudeAiOauth\": ");
+    let before = home.state();
+    let server = TokenServer::start();
+    let out = login_without_paste(&home, &server).run();
+    expect_refused_before_the_browser(&out, 78, &server);
+    out.expect_untouched(&home.creds_path(), &before)
+        .expect_stderr_contains(&home.creds_path().display().to_string())
+        .expect_only_files(&home.claude_dir(), &allowed_siblings(".credentials.json"));
+}
+
+#[test]
+fn login_refuses_a_directory_it_cannot_write_before_printing_the_url() {
+    let server = TokenServer::start();
+    // A directory no one can create files in, root included.
+    let home = TempHome::new();
+    let out = login_without_paste(&home, &server)
+        .args([
+            "--credentials",
+            "/proc/claude-tokend-test/.credentials.json",
+        ])
+        .run();
+    expect_refused_before_the_browser(&out, 78, &server);
+    let out = login_without_paste(&home, &server)
+        .args(["--credentials", "/proc/.credentials.json"])
+        .run();
+    expect_refused_before_the_browser(&out, 78, &server);
+    out.expect_stderr_contains("/proc");
+
+    // A directory the user cannot write in, where permissions apply (not to root).
+    let home = TempHome::new();
+    std::fs::create_dir(home.claude_dir()).unwrap();
+    let mut perms = std::fs::metadata(home.claude_dir()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o500);
+    std::fs::set_permissions(home.claude_dir(), perms).unwrap();
+    let probe = home.claude_dir().join("probe");
+    if std::fs::write(&probe, b"").is_err() {
+        let out = login_without_paste(&home, &server).run();
+        expect_refused_before_the_browser(&out, 78, &server);
+        out.expect_stderr_contains(&home.claude_dir().display().to_string());
+    } else {
+        let _ = std::fs::remove_file(&probe);
+    }
+    let mut perms = std::fs::metadata(home.claude_dir()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o700);
+    std::fs::set_permissions(home.claude_dir(), perms).unwrap();
+}
+
+#[test]
+fn login_refuses_a_locked_keychain_before_printing_the_url() {
+    let home = TempHome::new();
+    std::fs::create_dir(home.claude_dir()).unwrap();
+    let kc = claude_tokend_e2e::keychain::FakeKeychain::new(&home);
+    kc.lock();
+    let server = TokenServer::start();
+    let out = kc
+        .apply(login_without_paste(&home, &server))
+        .args(["--store", "keychain"])
+        .run();
+    expect_refused_before_the_browser(&out, 75, &server);
+    out.expect_stderr_contains("unlock");
+}
+
+#[test]
+fn login_creates_a_missing_config_directory_0700_before_printing_the_url() {
+    let home = TempHome::new();
+    let dir = home.path().join("deep/new/claude");
+    let server = TokenServer::start();
+    let mut run = start_login_with(&home, &server, &[], &[("CLAUDE_CONFIG_DIR", &dir)]);
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
+    // The URL is out: the directory is there already, before anything was pasted.
+    assert!(dir.is_dir(), "created before the browser step");
+    assert_eq!(mode_of(&dir), 0o700);
+    run.paste(&format!("{code}#{state}"));
+    let out = run.finish();
+    out.expect_code(0);
+    out.check(dir.join(".credentials.json").is_file(), "saved there");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the paste
+
+#[test]
+fn an_empty_paste_asks_again() {
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
+    run.paste("");
+    run.paste("   ");
+    run.paste(&format!("{code}#{state}"));
+    let out = run.finish();
+    out.expect_code(0);
+    out.check_eq("one exchange", server.count(), 1);
+    out.check(
+        out.stderr.matches("(CODE#STATE)").count() == 3,
+        "asked three times",
+    );
+}
+
+#[test]
+fn empty_pastes_end_at_end_of_input_or_after_a_few_tries() {
+    // End of input after one empty line.
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
+    run.paste("");
+    let out = run.finish();
+    out.expect_code(1)
+        .expect_stderr_contains("nothing was sent")
+        .check_eq("requests", server.count(), 0);
+
+    // A stream of empty lines (`yes ''`) does not keep it asking for ever.
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
+    // It stops reading after a few, so the rest of this write may find the pipe closed.
+    let stdin = run.child.stdin.as_mut().expect("stdin");
+    let _ = stdin.write_all("\n".repeat(50).as_bytes());
+    let out = run.finish();
+    out.expect_code(1)
+        .expect_stderr_contains("nothing was sent")
+        .check_eq("requests", server.count(), 0);
+}
+
+#[test]
+fn a_paste_longer_than_64_kib_is_refused_before_any_request() {
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    let mut run = start_login(&home, &server, &[]);
+    let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
+    // It stops reading past the limit, so the rest of this write may find the pipe closed.
+    let stdin = run.child.stdin.as_mut().expect("stdin");
+    let _ = writeln!(stdin, "{code}{}#{state}", "x".repeat(65 * 1024));
+    let out = run.finish();
+    out.expect_code(1)
+        .expect_stderr_contains("64 KiB")
+        .check_eq("requests", server.count(), 0);
+    out.check(!home.creds_path().exists(), "nothing saved");
 }

@@ -17,6 +17,7 @@ mod login_profile;
 mod many;
 mod notify;
 mod one_store;
+mod papercuts;
 mod refresh;
 mod safety;
 mod settings;

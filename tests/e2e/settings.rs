@@ -429,3 +429,45 @@ mod tls {
             .check_eq("requests that reached the endpoint", server.count(), 1);
     }
 }
+
+/// A duration written almost right is refused with what is wrong and how to write it, not as
+/// "has no unit": a fraction (`1.5h`: write `90m`), a space between number and unit (`90 s`),
+/// a comma, a minus sign. Flag and variable alike, before anything is read or sent.
+#[test]
+fn a_nearly_right_duration_says_what_is_wrong() {
+    let cases = [
+        ("1.5h", &["fraction", "90m"][..]),
+        ("0.5m", &["fraction", "30s"][..]),
+        ("2.25h", &["fraction", "135m"][..]),
+        ("1.5s", &["fraction", "1500ms"][..]),
+        ("90 s", &["space", "90s"][..]),
+        ("1h 30m", &["space", "1h30m"][..]),
+        ("1,5h", &["`,`"][..]),
+        ("-3m", &["negative"][..]),
+        ("15", &["has no unit", "15m"][..]),
+    ];
+    for (value, wanted) in cases {
+        for by_flag in [true, false] {
+            let (home, _login, server) = setup();
+            let before = home.state();
+            let cmd = Cmd::new(&home).server(&server).arg("--once");
+            let cmd = if by_flag {
+                // `=`: clap would take a leading `-` for a flag of its own.
+                cmd.arg(format!("--refresh-before={value}"))
+            } else {
+                cmd.env("CLAUDE_TOKEND_REFRESH_BEFORE", value)
+            };
+            let out = cmd.run();
+            out.expect_code(2)
+                .check_eq("requests", server.count(), 0)
+                .expect_untouched(&home.creds_path(), &before);
+            for want in wanted {
+                out.expect_stderr_contains(want);
+            }
+            out.check(
+                !out.stderr.contains("has no unit") || value == "15",
+                "the message says what is wrong, not that a unit is missing",
+            );
+        }
+    }
+}

@@ -321,3 +321,58 @@ fn status_json_says_where_the_email_comes_from_or_null() {
         (Value::from("ada@example.test"), Value::from("claude-code")),
     );
 }
+
+/// A login without a refresh token (an access-only copy, a long-lived token) is not "due now":
+/// nothing here can refresh it. `status` says it is access-only and when it ends, in text and
+/// in JSON, and still exits 0 while the access token is valid.
+#[test]
+fn status_shows_an_access_only_login_as_such() {
+    for refresh in [None, Some("")] {
+        let home = TempHome::new();
+        let login = Login::expiring_in(10 * 60);
+        let mut doc = login.doc();
+        match refresh {
+            None => {
+                doc["claudeAiOauth"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("refreshToken");
+            }
+            Some(blank) => doc["claudeAiOauth"]["refreshToken"] = blank.into(),
+        }
+        home.write_creds(&doc);
+        let server = TokenServer::for_login(&login);
+        let out = Cmd::new(&home).server(&server).arg("status").run();
+        out.expect_code(0)
+            .check(
+                !out.stdout.contains("Refresh due:    now"),
+                "not shown as due for a refresh",
+            )
+            .check(out.stdout.contains("access-only"), "shown as access-only")
+            .check(
+                out.stdout.contains("cannot be refreshed here"),
+                "says it cannot be refreshed here",
+            )
+            .check_eq("requests", server.count(), 0);
+
+        let out = Cmd::new(&home)
+            .server(&server)
+            .args(["status", "--json"])
+            .run();
+        out.expect_code(0);
+        let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+        out.check_eq("accessOnly", &v["accessOnly"], &Value::Bool(true))
+            .check_eq("refreshDueAt", &v["refreshDueAt"], &Value::Null);
+    }
+
+    // A login with its refresh token is not access-only.
+    let login = Login::fresh();
+    let (home, server) = setup(&login);
+    let out = Cmd::new(&home)
+        .server(&server)
+        .args(["status", "--json"])
+        .run();
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    out.check_eq("accessOnly", &v["accessOnly"], &Value::Bool(false));
+    out.check(v["refreshDueAt"].is_i64(), "a refresh time");
+}

@@ -1,7 +1,8 @@
 //! Signing in and out. It owns PKCE (verifier, challenge, and a separate `state`), the authorize
 //! URL, reading what the user pastes back, and saving a login or removing it under the same lock
 //! and atomic write as a refresh. A login is made the way Claude Code makes one: its scopes, and
-//! the plan from the account's profile ([`crate::profile`]) saved with the tokens. It does no
+//! the plan from the account's profile ([`crate::profile`]) saved with the tokens. Before the
+//! browser step it checks that the store could take the login ([`check_store`]). It does no
 //! terminal or browser I/O: the binary does.
 
 use std::fmt;
@@ -272,6 +273,26 @@ pub struct LoginRequest<'a> {
     pub api_url: &'a Url,
 }
 
+/// Checks, before the user is sent to sign in, that a login could be saved in `store`, so that
+/// nobody goes through the browser for a login that is then refused (CONTRACT.md: "`login`
+/// refuses a store it could not write before the browser step"). A missing config directory is
+/// created (0700); then, under the lock as a save would take it, the store is read (a malformed
+/// or unreadable one, or a locked keychain, fails here) and a temp file is made and removed (a
+/// directory that takes no file fails here). Nothing of the store changes. The same checks run
+/// again when the login is saved, in case something changed meanwhile.
+pub async fn check_store(store: &Store, budget: Duration) -> Result<(), StoreError> {
+    store.ensure_dir()?;
+    let lock = store.lock(Instant::now().checked_add(budget)).await?;
+    match store.read_settled().await {
+        Ok(_) | Err(StoreError::Missing { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // Under the lock: no other writer's temp file is touched by its tidying.
+    drop(store.begin_write()?);
+    drop(lock);
+    Ok(())
+}
+
 /// Exchanges the code and merges the new login into the file, keeping every other key. The
 /// directory is created (0700) when missing. Under the lock, the file is read (a malformed one
 /// is refused before the code is spent) and the temp file created before the exchange.
@@ -461,14 +482,37 @@ pub enum LoggedOut {
     NothingToDo,
 }
 
+/// Whether `store` holds a login for `logout` to remove: a `claudeAiOauth` (blank or not). A
+/// missing store holds none. Read without the lock, to decide whether to ask at all; `logout`
+/// decides again under it.
+pub async fn has_login(store: &Store) -> Result<bool, StoreError> {
+    match store.read_settled().await {
+        Ok(snapshot) => Ok(snapshot
+            .doc
+            .root()
+            .contains_key(crate::credentials::OAUTH_KEY)),
+        Err(StoreError::Missing { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes `claudeAiOauth` only, under the lock, atomically; deletes the file when nothing
 /// else remains in it. The decision is made on the store as re-read under Claude Code's
 /// storage-write lock, so a write Claude Code made a moment before is neither lost nor undone.
+/// A missing store is nothing to do (a second logout): no directory or lock file is made for it.
 pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreError> {
+    if !has_login(store).await? {
+        return Ok(LoggedOut::NothingToDo);
+    }
     let lock = store.lock(Instant::now().checked_add(budget)).await?;
     crate::refresh::tidy(store, &lock);
-    // Refused early, with nothing taken: a malformed or missing file has no login to remove.
-    store.read_settled().await?;
+    // Refused early, with nothing taken: a malformed file is not rewritten, and a store removed
+    // meanwhile has no login to remove.
+    match store.read_settled().await {
+        Ok(_) => {}
+        Err(StoreError::Missing { .. }) => return Ok(LoggedOut::NothingToDo),
+        Err(e) => return Err(e),
+    }
     let lock_paths = claude_locks::lock_paths(store.path());
     let pending = store.begin_write()?;
     match save::save(store, &lock, &lock_paths, &|| {}, pending, Change::Logout).await? {

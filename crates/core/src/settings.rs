@@ -25,17 +25,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     read_duration(text).map_err(|e| e.unwrap_or_else(|| format!("`{}` is too large", text.trim())))
 }
 
-/// `parse_duration`, with `Err(None)` for a well-formed duration too large to hold.
+/// `parse_duration`, with `Err(None)` for a well-formed duration too large to hold. A refusal
+/// says what is wrong with the text (a fraction, a space, a sign, a missing or unknown unit)
+/// and, where one exists, the exact way to write it.
 fn read_duration(text: &str) -> Result<Duration, Option<String>> {
     let hint = "write a number and a unit, like 90s, 15m or 1h";
     let s = text.trim();
     if s.is_empty() {
         return Err(Some(format!("empty duration: {hint}")));
     }
+    if s.starts_with('-') {
+        return Err(Some(format!("`{s}` is negative: a duration is 0s or more")));
+    }
+    if s.contains(char::is_whitespace) {
+        let joined: String = s.split_whitespace().collect();
+        let instead = match read_duration(&joined) {
+            Ok(_) | Err(None) => format!(": write {joined}"),
+            Err(Some(_)) => String::new(),
+        };
+        return Err(Some(format!(
+            "`{s}` has a space in it; a number and its unit are written together, with no \
+             space{instead}"
+        )));
+    }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if rest[digits..].starts_with('.') {
+            return Err(Some(fraction(s)));
+        }
         if digits == 0 {
             return Err(Some(format!("`{s}` is not a duration: {hint}")));
         }
@@ -49,7 +68,14 @@ fn read_duration(text: &str) -> Result<Duration, Option<String>> {
             "m" => Some(60),
             "h" => Some(3600),
             "d" => Some(86_400),
-            "" => return Err(Some(format!("`{s}` has no unit: {hint}"))),
+            "" => {
+                return Err(Some(match rest.chars().next() {
+                    None => format!("`{s}` has no unit: {hint}"),
+                    Some(c) => {
+                        format!("`{c}` in `{s}` is not a unit (use ms, s, m, h or d): {hint}")
+                    }
+                }));
+            }
             other => {
                 return Err(Some(format!(
                     "`{other}` is not a unit (use ms, s, m, h or d): {hint}"
@@ -67,6 +93,57 @@ fn read_duration(text: &str) -> Result<Duration, Option<String>> {
         total = piece.and_then(|p| total.checked_add(p)).ok_or(None)?;
     }
     Ok(total)
+}
+
+/// The message for a duration with a fraction (`1.5h`): not accepted, and, when the text is one
+/// number and unit that a smaller unit holds whole, that exact spelling (`90m`).
+fn fraction(s: &str) -> String {
+    let refusal = format!(
+        "`{s}` has a fraction, which is not accepted (use whole numbers, in a smaller unit \
+         where needed"
+    );
+    match whole_in_smaller_unit(s) {
+        Some(instead) => format!("{refusal}): write {instead}"),
+        None => format!("{refusal}, like 90m for 1.5h)"),
+    }
+}
+
+/// `1.5h` → `90m`, `0.5m` → `30s`, `1.5s` → `1500ms`: the first smaller unit that holds the
+/// value whole, for a text that is exactly one decimal number and one unit.
+fn whole_in_smaller_unit(s: &str) -> Option<String> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = s.split_at(split);
+    let (int, frac) = number.split_once('.')?;
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        || frac.len() > 18
+    {
+        return None;
+    }
+    let scale = 10u128.pow(u32::try_from(frac.len()).ok()?);
+    let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let frac: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    // The value, in `unit`, is numerator / scale.
+    let mut numerator = int.checked_mul(scale)?.checked_add(frac)?;
+    let smaller: &[(&str, u128, &str)] = &[
+        ("d", 24, "h"),
+        ("h", 60, "m"),
+        ("m", 60, "s"),
+        ("s", 1000, "ms"),
+    ];
+    let mut at = smaller.iter().position(|(u, _, _)| *u == unit)?;
+    while let Some((_, factor, next)) = smaller.get(at) {
+        numerator = numerator.checked_mul(*factor)?;
+        if numerator % scale == 0 {
+            return Some(format!("{}{next}", numerator / scale));
+        }
+        at += 1;
+    }
+    None
 }
 
 /// A duration no longer than `max` (written `max_text`); the message names the allowed range and
@@ -177,6 +254,50 @@ mod tests {
             "99999999999999999999s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    /// A nearly right duration is refused with what is wrong and, where there is one, the
+    /// exact way to write it.
+    #[test]
+    fn refusals_say_what_is_wrong_by_table() {
+        let cases = [
+            (
+                "1.5h",
+                "fraction, which is not accepted",
+                Some(": write 90m"),
+            ),
+            ("2.25h", "fraction", Some("135m")),
+            ("0.5m", "fraction", Some("30s")),
+            (".5m", "fraction", Some("30s")),
+            ("1.5s", "fraction", Some("1500ms")),
+            ("1.5d", "fraction", Some("36h")),
+            ("1.0001s", "fraction", None),
+            ("1h0.5m", "fraction", None),
+            ("1.5ms", "fraction", None),
+            ("1.5x", "fraction", None),
+            ("90 s", "space", Some(": write 90s")),
+            ("1h 30m", "space", Some(": write 1h30m")),
+            ("1 x", "space", None),
+            ("-3m", "negative", None),
+            ("1,5h", "`,` in `1,5h` is not a unit", None),
+            ("15", "has no unit", None),
+            ("1x", "`x` is not a unit", None),
+        ];
+        for (text, says, instead) in cases {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+            match instead {
+                Some(i) => assert!(err.contains(i), "{text}: {err}"),
+                None => assert!(
+                    !err.split(": write ")
+                        .skip(1)
+                        .any(|after| after.starts_with(|c: char| c.is_ascii_digit())),
+                    "{text} has no exact spelling to suggest: {err}"
+                ),
+            }
+            // Under the bounds, the same words.
+            assert_eq!(parse_refresh_lead(text).unwrap_err(), err, "{text}");
         }
     }
 

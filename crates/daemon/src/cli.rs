@@ -144,7 +144,10 @@ pub enum LoginFlag {
 
 #[derive(Debug, Args)]
 pub struct Settings {
-    /// A credentials file to keep fresh; repeat for several logins [default: $CLAUDE_CONFIG_DIR/.credentials.json, else ~/.claude/.credentials.json]
+    /// A credentials file to keep fresh; repeat for several logins [default:
+    /// $CLAUDE_SECURESTORAGE_CONFIG_DIR/.credentials.json (Claude Code's own variable; set but
+    /// empty: ~/.claude), else $CLAUDE_CONFIG_DIR/.credentials.json, else
+    /// ~/.claude/.credentials.json]
     #[arg(
         long,
         global = true,

@@ -18,7 +18,8 @@ use crate::show::{describe_expiry, emit};
 
 /// Every login the settings name, in order (see CONTRACT.md "Several logins, one daemon"): the
 /// `--credentials`/`--config-dir` flags when any is given; else the `:`-separated
-/// CLAUDE_TOKEND_CONFIG_DIRS; else the one login located as in "Where the credentials live".
+/// CLAUDE_TOKEND_CONFIG_DIRS (see [`config_dirs_list`] for its `~`); else the one login
+/// located as in "Where the credentials live".
 /// Two entries naming the same store are one login. A bad combination exits 2.
 pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
     let env = LocateEnv::from_process();
@@ -32,8 +33,10 @@ pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
             });
         }
     } else if let Some(list) = list {
-        // `:`-separated, like PATH; empty entries are skipped.
-        for dir in std::env::split_paths(&list).filter(|d| !d.as_os_str().is_empty()) {
+        for dir in config_dirs_list(&list, std::env::var_os("HOME").as_deref()).map_err(|why| {
+            eprintln!("claude-tokend: CLAUDE_TOKEND_CONFIG_DIRS: {why}");
+            exit::USAGE
+        })? {
             stores.push(config_dir_store(settings, &env, dir.as_os_str())?);
         }
     }
@@ -47,6 +50,50 @@ pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
         }
     }
     Ok(unique)
+}
+
+/// The directories of `CLAUDE_TOKEND_CONFIG_DIRS`: `:`-separated, like PATH, empty entries
+/// skipped. A variable is often set with quotes (`export CLAUDE_TOKEND_CONFIG_DIRS="~/a:~/b"`),
+/// where the shell leaves `~` alone, so a leading `~` or `~/` means `home`, as a shell would
+/// have made it; `~user` (another user's home) is refused, saying why, rather than taken for a
+/// directory named `~user`. The service install carries the list with the same reading.
+pub fn config_dirs_list(
+    list: &std::ffi::OsStr,
+    home: Option<&std::ffi::OsStr>,
+) -> Result<Vec<std::path::PathBuf>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut dirs = Vec::new();
+    for dir in std::env::split_paths(list).filter(|d| !d.as_os_str().is_empty()) {
+        let bytes = dir.as_os_str().as_bytes();
+        if bytes.first() != Some(&b'~') {
+            dirs.push(dir);
+            continue;
+        }
+        let rest = &bytes[1..];
+        if !rest.is_empty() && rest[0] != b'/' {
+            let name_end = bytes.iter().position(|&b| b == b'/').unwrap_or(bytes.len());
+            let user = String::from_utf8_lossy(&bytes[..name_end]);
+            return Err(format!(
+                "the entry `{}` starts with `{user}`, another user's home, which is not \
+                 expanded here: write that directory's full path",
+                dir.display()
+            ));
+        }
+        let Some(home) = home.filter(|h| !h.is_empty()) else {
+            return Err(format!(
+                "the entry `{}` starts with `~`, but HOME is not set to expand it: write the \
+                 full path",
+                dir.display()
+            ));
+        };
+        let mut expanded = std::path::PathBuf::from(home);
+        let rest = std::ffi::OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest));
+        if !rest.is_empty() {
+            expanded.push(rest);
+        }
+        dirs.push(expanded);
+    }
+    Ok(dirs)
 }
 
 /// The one login a command that needs exactly one (`token`, `login`, `logout`) acts on.
@@ -261,7 +308,10 @@ fn once_one(settings: &Settings, store: &Store, session: &mut Option<Session>) -
         if let Ok(Some(lock)) = store.try_lock() {
             refresh::tidy(store, &lock);
         }
-        tracing::info!(expires = %describe_expiry(view.expires_at), "token is fresh; nothing to do");
+        tracing::info!(
+            "token is fresh; nothing to do; {}",
+            describe_expiry(view.expires_at)
+        );
         return Ok(exit::OK);
     }
     let policy = policy_for(settings);
@@ -491,4 +541,36 @@ pub fn daemon(settings: &Settings) -> u8 {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+
+    #[test]
+    fn config_dirs_expand_a_leading_tilde_by_table() {
+        let home = Some(OsStr::new("/home/u"));
+        let ok = |list: &str, want: &[&str]| {
+            assert_eq!(
+                config_dirs_list(OsStr::new(list), home),
+                Ok(want.iter().map(PathBuf::from).collect::<Vec<_>>()),
+                "{list}"
+            );
+        };
+        ok("~/a:~/b/", &["/home/u/a", "/home/u/b/"]);
+        ok("~", &["/home/u"]);
+        ok("~/", &["/home/u"]);
+        ok("/srv/x::rel/y", &["/srv/x", "rel/y"]);
+        ok("/srv/~/x:a~b", &["/srv/~/x", "a~b"]);
+        for bad in ["~bob", "~bob/claude", "/a:~other/x"] {
+            let err = config_dirs_list(OsStr::new(bad), home).unwrap_err();
+            assert!(err.contains("another user's home"), "{bad}: {err}");
+        }
+        for home in [None, Some(OsStr::new(""))] {
+            let err = config_dirs_list(OsStr::new("~/a"), home).unwrap_err();
+            assert!(err.contains("HOME"), "{err}");
+        }
+    }
 }

@@ -306,7 +306,8 @@ fn environment_section(out: &mut String, cmd: &clap::Command) {
             if !text.is_empty() && !text.ends_with('.') {
                 text.push('.');
             }
-            if let Some(long) = arg.get_long() {
+            // A hidden flag (`--manager`) is not offered anywhere else, so not here either.
+            if let Some(long) = arg.get_long().filter(|_| !arg.is_hide_set()) {
                 text.push_str(&format!(" Same as --{long}."));
             }
             out.push((var, text));

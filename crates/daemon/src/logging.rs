@@ -1,9 +1,15 @@
 //! Log setup: one `tracing` subscriber writing human-readable lines to stderr. It owns the
 //! verbosity rules: `RUST_LOG` wins when set; otherwise `-v`/`-q` move from a default that is
-//! `info` for the daemon and commands, and silence for `--once` (cron mails any output).
+//! `info` for the daemon and commands, and silence for `--once` (cron mails any output); and
+//! how a line looks (see [`Lines`]).
 
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Verbosity steps, quietest first.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
@@ -24,22 +30,21 @@ pub fn init(quiet_by_default: bool, verbose: u8, quiet: u8, daemon: bool) {
     };
     // journald stamps every line itself; a second timestamp is noise. Commands run by hand
     // need none either. A daemon writing to a plain log file (launchd) wants them.
-    let stamped = daemon && std::env::var_os("JOURNAL_STREAM").is_none();
+    let lines = Lines {
+        daemon,
+        stamped: daemon && std::env::var_os("JOURNAL_STREAM").is_none(),
+    };
     macro_rules! install {
         ($builder:expr) => {{
             // A stderr that fails (a terminal that hung up, a closed pipe) must not make a
             // log line panic: tracing-subscriber would report it with `eprintln!`, whose panic
             // (an abort in release builds) could lose an answer in flight.
-            let builder = $builder
+            $builder
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
-                .with_target(false)
-                .log_internal_errors(false);
-            if stamped {
-                builder.init()
-            } else {
-                builder.without_time().init()
-            }
+                .log_internal_errors(false)
+                .event_format(lines)
+                .init()
         }};
     }
     match std::env::var("RUST_LOG") {
@@ -54,6 +59,66 @@ pub fn init(quiet_by_default: bool, verbose: u8, quiet: u8, daemon: bool) {
                 .unwrap_or(LevelFilter::INFO);
             install!(tracing_subscriber::fmt().with_max_level(level))
         }
+    }
+}
+
+/// How a log line looks. A command's lines read like its other messages, `claude-tokend:
+/// warning: …` (a person reads them among the command's own output); the daemon's read like a
+/// log, `WARN …` after an optional timestamp. Neither begins with a space (tracing's default
+/// pads the level to five columns), and each event's span (`login{store=…}`, with several
+/// logins) comes before its message.
+#[derive(Clone, Copy)]
+struct Lines {
+    daemon: bool,
+    stamped: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Lines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        if self.daemon {
+            if self.stamped {
+                SystemTime.format_time(&mut w)?;
+                w.write_char(' ')?;
+            }
+            write!(w, "{level} ")?;
+        } else {
+            write!(w, "claude-tokend: {}", command_label(level))?;
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                w.write_str(span.name())?;
+                if let Some(fields) = span.extensions().get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(w, "{{{fields}}}")?;
+                }
+                w.write_str(": ")?;
+            }
+        }
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// What a command's line says before its message, as `eprintln!` messages do: nothing for
+/// information, `warning: ` and `error: ` for the rest.
+fn command_label(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "error: ",
+        Level::WARN => "warning: ",
+        Level::INFO => "",
+        Level::DEBUG => "debug: ",
+        Level::TRACE => "trace: ",
     }
 }
 
@@ -76,5 +141,12 @@ mod tests {
         for ((d, v, q), want) in cases {
             assert_eq!(level_for(d, v, q), want, "default={d} -v x{v} -q x{q}");
         }
+    }
+
+    #[test]
+    fn command_lines_are_labelled_as_messages_are() {
+        assert_eq!(command_label(Level::WARN), "warning: ");
+        assert_eq!(command_label(Level::ERROR), "error: ");
+        assert_eq!(command_label(Level::INFO), "");
     }
 }

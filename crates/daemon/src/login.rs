@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokend_core::login::{
     self, DEFAULT_SCOPE, LONG_LIVED_SCOPE, LONG_LIVED_SECONDS, LoggedOut, LoginError, LoginRequest,
-    Pkce, ProfileLookup, authorize_url, check_state, parse_paste,
+    PasteError, Pkce, ProfileLookup, authorize_url, check_state, parse_paste,
 };
 use tokend_core::refresh::RunControl;
 use tokend_core::secret::Secret;
@@ -41,6 +41,18 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     });
     let client_id = settings.client_id.as_str();
     let rt = runtime();
+    // Before anyone is sent to the browser: a login that could not be saved is refused now.
+    if let Err(e) = rt.block_on(login::check_store(&store, settings.retry_budget)) {
+        eprintln!(
+            "claude-tokend: {e}. A login could not be saved there, so signing in was not started"
+        );
+        return match e {
+            StoreError::KeychainUnavailable { .. } | StoreError::LockTimeout { .. } => {
+                exit::TEMPFAIL
+            }
+            _ => exit::CONFIG,
+        };
+    }
 
     let (redirect_uri, code) = if args.loopback {
         match rt.block_on(loopback_code(settings, args, &pkce, client_id, &scope)) {
@@ -57,27 +69,10 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
             &pkce,
         );
         show_url(&url, args.no_browser);
-        eprint!(
-            "After signing in, the page shows a code. Paste it here (CODE#STATE) and press Enter: "
-        );
-        let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-            eprintln!("\nclaude-tokend: cannot read the code from standard input: {e}");
-            return exit::FAILURE;
+        match read_paste(&pkce.state) {
+            Ok(code) => (redirect_uri, code),
+            Err(code) => return code,
         }
-        let pasted = match parse_paste(&line) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("\nclaude-tokend: {e}");
-                return exit::FAILURE;
-            }
-        };
-        if let Err(e) = check_state(&pasted, &pkce.state) {
-            eprintln!("\nclaude-tokend: {e}");
-            return exit::FAILURE;
-        }
-        (redirect_uri, pasted.code)
     };
 
     let policy = policy_for(settings);
@@ -138,6 +133,108 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
             }
         }
     }
+}
+
+/// The longest paste read: a code with its state, or a whole callback URL, is a few hundred
+/// bytes; anything longer is not one, and is not read on (`login < /dev/zero`).
+const PASTE_LIMIT: usize = 64 * 1024;
+/// Answers without a code (an Enter pressed too early, a stray line) before `login` gives up:
+/// enough for a person, few enough that an endless stream of empty lines ends it.
+const PASTE_TRIES: usize = 5;
+
+/// Reads the code the sign-in page shows, asking again after an answer without one (an empty
+/// line, say), until end of input or [`PASTE_TRIES`] answers. A paste that carries another
+/// login attempt's state is refused at once: nothing is sent for it.
+fn read_paste(state: &str) -> Result<Secret, u8> {
+    let stdin = std::io::stdin();
+    let typed = stdin.is_terminal();
+    let mut input = stdin.lock();
+    eprint!(
+        "After signing in, the page shows a code. Paste it here (CODE#STATE) and press Enter: "
+    );
+    for attempt in 1..=PASTE_TRIES {
+        let _ = std::io::stderr().flush();
+        let line = match read_line_limited(&mut input, PASTE_LIMIT) {
+            Ok(Line::Text(line)) => line,
+            Ok(Line::End) => {
+                eprintln!(
+                    "\nclaude-tokend: no code was pasted before the end of input; nothing was \
+                     sent. Run `claude-tokend login` again and paste the code the page shows"
+                );
+                return Err(exit::FAILURE);
+            }
+            Ok(Line::TooLong) => {
+                eprintln!(
+                    "\nclaude-tokend: the pasted text is longer than 64 KiB, which no code is; \
+                     nothing was sent. Run `claude-tokend login` again and paste the code the \
+                     page shows"
+                );
+                return Err(exit::FAILURE);
+            }
+            Err(e) => {
+                eprintln!("\nclaude-tokend: cannot read the code from standard input: {e}");
+                return Err(exit::FAILURE);
+            }
+        };
+        // An answer that was not typed leaves the prompt's line open: end it, so what follows
+        // (an error, the result) starts a line of its own.
+        if !typed {
+            eprintln!();
+        }
+        match parse_paste(&line) {
+            Ok(pasted) => {
+                if let Err(e) = check_state(&pasted, state) {
+                    eprintln!("claude-tokend: {e}");
+                    return Err(exit::FAILURE);
+                }
+                return Ok(pasted.code);
+            }
+            Err(e @ (PasteError::Empty | PasteError::NoCode)) if attempt < PASTE_TRIES => {
+                let why = match e {
+                    PasteError::Empty => "Nothing was pasted",
+                    _ => "That has no authorization code",
+                };
+                eprint!(
+                    "{why}. Paste the code the page shows (CODE#STATE) and press Enter, or end \
+                     the input (Ctrl-D) to give up: "
+                );
+            }
+            Err(PasteError::Empty | PasteError::NoCode) => {
+                eprintln!(
+                    "claude-tokend: no code after {PASTE_TRIES} answers; nothing was sent. Run \
+                     `claude-tokend login` again and paste the code the page shows"
+                );
+                return Err(exit::FAILURE);
+            }
+            Err(e) => {
+                eprintln!("claude-tokend: {e}");
+                return Err(exit::FAILURE);
+            }
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+/// One line of input, read no further than `limit` bytes.
+enum Line {
+    Text(String),
+    /// End of input before any byte.
+    End,
+    /// More than `limit` bytes without a newline.
+    TooLong,
+}
+
+fn read_line_limited(input: &mut impl BufRead, limit: usize) -> std::io::Result<Line> {
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let n = std::io::Read::take(&mut *input, cap).read_until(b'\n', &mut bytes)?;
+    Ok(if n == 0 {
+        Line::End
+    } else if bytes.len() > limit && bytes.last() != Some(&b'\n') {
+        Line::TooLong
+    } else {
+        Line::Text(String::from_utf8_lossy(&bytes).into_owned())
+    })
 }
 
 /// The account and plan the profile gave, or why there are none. A failed lookup is no failed
@@ -380,6 +477,19 @@ pub fn logout(settings: &Settings, yes: bool) -> u8 {
         Err(code) => return code,
     };
     let path = store.place().to_string();
+    let rt = runtime();
+    // Nothing to remove is no failure (a second logout), and nothing to ask about either.
+    match rt.block_on(login::has_login(&store)) {
+        Ok(true) => {}
+        Ok(false) => {
+            println!("No login in {path}; nothing to remove.");
+            return exit::OK;
+        }
+        Err(e) => {
+            eprintln!("claude-tokend: {e}");
+            return store_exit(&e);
+        }
+    }
     if !yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
@@ -397,7 +507,7 @@ pub fn logout(settings: &Settings, yes: bool) -> u8 {
             return exit::FAILURE;
         }
     }
-    match runtime().block_on(login::logout(&store, settings.retry_budget)) {
+    match rt.block_on(login::logout(&store, settings.retry_budget)) {
         Ok(LoggedOut::Removed) => {
             println!("Logged out: removed the login from {path}; other keys were kept.");
             exit::OK
@@ -412,15 +522,18 @@ pub fn logout(settings: &Settings, yes: bool) -> u8 {
         }
         Err(e) => {
             eprintln!("claude-tokend: {e}");
-            match e {
-                StoreError::Missing { .. }
-                | StoreError::Unreadable { .. }
-                | StoreError::Malformed { .. } => exit::CONFIG,
-                StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. } => {
-                    exit::TEMPFAIL
-                }
-                _ => exit::FAILURE,
-            }
+            store_exit(&e)
         }
+    }
+}
+
+/// What a store failure of `logout` means to a script.
+fn store_exit(e: &StoreError) -> u8 {
+    match e {
+        StoreError::Missing { .. }
+        | StoreError::Unreadable { .. }
+        | StoreError::Malformed { .. } => exit::CONFIG,
+        StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. } => exit::TEMPFAIL,
+        _ => exit::FAILURE,
     }
 }

@@ -128,8 +128,12 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
     let now = epoch_millis(SystemTime::now());
     let account = account(store, &view);
     let expired = view.expires_at.is_none_or(|at| at <= now);
+    // No refresh token (an access-only copy, a long-lived token): nothing here can refresh it,
+    // so it has no refresh time; it is used as it is until it expires.
+    let access_only = view.usable_refresh_token().is_none();
     let refresh_due = view
         .expires_at
+        .filter(|_| !access_only)
         .map(|at| due_at(at, settings.refresh_before));
     let doc = with_location(json!({
         "loggedIn": true,
@@ -139,6 +143,7 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
         "expiresAtLocal": view.expires_at.map(local_time),
         "expiresInSeconds": view.expires_at.map(|at| at.saturating_sub(now) / 1000),
         "expired": expired,
+        "accessOnly": access_only,
         "refreshDueAt": refresh_due,
         "refreshTokenExpiresAt": view.refresh_token_expires_at,
         "refreshTokenExpiresAtLocal": view.refresh_token_expires_at.map(local_time),
@@ -172,7 +177,7 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
             "Refresh token:",
             match &view.refresh_token {
                 Some(t) if !t.is_blank() => t.masked(),
-                _ => "(none: this login cannot be renewed)".into(),
+                _ => "(none: access-only)".into(),
             },
         );
         row(
@@ -183,7 +188,14 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
                 None => "unknown".into(),
             },
         );
-        if let Some(due) = refresh_due {
+        if access_only {
+            row(
+                "Refresh due:",
+                "never: access-only, it cannot be refreshed here (an access-only copy or a \
+                 long-lived token); sign in again before it expires"
+                    .into(),
+            );
+        } else if let Some(due) = refresh_due {
             row(
                 "Refresh due:",
                 if due <= now { "now".into() } else { when(due) },

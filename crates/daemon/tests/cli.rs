@@ -83,3 +83,23 @@ fn a_bad_subcommand_variable_is_named() {
         "{err}"
     );
 }
+
+/// `--credentials`'s help names every place the default can come from, Claude Code's
+/// `CLAUDE_SECURESTORAGE_CONFIG_DIR` first (it wins over `CLAUDE_CONFIG_DIR`).
+#[test]
+fn help_for_credentials_names_where_the_default_comes_from() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    let at = text
+        .find("--credentials <PATH>")
+        .expect("--credentials in --help");
+    let help = &text[at..at + 600.min(text.len() - at)];
+    let secure = help
+        .find("CLAUDE_SECURESTORAGE_CONFIG_DIR")
+        .unwrap_or_else(|| {
+            panic!("--credentials' help lacks CLAUDE_SECURESTORAGE_CONFIG_DIR: {help}")
+        });
+    let config = help.find("CLAUDE_CONFIG_DIR").expect("CLAUDE_CONFIG_DIR");
+    assert!(secure < config, "in the order they apply: {help}");
+}

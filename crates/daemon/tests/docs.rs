@@ -391,9 +391,8 @@ fn the_agent_template_is_well_formed_xml() {
 #[test]
 fn the_rendered_agent_is_well_formed_xml_with_awkward_paths_and_settings() {
     let mut env = Env::new("launchd");
-    // Everything XML or a comment could choke on that a path or setting may hold (`"` and `\`
-    // are refused outright; see `bad_service_command_lines_exit_2`).
-    let odd = "a&b <c> 'd' --e-- -->";
+    // Everything XML or a comment could choke on that a path or setting may hold.
+    let odd = "a&b <c> 'd' \"e\" \\f --g-- -->";
     let home = env.root.join(format!("home {odd}"));
     std::fs::create_dir_all(&home).unwrap();
     let config = env.root.join(format!("config {odd}"));
@@ -431,5 +430,82 @@ fn the_rendered_agent_is_well_formed_xml_with_awkward_paths_and_settings() {
         ("CLAUDE_TOKEND_REFRESH_BEFORE", "20m".to_owned()),
     ] {
         assert_eq!(vars[key].as_string(), Some(want.as_str()), "{key}");
+    }
+}
+
+/// The man page describes only what `--help` offers: a hidden flag (`--manager`, for tests
+/// and packagers) is named nowhere on it, not even as "Same as --manager" under its variable.
+#[test]
+fn the_man_page_names_no_hidden_flag() {
+    let env = Env::systemd();
+    let page = env.run(&["man"]).ok().out;
+    assert!(!page.contains(r"\-\-manager"), "{page}");
+    let dir = env.root.join("pages");
+    env.run(&["man", "--dir", &dir.display().to_string()]).ok();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = read(&path);
+        assert!(!text.contains(r"\-\-manager"), "{}", path.display());
+    }
+}
+
+fn readme() -> String {
+    read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+}
+
+#[test]
+fn the_readme_repeats_no_heading_and_glues_none_to_another() {
+    let text = readme();
+    let mut seen = std::collections::HashSet::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code || !line.starts_with('#') {
+            continue;
+        }
+        let title = line.trim_start_matches('#').trim();
+        assert!(!title.contains("##"), "two headings in one line: {line:?}");
+        assert!(seen.insert(line.to_owned()), "heading repeated: {line:?}");
+    }
+}
+
+/// The README's exit-code table says what the contract says exit 1 covers, `invalid_client`
+/// (a client setting the server refuses) among it.
+#[test]
+fn the_readme_exit_1_row_names_a_refused_client() {
+    let text = readme();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .expect("an exit-1 row");
+    for word in ["invalid_client", "redirect", "logout", "saved"] {
+        assert!(row.contains(word), "the exit-1 row lacks {word}: {row}");
+    }
+}
+
+/// Every directive of the sandbox drop-in is named where the README lists them.
+#[test]
+fn the_readme_lists_every_directive_of_the_sandbox_drop_in() {
+    let text = readme();
+    let dropin = read(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd/claude-tokend-sandbox.conf"),
+    );
+    let at = text
+        .find("adds the optional drop-in")
+        .expect("the README describes the drop-in");
+    let list = &text[at..at + 400];
+    for line in dropin.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if line.starts_with('#') || key == "ReadWritePaths" {
+            continue;
+        }
+        let directive = format!("{key}={value}");
+        let named = list.contains(&directive) || (value == "yes" && list.contains(key));
+        assert!(named, "the README's list lacks {directive}: {list}");
     }
 }

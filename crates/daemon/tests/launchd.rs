@@ -193,3 +193,37 @@ fn launchd_install_puts_several_logins_in_program_arguments() {
         ]
     );
 }
+
+#[test]
+fn launchd_uninstall_without_launchctl_removes_the_agent_with_a_warning() {
+    let mut env = Env::new("launchd");
+    env.run(&["service", "install"]).ok();
+    assert!(env.agent_path().is_file());
+    let empty = env.root.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    env.set("PATH", &empty.display().to_string());
+    let run = env.run(&["service", "uninstall"]).ok();
+    assert!(!env.agent_path().exists(), "{}{}", run.out, run.err);
+    assert!(run.err.contains("warning"), "{}", run.err);
+    assert!(run.err.contains("launchctl"), "{}", run.err);
+    let run = env.run(&["service", "uninstall"]).ok();
+    assert!(run.out.contains("Nothing to remove"), "{}", run.out);
+}
+
+/// `"`, `\`, `$` and `%` are plain text in a plist: the notify command reads back exactly,
+/// through a strict XML parse and a plist reader.
+#[test]
+fn launchd_carries_a_notify_command_with_quotes_exactly() {
+    let env = Env::new("launchd");
+    let cmd = "notify-send \"Claude login\" \"$CLAUDE_TOKEND_MESSAGE\" # \\ 50% <&> \t'";
+    env.run(&["service", "install", "--notify-cmd", cmd]).ok();
+    let text = read(&env.agent_path());
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    roxmltree::Document::parse_with_options(&text, options).expect("well-formed XML");
+    let d = plist_at(&env.agent_path());
+    let vars = d["EnvironmentVariables"].as_dictionary().unwrap();
+    assert_eq!(vars["CLAUDE_TOKEND_NOTIFY_CMD"].as_string(), Some(cmd));
+}

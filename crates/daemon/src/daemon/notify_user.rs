@@ -55,7 +55,17 @@ pub struct UserNotifier {
 }
 
 impl UserNotifier {
+    /// With `desktop`, warns at once when this system's notification program is not on PATH:
+    /// the user hears it when starting the daemon, not on the day a notice goes nowhere.
     pub fn new(command: Option<String>, desktop: bool) -> Self {
+        if desktop && on_path(desktop_program()).is_none() {
+            tracing::warn!(
+                "--notify desktop: {} is not on PATH ({}), so desktop notifications cannot be \
+                 shown; install it (Debian/Ubuntu: libnotify-bin), or use --notify-cmd",
+                desktop_program(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+        }
         UserNotifier {
             command: command.filter(|c| !c.trim().is_empty()),
             desktop,
@@ -82,10 +92,27 @@ impl UserNotifier {
             };
             self.run(cmd, notice, "--notify-cmd");
         }
-        if self.desktop
-            && let Some(cmd) = desktop_command(notice)
-        {
-            self.run(cmd, notice, "--notify desktop");
+        if self.desktop {
+            match desktop_command(notice) {
+                Some(cmd) => self.run(cmd, notice, "--notify desktop"),
+                None => self.failed_once(
+                    notice,
+                    "--notify desktop",
+                    format!("{} is not on PATH", desktop_program()),
+                ),
+            }
+        }
+    }
+
+    /// Logs that a delivery failed, once per login and event (as a failed run is).
+    fn failed_once(&self, notice: &Notice, what: &str, why: String) {
+        let mut seen = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert((notice.login.clone(), notice.event)) {
+            tracing::warn!(
+                "{what} for {} ({}) failed: {why}",
+                notice.event.name(),
+                notice.login
+            );
         }
     }
 
@@ -145,11 +172,20 @@ fn rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_string())
 }
 
+/// The program `--notify desktop` runs on this system.
+fn desktop_program() -> &'static str {
+    if cfg!(target_os = "macos") {
+        "osascript"
+    } else {
+        "notify-send"
+    }
+}
+
 /// The desktop notification command for this system, when its program is installed.
 fn desktop_command(notice: &Notice) -> Option<Command> {
     let title = format!("claude-tokend: {}", notice.event.name());
+    on_path(desktop_program())?;
     if cfg!(target_os = "macos") {
-        on_path("osascript")?;
         let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let mut cmd = Command::new("osascript");
         cmd.arg("-e").arg(format!(
@@ -159,7 +195,6 @@ fn desktop_command(notice: &Notice) -> Option<Command> {
         ));
         Some(cmd)
     } else {
-        on_path("notify-send")?;
         let mut cmd = Command::new("notify-send");
         cmd.args(["--app-name", "claude-tokend", &title, &notice.message]);
         Some(cmd)

@@ -72,8 +72,14 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
         }
         if let Some(list) = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
         {
+            let home = std::env::var_os("HOME");
+            let list =
+                crate::commands::config_dirs_list(&list, home.as_deref()).map_err(|why| {
+                    eprintln!("claude-tokend: CLAUDE_TOKEND_CONFIG_DIRS: {why}");
+                    exit::USAGE
+                })?;
             let mut dirs = Vec::new();
-            for dir in std::env::split_paths(&list).filter(|d| !d.as_os_str().is_empty()) {
+            for dir in list {
                 dirs.push(absolute_utf8(&dir)?);
             }
             env.push(("CLAUDE_TOKEND_CONFIG_DIRS", dirs.join(":")));

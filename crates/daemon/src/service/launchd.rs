@@ -21,21 +21,24 @@ fn launchctl(args: &[&OsStr], hint: &str) -> Result<(), u8> {
     run_step("launchctl", args, hint)
 }
 
-/// Whether launchd has the agent loaded (`launchctl print` succeeds), asked quietly.
-fn launchctl_probe(target: &str) -> Result<bool, u8> {
-    match Process::new("launchctl")
+/// Whether launchd has the agent loaded (`launchctl print` succeeds), asked quietly; the error
+/// when `launchctl` cannot be run at all.
+fn launchctl_loaded(target: &str) -> std::io::Result<bool> {
+    Process::new("launchctl")
         .args(["print", target])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-    {
-        Ok(s) => Ok(s.success()),
-        Err(e) => {
-            eprintln!("claude-tokend: cannot run launchctl: {e} (is this macOS?)");
-            Err(exit::FAILURE)
-        }
-    }
+        .map(|s| s.success())
+}
+
+/// [`launchctl_loaded`] for a step that cannot go on without the answer.
+fn launchctl_probe(target: &str) -> Result<bool, u8> {
+    launchctl_loaded(target).map_err(|e| {
+        eprintln!("claude-tokend: cannot run launchctl: {e} (is this macOS?)");
+        exit::FAILURE
+    })
 }
 
 pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> Result<(), u8> {
@@ -96,7 +99,22 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
 pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
     let agent = home.agent_path();
     let target = format!("{}/{LABEL}", gui_domain());
-    let loaded = launchctl_probe(&target)?;
+    let loaded = match launchctl_loaded(&target) {
+        Ok(loaded) => loaded,
+        // Nobody can be asked to stop it, here; the file is still ours to take back, and
+        // leaving it would load the agent again at the next login (as systemd's uninstall does).
+        Err(e) if agent.exists() => {
+            eprintln!(
+                "claude-tokend: warning: could not ask launchd to stop the agent (cannot run \
+                 launchctl: {e}); removing its file anyway. An agent already loaded runs until \
+                 you log out, or until `launchctl bootout {target}`."
+            );
+            remove_file(&agent)?;
+            println!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
+            return Ok(());
+        }
+        Err(_) => false,
+    };
     if !agent.exists() && !loaded {
         println!("Nothing to remove: {} does not exist.", agent.display());
         return Ok(());

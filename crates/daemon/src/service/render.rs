@@ -1,8 +1,9 @@
 //! Rendering the service files from the templates shipped in `systemd/` and `launchd/`, which
 //! are embedded at build time so the repository's files are the one source of truth: the unit's
 //! `ExecStart=` and `Environment=` lines, the sandbox drop-in's `ReadWritePaths=`, the agent's
-//! program, home and environment. Pure text in, text out; it never touches the disk, and it
-//! refuses values that neither format can carry rather than escaping them halfway.
+//! program, home and environment. Pure text in, text out; it never touches the disk. Every
+//! value is carried exactly (systemd's quoting and specifier rules, XML escaping), and one that
+//! neither format can carry (a newline, say) is refused rather than escaped halfway.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -42,8 +43,10 @@ pub(super) fn render_unit(
     let mut out = String::with_capacity(UNIT_TEMPLATE.len() + 256);
     for line in UNIT_TEMPLATE.lines() {
         if line == UNIT_EXEC_LINE {
-            let mut words = vec![systemd_word(&program)];
-            words.extend(args.iter().map(|a| systemd_word(a)));
+            // The program itself is a literal path to systemd (no variables there, only
+            // specifiers), so its `$` stays one; the arguments after it are expanded.
+            let mut words = vec![systemd_word(&program, Dollar::Plain)];
+            words.extend(args.iter().map(|a| systemd_word(a, Dollar::Expanded)));
             writeln!(out, "ExecStart={}", words.join(" ")).expect("String");
             continue;
         }
@@ -51,7 +54,8 @@ pub(super) fn render_unit(
         out.push('\n');
         if line.starts_with(UNIT_ENV_MARK) {
             for (k, v) in env {
-                writeln!(out, "Environment={}", systemd_word(&format!("{k}={v}"))).expect("String");
+                let word = systemd_word(&format!("{k}={v}"), Dollar::Plain);
+                writeln!(out, "Environment={word}").expect("String");
             }
         }
     }
@@ -63,7 +67,7 @@ pub(super) fn render_unit(
 pub(super) fn render_sandbox(dirs: &[String]) -> Result<String, u8> {
     let list: Vec<String> = dirs
         .iter()
-        .map(|d| systemd_word(&format!("-{d}")))
+        .map(|d| systemd_word(&format!("-{d}"), Dollar::Plain))
         .collect();
     let mut out = String::with_capacity(SANDBOX_TEMPLATE.len() + 128);
     for line in SANDBOX_TEMPLATE.lines() {
@@ -89,6 +93,9 @@ pub(super) fn render_agent(
     let home = utf8(home)?;
     check_value("the program's path", &program)?;
     check_value("HOME", &home)?;
+    for a in args {
+        check_value("a login's path", a)?;
+    }
     let mut out = String::with_capacity(AGENT_TEMPLATE.len() + 256);
     for line in AGENT_TEMPLATE.lines() {
         if line.trim() == AGENT_ENV_MARK {
@@ -115,14 +122,35 @@ pub(super) fn render_agent(
     Ok(out)
 }
 
-/// One word of a unit file: `%` doubled (systemd specifiers), quoted when it holds anything but
-/// plain path characters. `check_value` has already refused `"`, `\` and control characters.
-fn systemd_word(s: &str) -> String {
-    let s = s.replace('%', "%%");
+/// Whether systemd expands `$` in the directive a word goes into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dollar {
+    /// `ExecStart=`'s arguments: `$NAME` and `${NAME}` are the environment's (even inside
+    /// quotes), so a `$` of the value is written `$$`. (Not its first word, the program: that
+    /// is a literal path, where `$$` would stay two.)
+    Expanded,
+    /// `Environment=`, `ReadWritePaths=`: a `$` is just a character.
+    Plain,
+}
+
+/// One word of a unit file, as systemd.syntax(7) reads it back: `%` doubled (specifiers are
+/// expanded in every directive written here), `$` doubled where systemd expands it, and the
+/// word quoted when it holds anything but plain path characters, with `\` and `"` escaped
+/// inside the quotes (C-style, which every directive written here unescapes). `check_value`
+/// has already refused what no quoting carries (a newline, other control characters).
+fn systemd_word(s: &str, dollar: Dollar) -> String {
+    let mut s = s.replace('%', "%%");
+    if dollar == Dollar::Expanded {
+        s = s.replace('$', "$$");
+    }
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@=%".contains(c));
-    if plain { s } else { format!("\"{s}\"") }
+    if plain {
+        s
+    } else {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -141,16 +169,19 @@ pub(super) fn utf8(path: &Path) -> Result<String, u8> {
     })
 }
 
-/// Characters neither file format can carry safely. Control characters would end a line of a
-/// unit or be refused by the XML parser; `"` and `\` would need systemd's own escaping rules,
-/// which differ between directives, and no sane path needs them.
+/// Characters no service file can carry: a control character (a newline would end a unit's
+/// line, and XML 1.0 has no way to write most of them) other than tab, and U+FFFE and U+FFFF
+/// (not characters in XML). Refused before anything is written, for systemd and launchd alike;
+/// everything else (`"`, `\`, `$`, `%`, `&`, `<`) is carried exactly, escaped as each format
+/// wants.
 pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
     if let Some(c) = value
         .chars()
-        .find(|&c| c.is_control() || c == '"' || c == '\\')
+        .find(|&c| (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}')
     {
         eprintln!(
-            "claude-tokend: {what} ({value:?}) contains {c:?}, which cannot be written into a service file"
+            "claude-tokend: {what} ({value:?}) contains {c:?}, which cannot be written into a \
+             service file; nothing was written"
         );
         return Err(exit::USAGE);
     }
@@ -263,6 +294,18 @@ mod tests {
         let env_at = unit.find("Environment=").unwrap();
         assert!(env_at > unit.find("[Service]").unwrap());
         assert!(env_at < unit.find("[Install]").unwrap());
+        // A `$` in the program's own path stays one (systemd expands no variable there); in
+        // its arguments it is doubled.
+        let odd = render_unit(
+            Path::new("/opt/v$1/claude-tokend"),
+            &["--credentials".into(), "/d$x/c.json".into()],
+            &[],
+        )
+        .unwrap();
+        assert!(
+            odd.contains("\nExecStart=\"/opt/v$1/claude-tokend\" --credentials \"/d$$x/c.json\"\n"),
+            "{odd}"
+        );
         let plain = render_unit(Path::new("/usr/bin/claude-tokend"), &[], &[]).unwrap();
         assert!(plain.contains("\nExecStart=/usr/bin/claude-tokend\n"));
         assert!(!plain.contains("Environment="));
@@ -326,18 +369,53 @@ mod tests {
     }
 
     #[test]
-    fn words_are_quoted_only_when_needed() {
-        assert_eq!(systemd_word("/usr/bin/x"), "/usr/bin/x");
-        assert_eq!(systemd_word("A=b c"), "\"A=b c\"");
-        assert_eq!(systemd_word("50%"), "50%%");
-        assert_eq!(systemd_word("$HOME"), "\"$HOME\"");
+    fn words_are_quoted_and_escaped_by_table() {
+        use Dollar::{Expanded, Plain};
+        let cases = [
+            ("/usr/bin/x", Plain, "/usr/bin/x"),
+            ("A=b c", Plain, "\"A=b c\""),
+            ("50%", Plain, "50%%"),
+            ("$HOME", Plain, "\"$HOME\""),
+            // ExecStart= would expand it, even inside quotes.
+            ("/d${USER}x", Expanded, "\"/d$${USER}x\""),
+            ("/d$x", Expanded, "\"/d$$x\""),
+            (
+                r#"C=notify-send "Claude login" "$M""#,
+                Plain,
+                r#""C=notify-send \"Claude login\" \"$M\"""#,
+            ),
+            (r"C=a\b", Plain, r#""C=a\\b""#),
+            ("C=a\tb", Plain, "\"C=a\tb\""),
+            ("", Plain, "\"\""),
+        ];
+        for (value, dollar, want) in cases {
+            assert_eq!(systemd_word(value, dollar), want, "{value:?}");
+        }
     }
 
     #[test]
     fn refuses_values_no_service_file_can_hold() {
-        for bad in ["a\nb", "a\"b", "a\\b", "a\tb"] {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "a\u{0}b",
+            "a\u{1b}b",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "a\u{fffe}b",
+            "a\u{ffff}b",
+        ] {
             assert_eq!(check_value("x", bad), Err(exit::USAGE), "{bad:?}");
         }
-        assert_eq!(check_value("x", "/home/a b/ü/50%$"), Ok(()));
+        for good in [
+            "/home/a b/ü/50%$",
+            "a\"b",
+            "a\\b",
+            "a\tb",
+            "a\u{fffd}b",
+            "\u{10ffff}",
+        ] {
+            assert_eq!(check_value("x", good), Ok(()), "{good:?}");
+        }
     }
 }
