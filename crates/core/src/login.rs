@@ -284,7 +284,9 @@ pub async fn check_store(store: &Store, budget: Duration) -> Result<(), StoreErr
     store.ensure_dir()?;
     let lock = store.lock(Instant::now().checked_add(budget)).await?;
     match store.read_settled().await {
-        Ok(_) | Err(StoreError::Missing { .. }) => {}
+        // A Keychain item too big for `security` could not take the new login either.
+        Ok(snapshot) => store.check_room(&snapshot.doc)?,
+        Err(StoreError::Missing { .. }) => {}
         Err(e) => return Err(e),
     }
     // Under the lock: no other writer's temp file is touched by its tidying.
@@ -317,6 +319,10 @@ pub async fn save_login(
         Err(StoreError::Missing { .. }) => None,
         Err(e) => return Err(LoginError::Store(e)),
     };
+    // Nor is a code spent on a login the store could not take (a Keychain item too big).
+    if let Some(doc) = &base {
+        store.check_room(doc).map_err(LoginError::Store)?;
+    }
     let mut pending = Some(store.begin_write().map_err(LoginError::Store)?);
     let client = TokenClient::new(req.client).map_err(LoginError::Refused)?;
     let exchange = CodeExchange {

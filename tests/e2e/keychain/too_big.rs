@@ -109,3 +109,30 @@ fn a_failed_keychain_save_does_not_blame_disk_space() {
         .expect_stderr_contains("Keychain")
         .check(!out.stderr.contains("disk space"), "disk space is blamed");
 }
+
+/// `login` into an item too big for `security` is refused before the authorize URL is printed
+/// (the code would be spent, then the save would fail): exit 78, nothing sent, item unchanged.
+#[test]
+fn login_refuses_an_item_too_big_for_security_before_the_browser() {
+    let login = Login::due();
+    let doc = padded(&login, TOO_BIG);
+    let s = Setup::with(&doc);
+    let before = s.raw();
+    let server = TokenServer::start();
+    let out =
+        s.kc.apply(
+            Cmd::new(&s.home)
+                .server(&server)
+                .env("CLAUDE_TOKEND_API_URL", server.base())
+                .args(["login", "--no-browser", "--store", "keychain"]),
+        )
+        .run();
+    out.expect_code(78)
+        .expect_stderr_contains("MCP")
+        .check(
+            !out.stdout.contains("authorize"),
+            "no authorize URL was printed",
+        )
+        .check_eq("requests", server.count(), 0)
+        .check_eq("the item", s.raw(), before);
+}
