@@ -338,8 +338,8 @@ fn environment_section(out: &mut String, cmd: &clap::Command) {
 const EXIT_CODES: &[(&str, &str)] = &[
     (
         "0",
-        "Done: fresh or refreshed (status: a token that has not expired; service status: the \
-         service is running).",
+        "Done: a valid access token is stored, fresh or refreshed (status: a token that has not \
+         expired; logout: no login is stored now; service status: the service is running).",
     ),
     (
         "1",
@@ -360,16 +360,24 @@ const EXIT_CODES: &[(&str, &str)] = &[
     ),
     (
         "75",
-        "A temporary failure after the retry budget: try again later (cron may).",
+        "A temporary failure after the retry budget, an expired token that the one-minute floor \
+         keeps from being refreshed yet, or a refresh token another claude-tokend spent and has \
+         not saved the answer of yet: try again later (cron may).",
     ),
     (
         "77",
-        "The server refused the grant, or there is no refresh token, or no login at all: a new \
-         login is needed.",
+        "The server refused the grant, or no login at all, or a due login without a refresh \
+         token (an access-only copy): a new login is needed.",
     ),
     (
         "78",
-        "The credentials file is missing, unreadable or malformed; the message names the path.",
+        "The credentials file (or Keychain item) is missing, unreadable or malformed, or the \
+         item is too big for security to write back; the message names the path or item.",
+    ),
+    (
+        "128+N",
+        "--once, refresh, token and login stopped by signal N (130 SIGINT, 143 SIGTERM, 129 \
+         SIGHUP), after saving any answer that was in flight.",
     ),
 ];
 
