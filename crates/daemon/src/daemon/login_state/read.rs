@@ -1,0 +1,249 @@
+//! Reading one login's store into its state: what a read (or a failed one) means for the
+//! schedule, the messages logged once while waiting, and the cheap identity of the file the
+//! minute check compares.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokend_core::credentials::OAuthView;
+use tokend_core::refresh;
+use tokend_core::store::{Kind, StoreError};
+
+use super::LoginState;
+use crate::daemon::notify_user::UserEvent;
+use crate::daemon::plan::{State, Waiting};
+use crate::daemon::told::Need;
+use crate::daemon::{Clock, watch};
+
+/// A file that does not parse is re-read this often, this many times, before it counts as
+/// malformed: a writer may be half-way through it.
+const MALFORMED_RETRY: Duration = Duration::from_millis(250);
+const MALFORMED_TRIES: u32 = 5;
+/// The first pause before reading a locked or busy Keychain again, doubled on each failure up
+/// to [`UNAVAILABLE_RETRY_MAX`].
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
+const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A cheap identity of the file for the once-a-minute check that catches changes a watch
+/// missed (network filesystems, an overflowed queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+impl<C: Clock> LoginState<C> {
+    /// The identity of the file whose change means "read again".
+    pub(super) fn stamp(&self) -> Option<Stamp> {
+        match self.store.kind() {
+            Kind::File => stamp(&self.store.target()),
+            Kind::Keychain => stamp(&self.keychain_file.as_ref()?.0),
+        }
+    }
+
+    /// The files to watch for this login (see `watch::watched_files`), remembered so the
+    /// minute check can `stat` the keychain file without running `security`.
+    pub(in crate::daemon) fn watched_files(&mut self) -> Vec<PathBuf> {
+        let (files, guessed) = watch::watched_files(&self.store);
+        if self.store.kind() == Kind::Keychain {
+            self.keychain_file = files.first().map(|f| (f.clone(), guessed));
+        }
+        files
+    }
+
+    /// Reads the file and updates the state from it. `force`: even if the bytes are the ones
+    /// already known (startup, SIGHUP).
+    pub(in crate::daemon) fn reread(&mut self, force: bool) {
+        self.last_stamp = self.stamp();
+        // A claude-tokend that crashed mid-refresh may have left lock directories that make
+        // Claude Code wait; clear them when the lock is free (never waiting for it here).
+        if let Ok(Some(lock)) = self.store.try_lock() {
+            tokend_core::refresh::tidy(&self.store, &lock);
+        }
+        match self.store.read() {
+            Ok(snapshot) => {
+                self.malformed_tries = 0;
+                self.unavailable_tries = 0;
+                if !force && Some(snapshot.fingerprint) == self.known {
+                    return;
+                }
+                self.known = Some(snapshot.fingerprint);
+                let view = snapshot.doc.oauth().ok().flatten();
+                let key = view.as_ref().map(OAuthView::own_fields_key);
+                let same_login = key.is_some() && key == self.login_key;
+                self.login_key = key;
+                // Only the login's own fields re-arm: a refused token is not sent again, and a
+                // backoff (or the retried save of tokens in hand) is not cut short, because an
+                // MCP token or a setting changed.
+                let settled = matches!(
+                    self.state,
+                    State::Waiting(Waiting::LoginNeeded(_) | Waiting::Misconfigured(_))
+                        | State::BackingOff { .. }
+                        | State::Scheduled { .. }
+                );
+                if (same_login && settled) || self.refresher.borrow_mut().has_unsaved_grant() {
+                    return;
+                }
+                let place = self.store.place();
+                match view {
+                    Some(v) if !v.is_logged_out() => {
+                        self.said = None;
+                        self.seen_login = true;
+                        self.expires_at = v.expires_at;
+                        self.login_expires_at = v.refresh_token_expires_at;
+                        if self.told.works(false) {
+                            self.tell(
+                                UserEvent::Recovered,
+                                format!("{place}: a usable login is back"),
+                                None,
+                            );
+                        }
+                        self.check_login_expiry();
+                        self.tick_told();
+                        let at = refresh::next_at_unlocked(&self.store, &v, self.policy.lead);
+                        self.schedule(v.expires_at, at, false);
+                    }
+                    Some(_) => {
+                        self.seen_login = true;
+                        if self.told.needs_login(Instant::now(), Need::Refused) {
+                            self.tell(
+                                UserEvent::LoginNeeded,
+                                format!("{place}: the login was blanked (logged out after a refused refresh); sign in again"),
+                                None,
+                            );
+                        }
+                        self.wait_for(Waiting::LoggedOut);
+                    }
+                    None => {
+                        self.removed();
+                        self.wait_for(Waiting::LoggedOut);
+                    }
+                }
+            }
+            Err(e) if e.may_be_mid_write() && self.malformed_tries + 1 < MALFORMED_TRIES => {
+                self.malformed_tries += 1;
+                self.reread_at = Some(Instant::now() + MALFORMED_RETRY);
+            }
+            Err(e) if e.is_transient() => {
+                // A locked or busy Keychain: read again later, with a growing pause; the state
+                // (a scheduled refresh, say) stands.
+                let pause = UNAVAILABLE_RETRY
+                    .saturating_mul(1 << self.unavailable_tries.min(6))
+                    .min(UNAVAILABLE_RETRY_MAX);
+                self.unavailable_tries = self.unavailable_tries.saturating_add(1);
+                self.say_once(
+                    tracing::Level::WARN,
+                    format!("{e}; reading it again in {}s", pause.as_secs()),
+                );
+                self.reread_at = Some(Instant::now() + pause);
+            }
+            Err(StoreError::Missing { .. }) => {
+                // `--store auto` waiting for either store: a file that appears is the login.
+                if let Some(file) = self.store.file_appeared() {
+                    tracing::info!(
+                        "the login appeared in {}; using the file (--store auto)",
+                        file.place()
+                    );
+                    self.store = file;
+                    self.needs_rearm = true;
+                    self.known = None;
+                    return self.reread(true);
+                }
+                self.removed();
+                self.wait_for(Waiting::Missing);
+            }
+            Err(e @ StoreError::Malformed { .. }) => {
+                self.malformed_tries = 0;
+                self.known = None;
+                self.wait_for(Waiting::Malformed(e.to_string()));
+            }
+            Err(e) => self.wait_for(Waiting::Unreadable(e.to_string())),
+        }
+    }
+
+    pub(super) fn wait_for(&mut self, why: Waiting) {
+        let path = self.store.place().to_string();
+        let (level, text) = match &why {
+            Waiting::Missing => (
+                tracing::Level::INFO,
+                format!(
+                    "waiting for {path} to appear (sign in with `claude-tokend login` or Claude Code)"
+                ),
+            ),
+            Waiting::Malformed(e) => (
+                tracing::Level::WARN,
+                format!("{e}; waiting for it to be fixed"),
+            ),
+            Waiting::Unreadable(e) => (
+                tracing::Level::WARN,
+                format!("{e}; waiting for it to change"),
+            ),
+            Waiting::LoggedOut => (
+                tracing::Level::INFO,
+                format!(
+                    "no login in {path}; waiting for a login (`claude-tokend login` or Claude Code)"
+                ),
+            ),
+            Waiting::LoginNeeded(e) => (
+                tracing::Level::ERROR,
+                format!(
+                    "{e}; no more requests will be made with this refresh token until the file changes"
+                ),
+            ),
+            Waiting::Misconfigured(e) => (
+                tracing::Level::ERROR,
+                format!(
+                    "{e}; no more requests until the file changes or the daemon restarts with a corrected setting"
+                ),
+            ),
+        };
+        self.say_once(level, text);
+        self.state = State::Waiting(why);
+    }
+
+    pub(super) fn say_once(&mut self, level: tracing::Level, text: String) {
+        if self.said.as_ref() == Some(&text) {
+            return;
+        }
+        match level {
+            tracing::Level::ERROR => tracing::error!("{text}"),
+            tracing::Level::WARN => tracing::warn!("{text}"),
+            _ => tracing::info!("{text}"),
+        }
+        self.said = Some(text);
+    }
+
+    /// Re-reads the store after an attempt and schedules from it, whatever was known before
+    /// (the attempt has just looked at it under the lock).
+    pub(super) fn rearm_from_store(&mut self) {
+        self.login_key = None;
+        self.state = State::Unknown;
+        self.reread(true);
+    }
+
+    /// Records the store as it is now (bytes, identity, the login's own fields) without
+    /// changing the schedule.
+    pub(super) fn note_store(&mut self) {
+        if let Ok(s) = self.store.read() {
+            self.known = Some(s.fingerprint);
+            if let Ok(Some(v)) = s.doc.oauth() {
+                self.login_key = Some(v.own_fields_key());
+                self.login_expires_at = v.refresh_token_expires_at;
+            }
+        }
+        self.last_stamp = self.stamp();
+    }
+}
