@@ -8,6 +8,8 @@ mod cli;
 mod coexist;
 mod crash;
 mod daemon;
+mod daemon_first_run;
+mod daemon_watch;
 mod failures;
 mod keychain;
 mod locate;

@@ -132,6 +132,8 @@ pub struct Daemon<C: Clock> {
     user: UserNotifier,
     /// The watch's last failure, logged once.
     watch_error: Option<String>,
+    /// What the watch was last said to watch (or wait for), logged once.
+    watch_said: Option<String>,
 }
 
 impl<C: Clock> Daemon<C> {
@@ -160,6 +162,7 @@ impl<C: Clock> Daemon<C> {
             notifier: Notifier::from_env(),
             user,
             watch_error: None,
+            watch_said: None,
         }
     }
 
@@ -362,11 +365,7 @@ impl<C: Clock> Daemon<C> {
             let _in = self.spans[i].enter();
             self.logins[i].on_timer();
         }
-        if self
-            .watch
-            .as_ref()
-            .is_none_or(|w| !w.complete || !w.still_valid())
-        {
+        if self.watch.as_ref().is_none_or(Watch::outdated) {
             self.arm_watch();
         }
     }
@@ -382,13 +381,19 @@ impl<C: Clock> Daemon<C> {
         match Watch::arm(&files) {
             Ok((watch, rx)) => {
                 let dirs: Vec<_> = watch.dirs().map(|d| d.display().to_string()).collect();
-                if watch.complete {
-                    tracing::info!("watching {}", dirs.join(" and "));
+                let text = if watch.complete {
+                    format!("watching {}", dirs.join(" and "))
                 } else {
-                    tracing::info!(
+                    format!(
                         "waiting for a credentials directory to appear (watching {})",
                         dirs.join(" and ")
-                    );
+                    )
+                };
+                // Said once, and again only when it changes: a watch armed anew over the same
+                // directories is no news.
+                if self.watch_said.as_ref() != Some(&text) {
+                    tracing::info!("{text}");
+                    self.watch_said = Some(text);
                 }
                 self.watch = Some(watch);
                 self.pings = Some(rx);
@@ -404,6 +409,7 @@ impl<C: Clock> Daemon<C> {
                 }
                 self.watch = None;
                 self.pings = None;
+                self.watch_said = None;
             }
         }
     }
