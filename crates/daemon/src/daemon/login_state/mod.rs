@@ -182,7 +182,7 @@ impl<C: Clock> LoginState<C> {
                 self.refresher.borrow_mut().drop_client();
                 self.known = Some(fingerprint);
                 self.expires_at = Some(expires_at);
-                if self.told.works(true) {
+                if self.told.works() {
                     let place = self.store.place();
                     self.tell(
                         UserEvent::Recovered,
@@ -193,6 +193,8 @@ impl<C: Clock> LoginState<C> {
                 if let Ok(Some(v)) = self.store.read().map(|s| s.doc.oauth().ok().flatten()) {
                     self.login_expires_at = v.refresh_token_expires_at;
                     self.login_key = Some(v.own_fields_key());
+                    self.check_login_expiry();
+                    self.tick_told();
                 }
                 self.last_stamp = self.stamp();
                 self.said = None;
@@ -220,7 +222,7 @@ impl<C: Clock> LoginState<C> {
             }
             Ok(Outcome::Adopted { .. }) => {
                 self.refresher.borrow_mut().drop_client();
-                if self.told.works(true) {
+                if self.told.works() {
                     let place = self.store.place();
                     self.tell(
                         UserEvent::Recovered,

@@ -85,6 +85,26 @@ impl<C: Clock> LoginState<C> {
                 let key = view.as_ref().map(OAuthView::own_fields_key);
                 let same_login = key.is_some() && key == self.login_key;
                 self.login_key = key;
+                if let Some(v) = &view
+                    && !v.is_logged_out()
+                {
+                    // A new usable login shows the login works: it ends a run of failures (told
+                    // or not) and a login-needed episode. The same login read again (after a
+                    // malformed spell, say) shows nothing.
+                    if !same_login && self.told.works() {
+                        let place = self.store.place();
+                        self.tell(
+                            UserEvent::Recovered,
+                            format!("{place}: a usable login is back"),
+                            None,
+                        );
+                    }
+                    // The login's own end is not one of its own fields: a change of it alone
+                    // (or a SIGHUP) is still news for the warning and login-expiring.
+                    self.login_expires_at = v.refresh_token_expires_at;
+                    self.check_login_expiry();
+                    self.tick_told();
+                }
                 // Only the login's own fields re-arm: a refused token is not sent again, and a
                 // backoff (or the retried save of tokens in hand) is not cut short, because an
                 // MCP token or a setting changed.
@@ -103,16 +123,6 @@ impl<C: Clock> LoginState<C> {
                         self.said = None;
                         self.seen_login = true;
                         self.expires_at = v.expires_at;
-                        self.login_expires_at = v.refresh_token_expires_at;
-                        if self.told.works(false) {
-                            self.tell(
-                                UserEvent::Recovered,
-                                format!("{place}: a usable login is back"),
-                                None,
-                            );
-                        }
-                        self.check_login_expiry();
-                        self.tick_told();
                         let at = refresh::next_at_unlocked(&self.store, &v, self.policy.lead);
                         self.schedule(v.expires_at, at, false);
                     }
