@@ -171,6 +171,16 @@ impl<C: Clock> LoginState<C> {
     }
 
     pub(super) fn handle_result(&mut self, result: Result<Outcome, RefreshError>, forced: bool) {
+        let result = match result {
+            // New tokens are in hand, whatever failed (their save, a lock, the store): the old
+            // refresh token is spent, so only their save is retried, on the save's quick
+            // backoff and at once when the store changes; never a wait for a change.
+            Err(e) if self.refresher.borrow().has_unsaved_grant() => {
+                self.say_once(tracing::Level::ERROR, e.to_string());
+                return self.back_off(&e, Backoff::SAVE);
+            }
+            other => other,
+        };
         match result {
             Ok(Outcome::Refreshed {
                 expires_at,
@@ -263,11 +273,22 @@ impl<C: Clock> LoginState<C> {
                 self.known = None;
                 self.wait_for(Waiting::Malformed(e.to_string()));
             }
-            Err(e @ RefreshError::SaveFailed { .. }) => {
-                tracing::error!("{e}");
-                self.back_off(&e, Backoff::SAVE);
-            }
             Err(e) => self.back_off(&e, Backoff::STANDARD),
+        }
+    }
+
+    /// With new tokens in hand: retry their save now (the store changed, so it may work).
+    fn retry_save_now(&mut self) {
+        let now = Instant::now();
+        match &mut self.state {
+            State::BackingOff { until, .. } => *until = now,
+            _ => {
+                self.state = State::BackingOff {
+                    until: now,
+                    retries: 0,
+                    reason: "new tokens are not saved yet".to_owned(),
+                }
+            }
         }
     }
 

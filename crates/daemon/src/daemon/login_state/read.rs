@@ -68,6 +68,12 @@ impl<C: Clock> LoginState<C> {
     /// already known (startup, SIGHUP).
     pub(in crate::daemon) fn reread(&mut self, force: bool) {
         self.last_stamp = self.stamp();
+        if self.refresher.borrow().has_unsaved_grant() {
+            // The store changed (or is looked at anew): the save of the tokens in hand may
+            // work now. What is read here would change nothing (a store unreadable for a
+            // while must not park the login in a wait): the save reads it under the lock.
+            return self.retry_save_now();
+        }
         // A claude-tokend that crashed mid-refresh may have left lock directories that make
         // Claude Code wait; clear them when the lock is free (never waiting for it here).
         if let Ok(Some(lock)) = self.store.try_lock() {
@@ -114,7 +120,7 @@ impl<C: Clock> LoginState<C> {
                         | State::BackingOff { .. }
                         | State::Scheduled { .. }
                 );
-                if (same_login && settled) || self.refresher.borrow_mut().has_unsaved_grant() {
+                if same_login && settled {
                     return;
                 }
                 let place = self.store.place();
