@@ -9,6 +9,11 @@
 //! lock or a slow server never delays another. One file watcher serves all logins. Idle, it
 //! uses no CPU between wake-ups and holds no HTTP client. Every refresh goes through
 //! `tokend_core::refresh::Refresher::attempt`, the same sequence `--once` uses.
+//!
+//! Nothing that can block runs on the loop: a read of a login's store, and asking `security`
+//! where a Keychain item lives, are operations the loop polls like attempts (a file answers at
+//! once and is applied at once; a `security` run goes to the blocking pool and is applied when
+//! it finishes), so a hung keychain delays only its own login, and a signal is always heard.
 
 mod login_state;
 mod notify_systemd;
@@ -28,13 +33,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokend_core::refresh::{Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
 use tokend_core::schedule::{Backoff, epoch_millis, random_unit};
-use tokend_core::store::Store;
+use tokend_core::store::{Snapshot, Store, StoreError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
 use crate::exit;
-use login_state::LoginState;
+use login_state::{LoginState, ReadHow};
 use notify_systemd::Notifier;
 use notify_user::UserNotifier;
 use plan::Next;
@@ -91,26 +96,48 @@ enum Event {
         forced: bool,
         result: Result<Outcome, RefreshError>,
     },
+    /// A read of a login's store that went off the loop finished.
+    Read {
+        index: usize,
+        how: ReadHow,
+        epoch: u64,
+        result: Result<Snapshot, StoreError>,
+    },
+    /// `security` said where a Keychain login's item lives.
+    Located {
+        index: usize,
+        files: Option<Vec<PathBuf>>,
+    },
     Shutdown(&'static str),
 }
 
-/// One login's refresh attempt, polled by the loop beside everything else. It shares the
-/// login's [`Refresher`] (so new tokens in hand outlive a cancelled attempt) and knows whether
-/// its request went out (after which it is never cancelled: the answer must be saved).
-struct InFlight {
+/// One operation of login `index` the loop polls beside everything else: an attempt, a read,
+/// asking where an item lives. `meta` is what its answer needs besides its output.
+struct Op<T, M> {
     index: usize,
-    forced: bool,
-    sent: Rc<Cell<bool>>,
-    attempt: Pin<Box<dyn Future<Output = Result<Outcome, RefreshError>>>>,
+    meta: M,
+    run: Pin<Box<dyn Future<Output = T>>>,
 }
 
-/// Waits for the first in-flight attempt to finish and takes it out of the list.
-async fn first_done(in_flight: &mut Vec<InFlight>) -> (usize, bool, Result<Outcome, RefreshError>) {
+/// What an attempt carries. It shares the login's [`Refresher`] (so new tokens in hand outlive
+/// a cancelled attempt), knows whether its request went out (after which it is never cancelled:
+/// the answer must be saved) and when the answer came (from then on its save has the 10 s of
+/// "never waste" once the daemon is stopping).
+struct Attempt {
+    forced: bool,
+    sent: Rc<Cell<bool>>,
+    answered: Rc<Cell<Option<Instant>>>,
+}
+
+type InFlight = Op<Result<Outcome, RefreshError>, Attempt>;
+
+/// Waits for the first operation of `ops` to finish and takes it out of the list.
+async fn first_done<T, M>(ops: &mut Vec<Op<T, M>>) -> (usize, M, T) {
     std::future::poll_fn(|cx| {
-        for i in 0..in_flight.len() {
-            if let Poll::Ready(result) = in_flight[i].attempt.as_mut().poll(cx) {
-                let done = in_flight.swap_remove(i);
-                return Poll::Ready((done.index, done.forced, result));
+        for i in 0..ops.len() {
+            if let Poll::Ready(out) = ops[i].run.as_mut().poll(cx) {
+                let done = ops.swap_remove(i);
+                return Poll::Ready((done.index, done.meta, out));
             }
         }
         Poll::Pending
@@ -118,11 +145,24 @@ async fn first_done(in_flight: &mut Vec<InFlight>) -> (usize, bool, Result<Outco
     .await
 }
 
+/// Polls `run` once: a file's read has its answer at once, a `security` run has not.
+fn poll_now<T>(run: &mut Pin<Box<dyn Future<Output = T>>>) -> Poll<T> {
+    run.as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
 pub struct Daemon<C: Clock> {
     logins: Vec<LoginState<C>>,
     /// Each login's log context (empty with a single login, so its log lines stay as they were).
     spans: Vec<tracing::Span>,
     in_flight: Vec<InFlight>,
+    /// Reads of a store that did not answer at once (a Keychain item): at most one per login,
+    /// never for a login in flight.
+    reads: Vec<Op<Result<Snapshot, StoreError>, (ReadHow, u64)>>,
+    /// Asking `security` where a Keychain login's item lives: at most one per login.
+    locates: Vec<Op<Option<Vec<PathBuf>>, ()>>,
+    /// Stopping: when the saves of answers already in gave up (see [`UNSAVED_GRACE`]).
+    grace_until: Option<Instant>,
     /// One watcher for every login's files.
     watch: Option<Watch>,
     /// The watcher's pings. `None` while no watch is armed.
@@ -157,6 +197,9 @@ impl<C: Clock> Daemon<C> {
                 .collect(),
             spans,
             in_flight: Vec::new(),
+            reads: Vec::new(),
+            locates: Vec::new(),
+            grace_until: None,
             watch: None,
             pings: None,
             notifier: Notifier::from_env(),
@@ -180,24 +223,26 @@ impl<C: Clock> Daemon<C> {
             places.join(", ")
         );
         self.arm_watch();
-        for i in 0..self.logins.len() {
-            let _in = self.spans[i].enter();
-            self.logins[i].reread(true);
+        for login in &mut self.logins {
+            login.reread(true);
         }
+        self.pump();
         self.deliver();
         self.notifier.ready();
         trim::release_startup_pages();
         let mut stopping = false;
         loop {
             if !stopping {
+                self.pump();
+                self.deliver();
                 self.start_due_attempts();
             } else if self.in_flight.is_empty() {
                 break;
             }
             match self.wait(&mut signals, stopping).await {
                 Event::FileChanged(Ping::Changed(i)) => {
-                    if self.logins.get_mut(i).is_some_and(|l| l.on_file_changed()) {
-                        self.arm_watch();
+                    if let Some(login) = self.logins.get_mut(i) {
+                        login.on_file_changed();
                     }
                 }
                 Event::FileChanged(Ping::Rearm) => {
@@ -207,6 +252,10 @@ impl<C: Clock> Daemon<C> {
                     for login in &mut self.logins {
                         login.on_file_changed();
                     }
+                }
+                Event::Timer if stopping => {
+                    self.notifier.ping_if_due(Instant::now());
+                    self.give_up_stuck_saves();
                 }
                 Event::Timer => self.on_timer(),
                 Event::Reload => {
@@ -232,15 +281,42 @@ impl<C: Clock> Daemon<C> {
                     result,
                 } => {
                     let _in = self.spans[index].enter();
-                    self.logins[index].handle_result(result, forced);
+                    let login = &mut self.logins[index];
+                    login.epoch += 1;
+                    login.handle_result(result, forced);
+                }
+                Event::Read {
+                    index,
+                    how,
+                    epoch,
+                    result,
+                } => {
+                    let _in = self.spans[index].enter();
+                    let busy = self.in_flight.iter().any(|f| f.index == index);
+                    let login = &mut self.logins[index];
+                    if busy || epoch != login.epoch {
+                        // An attempt ran meanwhile: this answer may predate it. Read again.
+                        login.want_read(how);
+                    } else {
+                        login.apply_read(result, how);
+                    }
+                }
+                Event::Located { index, files } => {
+                    if self.logins[index].located(files) {
+                        self.arm_watch();
+                    }
                 }
                 Event::Shutdown(why) => {
                     stopping = true;
+                    // Reads and lookups are only ever for the next decision: there is none.
+                    // Their `security` runs end on their own, and the runtime does not wait.
+                    self.reads.clear();
+                    self.locates.clear();
                     // An attempt whose request has not gone out is dropped (its temp file and
                     // locks go with it); one whose request went out is waited for and its answer
                     // saved, because the server may already have spent the old refresh token.
                     let before = self.in_flight.len();
-                    self.in_flight.retain(|f| f.sent.get());
+                    self.in_flight.retain(|f| f.meta.sent.get());
                     if self.in_flight.is_empty() {
                         if before > 0 {
                             tracing::info!("{why}: stopping before the request was sent");
@@ -257,7 +333,84 @@ impl<C: Clock> Daemon<C> {
             self.publish_status();
         }
         self.notifier.stopping();
-        self.save_before_exit().await
+        let deadline = self
+            .grace_until
+            .unwrap_or_else(|| Instant::now() + UNSAVED_GRACE);
+        self.save_before_exit(deadline).await
+    }
+
+    /// Starts what the logins want done with their stores: a read, and for a Keychain login
+    /// asking `security` where its item lives. What answers at once (a file) is applied at
+    /// once; the rest is polled by the loop and applied when it finishes. A login in flight
+    /// reads nothing (its attempt reads under the lock; its wish waits for the attempt's end).
+    fn pump(&mut self) {
+        // A read can want another at once (`--store auto` finding the file): a few rounds.
+        for _ in 0..3 {
+            let mut applied = false;
+            for i in self.idle_logins() {
+                if self.reads.iter().any(|r| r.index == i) {
+                    continue;
+                }
+                let _in = self.spans[i].enter();
+                let login = &mut self.logins[i];
+                let Some(how) = login.take_read() else {
+                    continue;
+                };
+                let store = login.store.clone();
+                let mut run: Pin<Box<dyn Future<Output = _>>> =
+                    Box::pin(async move { store.read_async().await });
+                match poll_now(&mut run) {
+                    Poll::Ready(result) => {
+                        login.apply_read(result, how);
+                        applied = true;
+                    }
+                    Poll::Pending => self.reads.push(Op {
+                        index: i,
+                        meta: (how, login.epoch),
+                        run,
+                    }),
+                }
+            }
+            if !applied {
+                break;
+            }
+        }
+        let mut rearm = false;
+        for i in 0..self.logins.len() {
+            if self.locates.iter().any(|l| l.index == i) || !self.logins[i].take_locate() {
+                continue;
+            }
+            let store = self.logins[i].store.clone();
+            let mut run: Pin<Box<dyn Future<Output = _>>> =
+                Box::pin(async move { store.watched_files_async().await });
+            match poll_now(&mut run) {
+                Poll::Ready(files) => rearm |= self.logins[i].located(files),
+                Poll::Pending => self.locates.push(Op {
+                    index: i,
+                    meta: (),
+                    run,
+                }),
+            }
+        }
+        if rearm {
+            self.arm_watch();
+        }
+    }
+
+    /// Stopping: an attempt whose answer came more than [`UNSAVED_GRACE`] ago and is still
+    /// saving (a `security` write that hangs) is given up; its tokens stay in hand for the
+    /// last tries of [`Daemon::save_before_exit`], within the same deadline.
+    fn give_up_stuck_saves(&mut self) {
+        let now = Instant::now();
+        let mut grace = self.grace_until;
+        self.in_flight.retain(|f| match f.meta.answered.get() {
+            Some(at) if now >= at + UNSAVED_GRACE => {
+                grace = Some(grace.map_or(at + UNSAVED_GRACE, |g| g.min(at + UNSAVED_GRACE)));
+                false
+            }
+            _ => true,
+        });
+        self.grace_until = grace;
     }
 
     /// The logins with no attempt in flight.
@@ -288,34 +441,39 @@ impl<C: Clock> Daemon<C> {
     /// and shares the login's refresher; the lock waits inside have no deadline (the daemon can
     /// be stopped meanwhile).
     fn start(&mut self, index: usize, mut mode: Mode) {
-        let login = &self.logins[index];
+        let login = &mut self.logins[index];
+        login.epoch += 1;
         let store = login.store.clone();
         let policy = login.policy.clone();
         let refresher: Rc<RefCell<Refresher>> = login.refresher.clone();
         let sent = Rc::new(Cell::new(false));
+        let answered = Rc::new(Cell::new(None));
         let forced = matches!(mode, Mode::Force { .. });
-        let observed = sent.clone();
+        let (observed, observed_answer) = (sent.clone(), answered.clone());
         // The refresher stays borrowed for the whole attempt, across its awaits, on purpose:
         // while a login is in flight the loop calls none of its handlers (see `idle_logins`),
         // and a cancelled attempt (SIGTERM before its request) releases the borrow with the
         // future, leaving any new tokens in hand to `save_before_exit`.
         #[allow(clippy::await_holding_refcell_ref)]
         let attempt = async move {
-            let observe = move |step: Step| {
-                if step == Step::RequestSent {
-                    observed.set(true);
-                }
+            let observe = move |step: Step| match step {
+                Step::RequestSent => observed.set(true),
+                Step::ResponseReceived => observed_answer.set(Some(Instant::now())),
+                _ => {}
             };
             let mut refresher = refresher.borrow_mut();
             refresher
                 .attempt(&store, &policy, &mut mode, None, &observe)
                 .await
         };
-        self.in_flight.push(InFlight {
+        self.in_flight.push(Op {
             index,
-            forced,
-            sent,
-            attempt: Box::pin(attempt.instrument(self.spans[index].clone())),
+            meta: Attempt {
+                forced,
+                sent,
+                answered,
+            },
+            run: Box::pin(attempt.instrument(self.spans[index].clone())),
         });
     }
 
@@ -341,13 +499,33 @@ impl<C: Clock> Daemon<C> {
         if let Some(at) = self.notifier.next_ping() {
             until = until.min(at);
         }
+        if stopping {
+            // An answer already in is saved within the grace, or given up. One that comes
+            // while this sleeps is noticed within a second: stopping, the loop looks every
+            // second (nothing else wakes it when an attempt's answer comes).
+            until = until.min(now + Duration::from_secs(1));
+            for f in &self.in_flight {
+                if let Some(at) = f.meta.answered.get() {
+                    until = until.min(at + UNSAVED_GRACE);
+                }
+            }
+        }
         let pings = self.pings.as_mut().filter(|_| !stopping);
         let in_flight = &mut self.in_flight;
         let busy = !in_flight.is_empty();
+        let (reads, locates) = (&mut self.reads, &mut self.locates);
+        let reading = !stopping && !reads.is_empty();
+        let locating = !stopping && !locates.is_empty();
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => Event::Timer,
-            (index, forced, result) = first_done(in_flight), if busy => {
-                Event::Done { index, forced, result }
+            (index, attempt, result) = first_done(in_flight), if busy => {
+                Event::Done { index, forced: attempt.forced, result }
+            }
+            (index, (how, epoch), result) = first_done(reads), if reading => {
+                Event::Read { index, how, epoch, result }
+            }
+            (index, (), files) = first_done(locates), if locating => {
+                Event::Located { index, files }
             }
             Some(ping) = async { match pings { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 Event::FileChanged(ping)
@@ -415,8 +593,9 @@ impl<C: Clock> Daemon<C> {
     }
 
     /// Stopping with new tokens in hand: the old refresh token is spent, so these are the
-    /// login. Their save is retried for a while; giving up is an error the user must see.
-    async fn save_before_exit(&mut self) -> u8 {
+    /// login. Their save is retried until `deadline` (a save that hangs in `security` is cut
+    /// there); giving up is an error the user must see.
+    async fn save_before_exit(&mut self, deadline: Instant) -> u8 {
         let unsaved = |d: &Self| -> Vec<usize> {
             (0..d.logins.len())
                 .filter(|&i| d.logins[i].refresher.borrow().has_unsaved_grant())
@@ -426,7 +605,6 @@ impl<C: Clock> Daemon<C> {
             return exit::OK;
         }
         tracing::warn!("new tokens are not saved yet; retrying the save before stopping");
-        let deadline = Instant::now() + UNSAVED_GRACE;
         let mut retries = 0;
         loop {
             for i in unsaved(self) {
@@ -434,16 +612,19 @@ impl<C: Clock> Daemon<C> {
                 // Taken out for the attempt and put back after: nothing else runs while stopping,
                 // and this attempt is awaited to its end, never dropped half-way.
                 let mut refresher = login.refresher.replace(Refresher::new());
-                let _ = refresher
+                let mut mode = Mode::IfDue;
+                let attempt = refresher
                     .attempt(
                         &login.store,
                         &login.policy,
-                        &mut Mode::IfDue,
+                        &mut mode,
                         Some(deadline),
                         &tokend_core::refresh::unobserved,
                     )
-                    .instrument(self.spans[i].clone())
-                    .await;
+                    .instrument(self.spans[i].clone());
+                // Cut at the deadline: the tokens stay in hand (they are taken out of the
+                // refresher only once saved), and the error below says the login may be lost.
+                let _ = tokio::time::timeout_at(deadline.into(), attempt).await;
                 *login.refresher.borrow_mut() = refresher;
             }
             if unsaved(self).is_empty() {

@@ -49,11 +49,12 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 
 /// The files whose changes mean "read the store again", and whether that list is only a guess:
 /// the credentials file (as given and, for a symlink, as resolved), or the keychain file that
-/// holds the Keychain item. While the item does not exist `security` cannot name its keychain,
-/// so the login keychain is assumed (where Claude Code creates the item) and the watch is armed
-/// again after the next change.
-pub fn watched_files(store: &Store) -> (Vec<PathBuf>, bool) {
-    match store.watched_files() {
+/// holds the Keychain item, from `located` ([`Store::watched_files`], which for the Keychain
+/// asks `security`: the caller runs that off the loop). While the item does not exist
+/// `security` cannot name its keychain, so the login keychain is assumed (where Claude Code
+/// creates the item) and `security` is asked again after the next change.
+pub fn watched_files(store: &Store, located: Option<Vec<PathBuf>>) -> (Vec<PathBuf>, bool) {
+    match located {
         Some(files) => (files, false),
         None => {
             let home = std::env::var_os("HOME")

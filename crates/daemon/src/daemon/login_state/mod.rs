@@ -26,6 +26,7 @@ use super::notify_user::{Notice, UserEvent};
 use super::plan::{self, Next, State, Waiting};
 use super::told::{Need, Told};
 use crate::show::{local_time, when};
+pub(super) use read::ReadHow;
 use read::Stamp;
 
 /// Bursts of events (a writer's create + write + rename) are coalesced for this long.
@@ -80,6 +81,15 @@ pub(super) struct LoginState<C: Clock> {
     expires_at: Option<i64>,
     /// The store changed kind (`--store auto` found the file): the loop must watch anew.
     pub(super) needs_rearm: bool,
+    /// The read of the store the login wants the loop to run (see `read.rs`).
+    wanted: Option<ReadHow>,
+    /// For a Keychain login: where `security` last said the item lives (`None`: not asked
+    /// yet, or it could not say), and whether to ask it again.
+    located: Option<Vec<PathBuf>>,
+    want_locate: bool,
+    /// Moves on whenever an attempt starts or ends: a read begun before is stale by then (the
+    /// loop discards its answer and reads again).
+    pub(super) epoch: u64,
 }
 
 impl<C: Clock> LoginState<C> {
@@ -106,6 +116,10 @@ impl<C: Clock> LoginState<C> {
             seen_login: false,
             expires_at: None,
             needs_rearm: false,
+            wanted: None,
+            located: None,
+            want_locate: true,
+            epoch: 0,
         }
     }
 
@@ -114,16 +128,20 @@ impl<C: Clock> LoginState<C> {
         plan::next(&self.state, self.clock.now(), Instant::now())
     }
 
-    /// Something changed where this login is kept: read it again shortly. Returns true when
-    /// the watch must be armed again (the item's keychain file was only assumed).
-    pub(super) fn on_file_changed(&mut self) -> bool {
+    /// Something changed where this login is kept: read it again shortly, and ask where the
+    /// item lives when its keychain file was only assumed (the item may exist now).
+    pub(super) fn on_file_changed(&mut self) {
         // Coalesce: the first ping of a burst sets the re-read time; later ones ride along.
         if self.reread_at.is_none() {
             self.reread_at = Some(Instant::now() + COALESCE);
         }
-        self.keychain_file
+        if self
+            .keychain_file
             .as_ref()
             .is_some_and(|(_, guessed)| *guessed)
+        {
+            self.want_locate = true;
+        }
     }
 
     /// A wake-up: a due re-read, a change the watch did not report, the login's end drawing
@@ -145,6 +163,7 @@ impl<C: Clock> LoginState<C> {
     pub(super) fn on_reload(&mut self) {
         tracing::info!("SIGHUP: re-reading {}", self.store.place());
         self.said = None;
+        self.want_locate = true;
         self.reread(true);
     }
 
@@ -200,13 +219,8 @@ impl<C: Clock> LoginState<C> {
                         None,
                     );
                 }
-                if let Ok(Some(v)) = self.store.read().map(|s| s.doc.oauth().ok().flatten()) {
-                    self.login_expires_at = v.refresh_token_expires_at;
-                    self.login_key = Some(v.own_fields_key());
-                    self.check_login_expiry();
-                    self.tick_told();
-                }
-                self.last_stamp = self.stamp();
+                // The login's own fields and its end, from what was written.
+                self.note_store();
                 self.said = None;
                 if short_grant && !self.warned_short_grant {
                     self.warned_short_grant = true;

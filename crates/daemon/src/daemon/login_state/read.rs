@@ -1,6 +1,12 @@
 //! Reading one login's store into its state: what a read (or a failed one) means for the
 //! schedule, the messages logged once while waiting, and the cheap identity of the file the
 //! minute check compares.
+//!
+//! The login never reads its store itself: it says what read it wants ([`ReadHow`]), the loop
+//! runs it (inline for a file, on the blocking pool for a Keychain item, whose `security` run
+//! may take up to 30 s or hang while a keychain asks a person) and hands the answer back to
+//! [`LoginState::apply_read`]. Asking `security` where the item lives (for the watch) goes the
+//! same way.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -8,13 +14,34 @@ use std::time::{Duration, Instant};
 
 use tokend_core::credentials::OAuthView;
 use tokend_core::refresh;
-use tokend_core::store::{Kind, StoreError};
+use tokend_core::store::{Kind, Snapshot, StoreError};
 
 use super::LoginState;
 use crate::daemon::notify_user::UserEvent;
 use crate::daemon::plan::{State, Waiting};
 use crate::daemon::told::Need;
 use crate::daemon::{Clock, watch};
+
+/// What a wanted read is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(in crate::daemon) struct ReadHow {
+    /// Even if the bytes are the ones already known (startup, SIGHUP, after an attempt that
+    /// adopted another process's refresh).
+    pub force: bool,
+    /// After an attempt: when the store holds what is known (our own write, or what the
+    /// attempt found), record the login's own fields and its end from it, leaving the schedule
+    /// as the attempt set it.
+    pub note: bool,
+}
+
+impl ReadHow {
+    fn merge(self, other: ReadHow) -> ReadHow {
+        ReadHow {
+            force: self.force || other.force,
+            note: self.note || other.note,
+        }
+    }
+}
 
 /// A file that does not parse is re-read this often, this many times, before it counts as
 /// malformed: a writer may be half-way through it.
@@ -54,36 +81,89 @@ impl<C: Clock> LoginState<C> {
         }
     }
 
-    /// The files to watch for this login (see `watch::watched_files`), remembered so the
-    /// minute check can `stat` the keychain file without running `security`.
+    /// The files to watch for this login (see `watch::watched_files`): for a Keychain login
+    /// from where `security` last said the item lives (or the guess until it has), remembered
+    /// so the minute check can `stat` the keychain file without running `security`.
     pub(in crate::daemon) fn watched_files(&mut self) -> Vec<PathBuf> {
-        let (files, guessed) = watch::watched_files(&self.store);
+        let located = match self.store.kind() {
+            // Paths only: no `security` run.
+            Kind::File => self.store.watched_files(),
+            Kind::Keychain => self.located.clone(),
+        };
+        let (files, guessed) = watch::watched_files(&self.store, located);
         if self.store.kind() == Kind::Keychain {
             self.keychain_file = files.first().map(|f| (f.clone(), guessed));
         }
         files
     }
 
-    /// Reads the file and updates the state from it. `force`: even if the bytes are the ones
-    /// already known (startup, SIGHUP).
+    /// Whether the loop should ask `security` where the item lives (a Keychain login only:
+    /// at start, on SIGHUP, and when a guessed keychain file changed).
+    pub(in crate::daemon) fn take_locate(&mut self) -> bool {
+        std::mem::take(&mut self.want_locate) && self.store.kind() == Kind::Keychain
+    }
+
+    /// Where `security` said the item lives (`None`: it could not say, e.g. no item yet).
+    /// Returns whether the files to watch changed, so the watch must be armed anew.
+    pub(in crate::daemon) fn located(&mut self, files: Option<Vec<PathBuf>>) -> bool {
+        if self.store.kind() != Kind::Keychain {
+            return false;
+        }
+        let before = self.watched_files();
+        self.located = files;
+        self.watched_files() != before
+    }
+
+    /// Asks for a read of the store. `force`: even if the bytes are the ones already known.
+    /// With new tokens in hand nothing is read: the save of the tokens is retried instead.
     pub(in crate::daemon) fn reread(&mut self, force: bool) {
-        self.last_stamp = self.stamp();
+        self.want_read(ReadHow { force, note: false });
+    }
+
+    pub(in crate::daemon) fn want_read(&mut self, how: ReadHow) {
         if self.refresher.borrow().has_unsaved_grant() {
             // The store changed (or is looked at anew): the save of the tokens in hand may
-            // work now. What is read here would change nothing (a store unreadable for a
-            // while must not park the login in a wait): the save reads it under the lock.
+            // work now. What a read says would change nothing (a store unreadable for a while
+            // must not park the login in a wait): the save reads it under the lock.
             return self.retry_save_now();
         }
-        // A claude-tokend that crashed mid-refresh may have left lock directories that make
-        // Claude Code wait; clear them when the lock is free (never waiting for it here).
+        self.wanted = Some(self.wanted.map_or(how, |w| w.merge(how)));
+    }
+
+    /// The read the loop should run now, if one is wanted, after the quick local chores that
+    /// go with a read (the file's identity for the minute check; lock directories a crashed
+    /// claude-tokend left, cleared when our flock is free, never waited for).
+    pub(in crate::daemon) fn take_read(&mut self) -> Option<ReadHow> {
+        let how = self.wanted.take()?;
+        self.last_stamp = self.stamp();
         if let Ok(Some(lock)) = self.store.try_lock() {
             tokend_core::refresh::tidy(&self.store, &lock);
         }
-        match self.store.read() {
+        Some(how)
+    }
+
+    /// Updates the state from a read the loop ran for [`LoginState::take_read`].
+    pub(in crate::daemon) fn apply_read(
+        &mut self,
+        result: Result<Snapshot, StoreError>,
+        how: ReadHow,
+    ) {
+        if self.refresher.borrow().has_unsaved_grant() {
+            return self.retry_save_now();
+        }
+        match result {
             Ok(snapshot) => {
                 self.malformed_tries = 0;
                 self.unavailable_tries = 0;
-                if !force && Some(snapshot.fingerprint) == self.known {
+                if !how.force && Some(snapshot.fingerprint) == self.known {
+                    if how.note
+                        && let Ok(Some(v)) = snapshot.doc.oauth()
+                    {
+                        self.login_key = Some(v.own_fields_key());
+                        self.login_expires_at = v.refresh_token_expires_at;
+                        self.check_login_expiry();
+                        self.tick_told();
+                    }
                     return;
                 }
                 self.known = Some(snapshot.fingerprint);
@@ -250,16 +330,13 @@ impl<C: Clock> LoginState<C> {
         self.reread(true);
     }
 
-    /// Records the store as it is now (bytes, identity, the login's own fields) without
-    /// changing the schedule.
+    /// After an attempt: reads the store to record the login as it is now (its own fields, its
+    /// end) without changing the schedule the attempt set; a store that changed meanwhile is
+    /// read as news instead.
     pub(super) fn note_store(&mut self) {
-        if let Ok(s) = self.store.read() {
-            self.known = Some(s.fingerprint);
-            if let Ok(Some(v)) = s.doc.oauth() {
-                self.login_key = Some(v.own_fields_key());
-                self.login_expires_at = v.refresh_token_expires_at;
-            }
-        }
-        self.last_stamp = self.stamp();
+        self.want_read(ReadHow {
+            force: false,
+            note: true,
+        });
     }
 }
