@@ -551,6 +551,17 @@ impl<C: Clock> Daemon<C> {
     /// (Re)arms the one watcher over every login's files. A failure is logged once; the minute
     /// timer tries again.
     fn arm_watch(&mut self) {
+        // A directory a stand-in waits for can appear while the watch is armed (`mkdir -p`
+        // makes the whole path at once): then its event came before the watch, so arm again.
+        for _ in 0..8 {
+            self.arm_watch_once();
+            if !self.watch.as_ref().is_some_and(Watch::outdated) {
+                break;
+            }
+        }
+    }
+
+    fn arm_watch_once(&mut self) {
         let files: Vec<Vec<PathBuf>> = self
             .logins
             .iter_mut()

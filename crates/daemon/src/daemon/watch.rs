@@ -192,7 +192,7 @@ impl Handler {
         let event = match res {
             // The kernel dropped events (its queue overflowed: notify reports that as an event
             // flagged `Rescan`), or the watch failed: any change may have been missed, so every
-            // login looks again.
+            // login looks again (and a directory a stand-in waits for may have appeared).
             Ok(event) if event.need_rescan() => return self.every_login(),
             Err(_) => return self.every_login(),
             Ok(event) => event,
@@ -228,6 +228,9 @@ impl Handler {
 
     fn every_login(&self) -> Vec<Ping> {
         let mut out: Vec<Ping> = Vec::new();
+        if !self.stand_ins.is_empty() {
+            out.push(Ping::Rearm);
+        }
         for (_, login) in &self.files {
             if !out.contains(&Ping::Changed(*login)) {
                 out.push(Ping::Changed(*login));
@@ -267,9 +270,37 @@ mod tests {
     }
 
     #[test]
+    fn a_stand_in_waits_for_the_next_missing_name_and_knows_when_it_appeared() {
+        let root = std::env::temp_dir().join(format!(
+            "tokend-watch-{}-{}",
+            std::process::id(),
+            tokend_core::schedule::random_unit().to_bits()
+        ));
+        std::fs::create_dir(&root).unwrap();
+        let file = root.join("a/b/c/.credentials.json");
+        let (watch, _rx) = Watch::arm(&[vec![file]]).unwrap();
+        assert!(!watch.complete);
+        assert_eq!(watch.dirs().collect::<Vec<_>>(), [root.as_path()]);
+        assert_eq!(watch.awaited, [root.join("a")]);
+        assert!(!watch.outdated(), "nothing appeared yet");
+        std::fs::write(root.join("unrelated"), b"").unwrap();
+        assert!(!watch.outdated(), "another name is not the one awaited");
+        // `mkdir -p`: the whole path at once, maybe before the watch was in place.
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        assert!(watch.outdated(), "the awaited directory exists: arm again");
+        drop(watch);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn what_each_event_means() {
         let h = handler();
-        let all = vec![Ping::Changed(0), Ping::Changed(1), Ping::Changed(2)];
+        let all = vec![
+            Ping::Rearm,
+            Ping::Changed(0),
+            Ping::Changed(1),
+            Ping::Changed(2),
+        ];
         let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
         let attrib = EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any));
         let create = EventKind::Create(CreateKind::Any);
