@@ -9,6 +9,7 @@ mod coexist;
 mod crash;
 mod daemon;
 mod daemon_first_run;
+mod daemon_refused;
 mod daemon_slow_store;
 mod daemon_unsaved;
 mod daemon_watch;

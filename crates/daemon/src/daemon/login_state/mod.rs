@@ -59,9 +59,9 @@ pub(super) struct LoginState<C: Clock> {
     /// The HTTP client (built on the first attempt and dropped after success, so the idle
     /// daemon holds no TLS state and no connection pool) and new tokens not saved yet.
     pub(super) refresher: Rc<RefCell<Refresher>>,
-    /// [`OAuthView::own_fields_key`] of the login last read: a rewrite that leaves the login's
-    /// own fields as they were (an MCP token, a setting) neither re-sends a refused refresh
-    /// token nor cuts a backoff short.
+    /// [`own_fields_key`](tokend_core::credentials::OAuthView::own_fields_key) of the login
+    /// last read: a rewrite that leaves the login's own fields as they were (an MCP token, a
+    /// setting) neither re-sends a refused refresh token nor cuts a backoff short.
     login_key: Option<u64>,
     /// The short-grant warning is logged once.
     warned_short_grant: bool,
@@ -87,6 +87,10 @@ pub(super) struct LoginState<C: Clock> {
     /// yet, or it could not say), and whether to ask it again.
     located: Option<Vec<PathBuf>>,
     want_locate: bool,
+    /// The login's own fields (as `login_key`) when the server refused it (or its client),
+    /// with the wait that followed: that login read again, even after the store was malformed
+    /// or gone meanwhile, waits again instead of being sent.
+    refused: Option<(u64, Waiting)>,
     /// Moves on whenever an attempt starts or ends: a read begun before is stale by then (the
     /// loop discards its answer and reads again).
     pub(super) epoch: u64,
@@ -119,6 +123,7 @@ impl<C: Clock> LoginState<C> {
             wanted: None,
             located: None,
             want_locate: true,
+            refused: None,
             epoch: 0,
         }
     }
@@ -280,6 +285,9 @@ impl<C: Clock> LoginState<C> {
                         Waiting::LoginNeeded(e.to_string())
                     }
                 };
+                if let Some(key) = self.login_key {
+                    self.refused = Some((key, why.clone()));
+                }
                 self.wait_for(why);
             }
             Err(RefreshError::Store(StoreError::Missing { .. })) => self.wait_for(Waiting::Missing),

@@ -206,8 +206,17 @@ impl<C: Clock> LoginState<C> {
                 let place = self.store.place();
                 match view {
                     Some(v) if !v.is_logged_out() => {
-                        self.said = None;
                         self.seen_login = true;
+                        // The login the server refused, back unchanged after the store was
+                        // malformed or gone for a while: still refused, never sent again.
+                        match self.refused.take() {
+                            Some((refused, why)) if key == Some(refused) => {
+                                self.refused = Some((refused, why.clone()));
+                                return self.wait_for(why);
+                            }
+                            _ => {}
+                        }
+                        self.said = None;
                         self.expires_at = v.expires_at;
                         let at = refresh::next_at_unlocked(&self.store, &v, self.policy.lead);
                         self.schedule(v.expires_at, at, false);
