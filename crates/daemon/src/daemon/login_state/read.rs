@@ -170,14 +170,15 @@ impl<C: Clock> LoginState<C> {
                 let view = snapshot.doc.oauth().ok().flatten();
                 let key = view.as_ref().map(OAuthView::own_fields_key);
                 let same_login = key.is_some() && key == self.login_key;
+                let refused = self.refused.as_ref().is_some_and(|(k, _)| key == Some(*k));
                 self.login_key = key;
                 if let Some(v) = &view
                     && !v.is_logged_out()
                 {
                     // A new usable login shows the login works: it ends a run of failures (told
                     // or not) and a login-needed episode. The same login read again (after a
-                    // malformed spell, say) shows nothing.
-                    if !same_login && self.told.works() {
+                    // malformed spell, say), or the one the server refused, shows nothing.
+                    if !same_login && !refused && self.told.works() {
                         let place = self.store.place();
                         self.tell(
                             UserEvent::Recovered,
@@ -209,12 +210,9 @@ impl<C: Clock> LoginState<C> {
                         self.seen_login = true;
                         // The login the server refused, back unchanged after the store was
                         // malformed or gone for a while: still refused, never sent again.
-                        match self.refused.take() {
-                            Some((refused, why)) if key == Some(refused) => {
-                                self.refused = Some((refused, why.clone()));
-                                return self.wait_for(why);
-                            }
-                            _ => {}
+                        match (&self.refused, refused) {
+                            (Some((_, why)), true) => return self.wait_for(why.clone()),
+                            _ => self.refused = None,
                         }
                         self.said = None;
                         self.expires_at = v.expires_at;
