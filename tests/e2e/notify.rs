@@ -28,10 +28,12 @@ impl Inbox {
         Inbox { dir }
     }
 
+    /// Writes each event whole under a temporary name, then renames it into place, so a test
+    /// never reads one half-written.
     fn command(&self) -> String {
+        let dir = self.dir.display();
         format!(
-            "env | grep '^CLAUDE_TOKEND_' > '{}/'$(date +%s%N).env",
-            self.dir.display()
+            "env | grep '^CLAUDE_TOKEND_' > '{dir}/.part.'$$ && mv '{dir}/.part.'$$ '{dir}/'$(date +%s%N).env"
         )
     }
 
@@ -39,6 +41,7 @@ impl Inbox {
         let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .expect("read inbox")
             .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "env"))
             .collect();
         names.sort();
         names
