@@ -18,31 +18,28 @@
 mod login_state;
 mod notify_systemd;
 pub mod notify_user;
+mod ops;
 pub mod plan;
+mod stop;
 mod told;
 mod trim;
 mod watch;
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokend_core::refresh::{Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
-use tokend_core::schedule::{Backoff, epoch_millis, random_unit};
+use tokend_core::refresh::{Floor, Mode, Outcome, Policy, RefreshError};
+use tokend_core::schedule::epoch_millis;
 use tokend_core::store::{Snapshot, Store, StoreError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::Instrument;
 
-use crate::exit;
 use login_state::{LoginState, ReadHow};
 use notify_systemd::Notifier;
 use notify_user::UserNotifier;
+use ops::{InFlight, Op, first_done};
 use plan::Next;
+use stop::UNSAVED_GRACE;
 use watch::{Ping, Watch};
 
 /// The wall clock, behind one seam so tests can jump it (a suspended laptop) without sleeping.
@@ -60,9 +57,6 @@ impl Clock for SystemClock {
         epoch_millis(SystemTime::now())
     }
 }
-
-/// On SIGTERM with new tokens not yet saved, saving is retried for this long before giving up.
-const UNSAVED_GRACE: Duration = Duration::from_secs(10);
 
 /// The signals the daemon handles, created once the runtime is up.
 pub struct Signals {
@@ -109,46 +103,6 @@ enum Event {
         files: Option<Vec<PathBuf>>,
     },
     Shutdown(&'static str),
-}
-
-/// One operation of login `index` the loop polls beside everything else: an attempt, a read,
-/// asking where an item lives. `meta` is what its answer needs besides its output.
-struct Op<T, M> {
-    index: usize,
-    meta: M,
-    run: Pin<Box<dyn Future<Output = T>>>,
-}
-
-/// What an attempt carries. It shares the login's [`Refresher`] (so new tokens in hand outlive
-/// a cancelled attempt), knows whether its request went out (after which it is never cancelled:
-/// the answer must be saved) and when the answer came (from then on its save has the 10 s of
-/// "never waste" once the daemon is stopping).
-struct Attempt {
-    forced: bool,
-    sent: Rc<Cell<bool>>,
-    answered: Rc<Cell<Option<Instant>>>,
-}
-
-type InFlight = Op<Result<Outcome, RefreshError>, Attempt>;
-
-/// Waits for the first operation of `ops` to finish and takes it out of the list.
-async fn first_done<T, M>(ops: &mut Vec<Op<T, M>>) -> (usize, M, T) {
-    std::future::poll_fn(|cx| {
-        for i in 0..ops.len() {
-            if let Poll::Ready(out) = ops[i].run.as_mut().poll(cx) {
-                let done = ops.swap_remove(i);
-                return Poll::Ready((done.index, done.meta, out));
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-/// Polls `run` once: a file's read has its answer at once, a `security` run has not.
-fn poll_now<T>(run: &mut Pin<Box<dyn Future<Output = T>>>) -> Poll<T> {
-    run.as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
 pub struct Daemon<C: Clock> {
@@ -339,144 +293,6 @@ impl<C: Clock> Daemon<C> {
         self.save_before_exit(deadline).await
     }
 
-    /// Starts what the logins want done with their stores: a read, and for a Keychain login
-    /// asking `security` where its item lives. What answers at once (a file) is applied at
-    /// once; the rest is polled by the loop and applied when it finishes. A login in flight
-    /// reads nothing (its attempt reads under the lock; its wish waits for the attempt's end).
-    fn pump(&mut self) {
-        // A read can want another at once (`--store auto` finding the file): a few rounds.
-        for _ in 0..3 {
-            let mut applied = false;
-            for i in self.idle_logins() {
-                if self.reads.iter().any(|r| r.index == i) {
-                    continue;
-                }
-                let _in = self.spans[i].enter();
-                let login = &mut self.logins[i];
-                let Some(how) = login.take_read() else {
-                    continue;
-                };
-                let store = login.store.clone();
-                let mut run: Pin<Box<dyn Future<Output = _>>> =
-                    Box::pin(async move { store.read_async().await });
-                match poll_now(&mut run) {
-                    Poll::Ready(result) => {
-                        login.apply_read(result, how);
-                        applied = true;
-                    }
-                    Poll::Pending => self.reads.push(Op {
-                        index: i,
-                        meta: (how, login.epoch),
-                        run,
-                    }),
-                }
-            }
-            if !applied {
-                break;
-            }
-        }
-        let mut rearm = false;
-        for i in 0..self.logins.len() {
-            if self.locates.iter().any(|l| l.index == i) || !self.logins[i].take_locate() {
-                continue;
-            }
-            let store = self.logins[i].store.clone();
-            let mut run: Pin<Box<dyn Future<Output = _>>> =
-                Box::pin(async move { store.watched_files_async().await });
-            match poll_now(&mut run) {
-                Poll::Ready(files) => rearm |= self.logins[i].located(files),
-                Poll::Pending => self.locates.push(Op {
-                    index: i,
-                    meta: (),
-                    run,
-                }),
-            }
-        }
-        if rearm {
-            self.arm_watch();
-        }
-    }
-
-    /// Stopping: an attempt whose answer came more than [`UNSAVED_GRACE`] ago and is still
-    /// saving (a `security` write that hangs) is given up; its tokens stay in hand for the
-    /// last tries of [`Daemon::save_before_exit`], within the same deadline.
-    fn give_up_stuck_saves(&mut self) {
-        let now = Instant::now();
-        let mut grace = self.grace_until;
-        self.in_flight.retain(|f| match f.meta.answered.get() {
-            Some(at) if now >= at + UNSAVED_GRACE => {
-                grace = Some(grace.map_or(at + UNSAVED_GRACE, |g| g.min(at + UNSAVED_GRACE)));
-                false
-            }
-            _ => true,
-        });
-        self.grace_until = grace;
-    }
-
-    /// The logins with no attempt in flight.
-    fn idle_logins(&self) -> Vec<usize> {
-        (0..self.logins.len())
-            .filter(|i| !self.in_flight.iter().any(|f| f.index == *i))
-            .collect()
-    }
-
-    /// Starts an attempt for every idle login whose plan says "now".
-    fn start_due_attempts(&mut self) {
-        for i in self.idle_logins() {
-            match self.logins[i].next_step() {
-                Next::RefreshNow { force: false } => self.start(i, Mode::IfDue),
-                Next::RefreshNow { force: true } => {
-                    let mode = Mode::Force {
-                        expected: None,
-                        floor: Floor::Honour,
-                    };
-                    self.start(i, mode);
-                }
-                Next::Sleep(_) => {}
-            }
-        }
-    }
-
-    /// Puts one attempt of login `index` in flight. It owns copies of the store and the policy
-    /// and shares the login's refresher; the lock waits inside have no deadline (the daemon can
-    /// be stopped meanwhile).
-    fn start(&mut self, index: usize, mut mode: Mode) {
-        let login = &mut self.logins[index];
-        login.epoch += 1;
-        let store = login.store.clone();
-        let policy = login.policy.clone();
-        let refresher: Rc<RefCell<Refresher>> = login.refresher.clone();
-        let sent = Rc::new(Cell::new(false));
-        let answered = Rc::new(Cell::new(None));
-        let forced = matches!(mode, Mode::Force { .. });
-        let (observed, observed_answer) = (sent.clone(), answered.clone());
-        // The refresher stays borrowed for the whole attempt, across its awaits, on purpose:
-        // while a login is in flight the loop calls none of its handlers (see `idle_logins`),
-        // and a cancelled attempt (SIGTERM before its request) releases the borrow with the
-        // future, leaving any new tokens in hand to `save_before_exit`.
-        #[allow(clippy::await_holding_refcell_ref)]
-        let attempt = async move {
-            let observe = move |step: Step| match step {
-                Step::RequestSent => observed.set(true),
-                Step::ResponseReceived => observed_answer.set(Some(Instant::now())),
-                _ => {}
-            };
-            let mut refresher = refresher.borrow_mut();
-            refresher
-                .attempt(&store, &policy, &mut mode, None, &observe)
-                .await
-        };
-        self.in_flight.push(Op {
-            index,
-            meta: Attempt {
-                forced,
-                sent,
-                answered,
-            },
-            run: Box::pin(attempt.instrument(self.spans[index].clone())),
-        });
-    }
-
     /// Sleeps until the next deadline or an event, whichever is first. While stopping, only
     /// the attempts being finished and the watchdog matter.
     async fn wait(&mut self, signals: &mut Signals, stopping: bool) -> Event {
@@ -601,62 +417,6 @@ impl<C: Clock> Daemon<C> {
                 self.watch_said = None;
             }
         }
-    }
-
-    /// Stopping with new tokens in hand: the old refresh token is spent, so these are the
-    /// login. Their save is retried until `deadline` (a save that hangs in `security` is cut
-    /// there); giving up is an error the user must see.
-    async fn save_before_exit(&mut self, deadline: Instant) -> u8 {
-        let unsaved = |d: &Self| -> Vec<usize> {
-            (0..d.logins.len())
-                .filter(|&i| d.logins[i].refresher.borrow().has_unsaved_grant())
-                .collect()
-        };
-        if unsaved(self).is_empty() {
-            return exit::OK;
-        }
-        tracing::warn!("new tokens are not saved yet; retrying the save before stopping");
-        let mut retries = 0;
-        loop {
-            for i in unsaved(self) {
-                let login = &self.logins[i];
-                // Taken out for the attempt and put back after: nothing else runs while stopping,
-                // and this attempt is awaited to its end, never dropped half-way.
-                let mut refresher = login.refresher.replace(Refresher::new());
-                let mut mode = Mode::IfDue;
-                let attempt = refresher
-                    .attempt(
-                        &login.store,
-                        &login.policy,
-                        &mut mode,
-                        Some(deadline),
-                        &tokend_core::refresh::unobserved,
-                    )
-                    .instrument(self.spans[i].clone());
-                // Cut at the deadline: the tokens stay in hand (they are taken out of the
-                // refresher only once saved), and the error below says the login may be lost.
-                let _ = tokio::time::timeout_at(deadline.into(), attempt).await;
-                *login.refresher.borrow_mut() = refresher;
-            }
-            if unsaved(self).is_empty() {
-                return exit::OK;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match Backoff::SAVE.delay_within(retries, random_unit(), None, left) {
-                Some(d) => tokio::time::sleep(d).await,
-                None => break,
-            }
-            retries += 1;
-        }
-        for i in unsaved(self) {
-            tracing::error!(
-                "stopping with new tokens that could not be saved to {}: the old refresh token \
-                 is spent, so the login may be lost; if Claude Code reports that you are logged \
-                 out, run `claude-tokend login`",
-                self.logins[i].store.place()
-            );
-        }
-        exit::FAILURE
     }
 
     /// Hands every login's notices to the user notifier (which never waits), and watches anew
