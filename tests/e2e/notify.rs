@@ -28,10 +28,12 @@ impl Inbox {
         Inbox { dir }
     }
 
+    /// Writes each event whole under a temporary name, then renames it into place, so a test
+    /// never reads one half-written.
     fn command(&self) -> String {
+        let dir = self.dir.display();
         format!(
-            "env | grep '^CLAUDE_TOKEND_' > '{}/'$(date +%s%N).env",
-            self.dir.display()
+            "env | grep '^CLAUDE_TOKEND_' > '{dir}/.part.'$$ && mv '{dir}/.part.'$$ '{dir}/'$(date +%s%N).env"
         )
     }
 
@@ -39,6 +41,7 @@ impl Inbox {
         let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .expect("read inbox")
             .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "env"))
             .collect();
         names.sort();
         names
@@ -330,4 +333,61 @@ fn notify_desktop_runs_notify_send_when_it_is_installed() {
     for t in dead.secrets() {
         out.check(!args.contains(&t), "no token in the notification");
     }
+}
+
+#[test]
+fn one_failure_then_a_new_login_from_the_user_tells_nothing() {
+    let home = TempHome::new();
+    let login = Login::expiring_in(600);
+    home.write_creds(&login.doc());
+    let server = TokenServer::for_login(&login);
+    // Not retried within the test: only the new login can end the failure.
+    server.push(Reply::error(503).header("Retry-After", "30"));
+    let inbox = Inbox::new(&home);
+    // An "hour" of 6 s: refresh-failing would be due 3 s after the failure.
+    let d = Cmd::new(&home)
+        .server(&server)
+        .args(["--refresh-before", "15m", "--notify-cmd", &inbox.command()])
+        .env("CLAUDE_TOKEND_TEST_HOUR_MS", "6000")
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    assert!(wait_until(SOON, || server.count() == 1), "the first try");
+    // The user signs in again at once: a new login, not due, works without any refresh.
+    let fresh = Login::fresh();
+    write_doc(&home.creds_path(), &fresh.doc());
+    std::thread::sleep(Duration::from_secs(6));
+    let out = stop(d);
+    out.check_eq("events", inbox.names(), Vec::<String>::new())
+        .check_eq("requests", server.count(), 1);
+}
+
+#[test]
+fn login_expiring_is_told_for_each_new_deadline_a_change_brings_and_not_again_on_sighup() {
+    let home = TempHome::new();
+    let login = Login::fresh();
+    let mut doc = login.doc();
+    doc["claudeAiOauth"]["refreshTokenExpiresAt"] = json!(now_ms() + 10 * 86_400_000);
+    home.write_creds(&doc);
+    let server = TokenServer::for_login(&login);
+    let inbox = Inbox::new(&home);
+    let d = daemon(&home, &server, &inbox, 3_600_000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let at_start = inbox.names();
+    // The login's end moves into the 3-day window (nothing else of the login changes).
+    let ends = now_ms() + 2 * 86_400_000;
+    doc["claudeAiOauth"]["refreshTokenExpiresAt"] = json!(ends);
+    write_doc(&home.creds_path(), &doc);
+    let told = wait_until(SOON, || inbox.names().len() == 1);
+    send_signal(&d, libc::SIGHUP);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = stop(d);
+    out.check_eq("events at start", at_start, Vec::<String>::new())
+        .check(told, "the new deadline was not told")
+        .check_eq("events", inbox.names(), vec!["login-expiring".to_owned()]);
+    let e = &inbox.events()[0];
+    out.check_eq(
+        "deadline",
+        e.get("CLAUDE_TOKEND_DEADLINE").cloned(),
+        Some(rfc3339(ends)),
+    );
 }

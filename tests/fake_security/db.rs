@@ -48,6 +48,16 @@ pub fn fail_writes_marker(db: &Path) -> PathBuf {
     sibling(db, ".fail-writes")
 }
 
+/// `<db>.hang`: while it exists, every `security` run waits before doing anything, as one does
+/// while the keychain asks a person to unlock it (at most [`HANG_LIMIT_SECS`], so no fake
+/// outlives a test by much).
+pub fn hang_marker(db: &Path) -> PathBuf {
+    sibling(db, ".hang")
+}
+
+/// The longest a run waits on [`hang_marker`].
+pub const HANG_LIMIT_SECS: u64 = 120;
+
 fn sibling(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);

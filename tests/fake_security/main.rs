@@ -11,7 +11,8 @@
 //! - `delete-generic-password [-a A] [-s S]`.
 //! - A missing item exits 44 (errSecItemNotFound), a locked keychain 36
 //!   (errSecInteractionNotAllowed: while `<db>.locked` exists, every item command fails so),
-//!   `<db>.fail-writes` makes add and delete exit 1. A bad option exits 2 with the command's
+//!   `<db>.fail-writes` makes add and delete exit 1, and while `<db>.hang` exists every run waits
+//!   before doing anything (a keychain asking a person to unlock it; at most 2 minutes). A bad option exits 2 with the command's
 //!   usage, an unknown command 1; commands match by prefix, as in `security` itself (so an empty
 //!   word runs `help`).
 //! - `-i`: one command per line from stdin, read as `security` does: at most 4095 bytes per
@@ -118,14 +119,25 @@ fn main() {
         eprintln!("fake security: FAKE_SECURITY_DB is not set (the tests' harness sets it)");
         std::process::exit(1);
     };
+    let db = PathBuf::from(db);
+    hang_while_marked(&db);
     let mut ctx = Ctx {
-        db: PathBuf::from(db),
+        db,
         log,
         quiet: false,
     };
     let code = run_main(&mut ctx, &args);
     log_entry(ctx.log.as_deref(), &["exit".to_owned(), code.to_string()]);
     std::process::exit(code & 0xff);
+}
+
+/// Waits while the hang marker exists (polling: the test removes it, or its home, to end it).
+fn hang_while_marked(db: &std::path::Path) {
+    let marker = db::hang_marker(db);
+    let started = std::time::Instant::now();
+    while marker.exists() && started.elapsed().as_secs() < db::HANG_LIMIT_SECS {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// `security [-h] [-i] [-l] [-p prompt] [-q] [-v] [command] [opt ...]`.

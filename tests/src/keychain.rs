@@ -1,10 +1,11 @@
 //! The macOS Keychain, faked: [`FakeKeychain`] puts the fake `security` (the `fake-security`
 //! binary of this package, fake_security/main.rs) first on PATH for a run, with its item
 //! database at `HOME/Library/Keychains/login.keychain-db`, and lets a test play Claude Code (or
-//! the user) on the items: put, read, delete, lock the keychain, make writes fail, and read the
-//! log of every `security` invocation the program made. Also the contract's naming rules for
-//! the item ([`service_for`], [`account_for`]) and the exact `-i` line it writes
-//! ([`stdin_line`]). Uses the home and the runner; nothing else uses it.
+//! the user) on the items: put, read, delete, lock the keychain, make writes fail, make every
+//! run hang (a keychain waiting for a person), and read the log of every `security`
+//! invocation the program made. Also the contract's naming rules for the item
+//! ([`service_for`], [`account_for`]) and the exact `-i` line it writes ([`stdin_line`]). Uses
+//! the home and the runner; nothing else uses it.
 
 use std::ffi::OsString;
 use std::fs;
@@ -270,6 +271,18 @@ impl FakeKeychain {
         let m = db::fail_writes_marker(&self.db);
         if on {
             fs::write(&m, b"").expect("creating the fail-writes marker");
+        } else {
+            let _ = fs::remove_file(&m);
+        }
+    }
+
+    /// While on, every `security` run waits before doing anything (and is logged as started),
+    /// as one does while the keychain asks a person to unlock it; turning it off (or dropping
+    /// the home) lets them go on.
+    pub fn hang(&self, on: bool) {
+        let m = db::hang_marker(&self.db);
+        if on {
+            fs::write(&m, b"").expect("creating the hang marker");
         } else {
             let _ = fs::remove_file(&m);
         }

@@ -9,11 +9,15 @@
 //!
 //! A lock directory is removed only by its owner: ours are remembered by inode and birth time, and a directory
 //! that is no longer the one we made (someone took it over while we were frozen) is left alone.
+//! One we made but could not remove (its parent turned read-only while we held it) is still
+//! ours: the next take of that path by this process removes it first, instead of waiting a
+//! minute for its own lock to go stale.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::schedule::random_unit;
@@ -95,6 +99,7 @@ impl DirLock {
     /// A parent directory that cannot be written (a read-only home, a config directory at the
     /// filesystem root) is an error the caller may choose to ignore.
     pub fn try_take(path: &Path, stale: Duration) -> io::Result<Attempt> {
+        remove_unremoved(path);
         match fs::create_dir(path) {
             Ok(()) => return Ok(Attempt::Taken(DirLock::ours(path))),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -157,10 +162,26 @@ impl DirLock {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        if self.identity.is_some() && identity(&self.path) == self.identity {
-            let _ = fs::remove_dir(&self.path);
+        if let Some(id) = self.identity
+            && identity(&self.path) == Some(id)
+            && fs::remove_dir(&self.path).is_err()
+        {
+            UNREMOVED
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((self.path.clone(), id));
         }
     }
+}
+
+/// Lock directories this process made and could not remove, with their identity.
+static UNREMOVED: Mutex<Vec<(PathBuf, Identity)>> = Mutex::new(Vec::new());
+
+/// Removes what this process left at `path` (see [`UNREMOVED`]) when it is still the very
+/// directory we made: nobody took it over, so nobody else holds it.
+fn remove_unremoved(path: &Path) {
+    let mut left = UNREMOVED.lock().unwrap_or_else(PoisonError::into_inner);
+    left.retain(|(p, id)| p != path || (identity(p) == Some(*id) && fs::remove_dir(p).is_err()));
 }
 
 /// One line of the ledger our flock file keeps: a lock directory we hold, with its identity.
@@ -404,6 +425,31 @@ mod tests {
             "a taken-over lock is not removed by its old owner"
         );
         drop(theirs);
+        assert!(!path.exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_we_could_not_remove_is_still_ours_to_take_again() {
+        let dir = temp_dir("unremoved");
+        let path = dir.join("x.lock");
+        let Attempt::Taken(lock) = DirLock::try_take(&path, REFRESH_STALE).unwrap() else {
+            panic!("free lock");
+        };
+        // Its removal fails (here: not empty; for real: the config directory turned read-only
+        // while the lock was held).
+        let blocker = path.join("blocker");
+        fs::write(&blocker, b"").unwrap();
+        drop(lock);
+        assert!(path.is_dir(), "the removal failed");
+        fs::remove_file(&blocker).unwrap();
+        // The next take by this process does not wait a minute for its own lock to go stale.
+        let again = DirLock::try_take(&path, REFRESH_STALE).unwrap();
+        assert!(
+            matches!(again, Attempt::Taken(_)),
+            "expected our own leftover lock to be taken, got {again:?}"
+        );
+        drop(again);
         assert!(!path.exists());
         fs::remove_dir_all(dir).unwrap();
     }

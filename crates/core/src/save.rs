@@ -98,10 +98,10 @@ pub async fn save(
                 Ok(snapshot) => snapshot.doc,
                 Err(StoreError::Missing { .. }) => return Ok(Saved::LoggedOut),
                 Err(StoreError::Malformed { .. }) => {
-                    let copy = store.copy_aside()?;
+                    let copy = store.copy_aside_async().await?;
                     let mut doc = base.clone();
                     doc.apply(grant);
-                    return commit(pending, &doc, Some(copy));
+                    return commit(pending, &doc, Some(copy)).await;
                 }
                 Err(e) => return Err(e),
             };
@@ -116,7 +116,7 @@ pub async fn save(
                         .is_some_and(|t| t == sent || t.is_blank()) =>
                 {
                     doc.apply(grant);
-                    commit(pending, &doc, None)
+                    commit(pending, &doc, None).await
                 }
                 Some(_) => Ok(Saved::AnotherWriter),
             }
@@ -127,12 +127,12 @@ pub async fn save(
                 Err(StoreError::Missing { .. }) => (Credentials::empty(), None),
                 Err(StoreError::Malformed { .. }) => (
                     base.cloned().unwrap_or_else(Credentials::empty),
-                    Some(store.copy_aside()?),
+                    Some(store.copy_aside_async().await?),
                 ),
                 Err(e) => return Err(e),
             };
             doc.replace_login(grant);
-            commit(pending, &doc, copy)
+            commit(pending, &doc, copy).await
         }
         Change::Logout => {
             let mut doc = match current {
@@ -145,23 +145,23 @@ pub async fn save(
             }
             if doc.is_empty() {
                 drop(pending);
-                store.remove()?;
+                store.remove_async().await?;
                 return Ok(Saved::Written {
                     fingerprint: None,
                     malformed_copy: None,
                 });
             }
-            commit(pending, &doc, None)
+            commit(pending, &doc, None).await
         }
     }
 }
 
-fn commit(
+async fn commit(
     pending: PendingWrite,
     doc: &Credentials,
     malformed_copy: Option<PathBuf>,
 ) -> Result<Saved, StoreError> {
-    let fingerprint = pending.commit(doc)?;
+    let fingerprint = pending.commit_async(doc).await?;
     Ok(Saved::Written {
         fingerprint: Some(fingerprint),
         malformed_copy,

@@ -528,7 +528,8 @@ pub fn daemon(settings: &Settings) -> u8 {
         settings.notify_cmd.clone(),
         settings.notify == Some(crate::cli::NotifyChoice::Desktop),
     );
-    runtime().block_on(async {
+    let runtime = runtime();
+    let code = runtime.block_on(async {
         match crate::daemon::Signals::new() {
             Ok(signals) => {
                 crate::daemon::Daemon::new(stores, policy, crate::daemon::SystemClock, user)
@@ -540,7 +541,11 @@ pub fn daemon(settings: &Settings) -> u8 {
                 exit::FAILURE
             }
         }
-    })
+    });
+    // A `security` run still hanging on the blocking pool (a keychain waiting for a person)
+    // must not hold up the exit: dropping the runtime would wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 #[cfg(test)]

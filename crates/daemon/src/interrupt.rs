@@ -61,9 +61,20 @@ pub fn name(signal: c_int) -> &'static str {
 /// first login that needs it and kept for the others, so a signal between two logins is not
 /// lost.
 pub struct Session {
-    rt: Runtime,
+    /// Always `Some` until dropped (taken to shut it down without waiting).
+    rt: Option<Runtime>,
     /// SIGINT, SIGTERM and SIGHUP, except any ignored when the command started.
     signals: Vec<(c_int, Signal)>,
+}
+
+impl Drop for Session {
+    /// A run dropped on a signal may leave a Keychain call's `security` running on a blocking
+    /// thread (bounded by its own 30 s timeout); a stopping command must not wait for it.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Session {
@@ -91,7 +102,10 @@ impl Session {
                 })
                 .collect()
         };
-        Session { rt, signals }
+        Session {
+            rt: Some(rt),
+            signals,
+        }
     }
 
     /// Runs `run` to its end, unless a signal ends it first: while `control` says nothing is
@@ -99,7 +113,11 @@ impl Session {
     /// flight is awaited, `control` is asked to stop, and the run is finished.
     pub fn run<F: Future>(&mut self, control: &RunControl, what: &str, run: F) -> Ran<F::Output> {
         let signals = &mut self.signals;
-        self.rt.block_on(async move {
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("the runtime lives as long as the session");
+        rt.block_on(async move {
             let mut run = pin!(run);
             let signal = tokio::select! {
                 out = &mut run => return Ran::Done(out),
@@ -138,7 +156,11 @@ impl Session {
     /// logins), if any: the command stops with it.
     pub fn pending(&mut self) -> Option<c_int> {
         let signals = &mut self.signals;
-        self.rt.block_on(async move {
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("the runtime lives as long as the session");
+        rt.block_on(async move {
             // One turn of the runtime's driver delivers a signal that has arrived.
             tokio::task::yield_now().await;
             poll_fn(|cx| Poll::Ready(ready(signals, cx))).await

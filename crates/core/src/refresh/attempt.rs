@@ -243,7 +243,8 @@ impl Refresher {
                      its tokens stand and ours were not written"
                 );
                 let expires_at = store
-                    .read()
+                    .read_async()
+                    .await
                     .ok()
                     .and_then(|s| s.doc.oauth().ok().flatten())
                     .and_then(|v| v.expires_at);

@@ -387,12 +387,22 @@ impl Store {
         })
     }
 
+    /// [`Store::read`] for async callers: a Keychain read (a `security` run, up to its 30 s
+    /// timeout, or held while the keychain asks a person) runs on the runtime's blocking pool,
+    /// so the caller's event loop goes on meanwhile; a file is read inline.
+    pub async fn read_async(&self) -> Result<Snapshot, StoreError> {
+        match &self.item {
+            None => self.read(),
+            Some(_) => off_the_loop(self, Store::read).await,
+        }
+    }
+
     /// Reads the store, re-reading a few times over about a second while it looks half-written
     /// (a writer that rewrites in place, older Claude Code, may be half-way through).
     pub async fn read_settled(&self) -> Result<Snapshot, StoreError> {
         let mut tries = 1;
         loop {
-            match self.read() {
+            match self.read_async().await {
                 Err(e) if e.may_be_mid_write() && tries < SETTLE_TRIES => {
                     tries += 1;
                     tokio::time::sleep(SETTLE_PAUSE).await;
@@ -426,6 +436,14 @@ impl Store {
         Ok(copy)
     }
 
+    /// [`Store::copy_aside`] for async callers (a Keychain item is read off the event loop).
+    pub async fn copy_aside_async(&self) -> Result<PathBuf, StoreError> {
+        match &self.item {
+            None => self.copy_aside(),
+            Some(_) => off_the_loop(self, Store::copy_aside).await,
+        }
+    }
+
     /// Creates the config directory (0700, and any missing parents) when it does not exist: a
     /// first login on a machine where Claude Code never ran.
     pub fn ensure_dir(&self) -> Result<(), StoreError> {
@@ -438,6 +456,14 @@ impl Store {
         match &self.item {
             None => file::remove(&self.target()),
             Some(item) => item.delete(),
+        }
+    }
+
+    /// [`Store::remove`] for async callers (a Keychain item is deleted off the event loop).
+    pub async fn remove_async(&self) -> Result<(), StoreError> {
+        match &self.item {
+            None => self.remove(),
+            Some(_) => off_the_loop(self, Store::remove).await,
         }
     }
 
@@ -508,6 +534,42 @@ impl Store {
             }),
         }
     }
+
+    /// [`Store::watched_files`] for async callers: asking `security` where the item lives runs
+    /// off the event loop.
+    pub async fn watched_files_async(&self) -> Option<Vec<PathBuf>> {
+        match &self.item {
+            None => self.watched_files(),
+            Some(_) => off_the_loop(self, |s: &Store| Ok(s.watched_files()))
+                .await
+                .ok()
+                .flatten(),
+        }
+    }
+}
+
+/// Runs `call` on a clone of `store` on the runtime's blocking pool and waits for it without
+/// holding up the caller's thread. Dropping the wait does not stop the call: a `security` run
+/// ends by itself (its 30 s timeout at most).
+async fn off_the_loop<T: Send + 'static>(
+    store: &Store,
+    call: fn(&Store) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    let place = store.place();
+    tokio::task::spawn_blocking(move || call(&store))
+        .await
+        .unwrap_or_else(|e| Err(abandoned(place, &e)))
+}
+
+/// The error for a blocking call that never returned (it panicked, or the runtime is shutting
+/// down): a failure of the Keychain that may pass.
+fn abandoned(place: Place, e: &tokio::task::JoinError) -> StoreError {
+    StoreError::KeychainUnavailable {
+        place,
+        locked: false,
+        detail: format!("the `security` run was abandoned ({e})"),
+    }
 }
 
 /// A write prepared before a request. Dropped without [`commit`](PendingWrite::commit), it
@@ -546,6 +608,19 @@ impl PendingWrite {
                 Ok(fingerprint(&bytes))
             }
         }
+    }
+
+    /// [`PendingWrite::commit`] for async callers: the Keychain's `security` run goes to the
+    /// runtime's blocking pool (the event loop goes on meanwhile); a file is written inline.
+    pub async fn commit_async(self, doc: &Credentials) -> Result<u64, StoreError> {
+        let place = match &self.0 {
+            Pending::File(_) => return self.commit(doc),
+            Pending::Keychain(item) => item.place(),
+        };
+        let doc = doc.clone();
+        tokio::task::spawn_blocking(move || self.commit(&doc))
+            .await
+            .unwrap_or_else(|e| Err(abandoned(place, &e)))
     }
 }
 

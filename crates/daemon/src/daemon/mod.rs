@@ -9,35 +9,37 @@
 //! lock or a slow server never delays another. One file watcher serves all logins. Idle, it
 //! uses no CPU between wake-ups and holds no HTTP client. Every refresh goes through
 //! `tokend_core::refresh::Refresher::attempt`, the same sequence `--once` uses.
+//!
+//! Nothing that can block runs on the loop: a read of a login's store, and asking `security`
+//! where a Keychain item lives, are operations the loop polls like attempts (a file answers at
+//! once and is applied at once; a `security` run goes to the blocking pool and is applied when
+//! it finishes), so a hung keychain delays only its own login, and a signal is always heard.
 
 mod login_state;
 mod notify_systemd;
 pub mod notify_user;
+mod ops;
 pub mod plan;
+mod stop;
 mod told;
 mod trim;
 mod watch;
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokend_core::refresh::{Floor, Mode, Outcome, Policy, RefreshError, Refresher, Step};
-use tokend_core::schedule::{Backoff, epoch_millis, random_unit};
-use tokend_core::store::Store;
+use tokend_core::refresh::{Floor, Mode, Outcome, Policy, RefreshError};
+use tokend_core::schedule::epoch_millis;
+use tokend_core::store::{Snapshot, Store, StoreError};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tracing::Instrument;
 
-use crate::exit;
-use login_state::LoginState;
+use login_state::{LoginState, ReadHow};
 use notify_systemd::Notifier;
 use notify_user::UserNotifier;
+use ops::{InFlight, Op, first_done};
 use plan::Next;
+use stop::UNSAVED_GRACE;
 use watch::{Ping, Watch};
 
 /// The wall clock, behind one seam so tests can jump it (a suspended laptop) without sleeping.
@@ -55,9 +57,6 @@ impl Clock for SystemClock {
         epoch_millis(SystemTime::now())
     }
 }
-
-/// On SIGTERM with new tokens not yet saved, saving is retried for this long before giving up.
-const UNSAVED_GRACE: Duration = Duration::from_secs(10);
 
 /// The signals the daemon handles, created once the runtime is up.
 pub struct Signals {
@@ -91,31 +90,19 @@ enum Event {
         forced: bool,
         result: Result<Outcome, RefreshError>,
     },
+    /// A read of a login's store that went off the loop finished.
+    Read {
+        index: usize,
+        how: ReadHow,
+        epoch: u64,
+        result: Result<Snapshot, StoreError>,
+    },
+    /// `security` said where a Keychain login's item lives.
+    Located {
+        index: usize,
+        files: Option<Vec<PathBuf>>,
+    },
     Shutdown(&'static str),
-}
-
-/// One login's refresh attempt, polled by the loop beside everything else. It shares the
-/// login's [`Refresher`] (so new tokens in hand outlive a cancelled attempt) and knows whether
-/// its request went out (after which it is never cancelled: the answer must be saved).
-struct InFlight {
-    index: usize,
-    forced: bool,
-    sent: Rc<Cell<bool>>,
-    attempt: Pin<Box<dyn Future<Output = Result<Outcome, RefreshError>>>>,
-}
-
-/// Waits for the first in-flight attempt to finish and takes it out of the list.
-async fn first_done(in_flight: &mut Vec<InFlight>) -> (usize, bool, Result<Outcome, RefreshError>) {
-    std::future::poll_fn(|cx| {
-        for i in 0..in_flight.len() {
-            if let Poll::Ready(result) = in_flight[i].attempt.as_mut().poll(cx) {
-                let done = in_flight.swap_remove(i);
-                return Poll::Ready((done.index, done.forced, result));
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 pub struct Daemon<C: Clock> {
@@ -123,6 +110,13 @@ pub struct Daemon<C: Clock> {
     /// Each login's log context (empty with a single login, so its log lines stay as they were).
     spans: Vec<tracing::Span>,
     in_flight: Vec<InFlight>,
+    /// Reads of a store that did not answer at once (a Keychain item): at most one per login,
+    /// never for a login in flight.
+    reads: Vec<Op<Result<Snapshot, StoreError>, (ReadHow, u64)>>,
+    /// Asking `security` where a Keychain login's item lives: at most one per login.
+    locates: Vec<Op<Option<Vec<PathBuf>>, ()>>,
+    /// Stopping: when the saves of answers already in gave up (see [`UNSAVED_GRACE`]).
+    grace_until: Option<Instant>,
     /// One watcher for every login's files.
     watch: Option<Watch>,
     /// The watcher's pings. `None` while no watch is armed.
@@ -132,6 +126,8 @@ pub struct Daemon<C: Clock> {
     user: UserNotifier,
     /// The watch's last failure, logged once.
     watch_error: Option<String>,
+    /// What the watch was last said to watch (or wait for), logged once.
+    watch_said: Option<String>,
 }
 
 impl<C: Clock> Daemon<C> {
@@ -155,11 +151,15 @@ impl<C: Clock> Daemon<C> {
                 .collect(),
             spans,
             in_flight: Vec::new(),
+            reads: Vec::new(),
+            locates: Vec::new(),
+            grace_until: None,
             watch: None,
             pings: None,
             notifier: Notifier::from_env(),
             user,
             watch_error: None,
+            watch_said: None,
         }
     }
 
@@ -177,24 +177,26 @@ impl<C: Clock> Daemon<C> {
             places.join(", ")
         );
         self.arm_watch();
-        for i in 0..self.logins.len() {
-            let _in = self.spans[i].enter();
-            self.logins[i].reread(true);
+        for login in &mut self.logins {
+            login.reread(true);
         }
+        self.pump();
         self.deliver();
         self.notifier.ready();
         trim::release_startup_pages();
         let mut stopping = false;
         loop {
             if !stopping {
+                self.pump();
+                self.deliver();
                 self.start_due_attempts();
             } else if self.in_flight.is_empty() {
                 break;
             }
             match self.wait(&mut signals, stopping).await {
                 Event::FileChanged(Ping::Changed(i)) => {
-                    if self.logins.get_mut(i).is_some_and(|l| l.on_file_changed()) {
-                        self.arm_watch();
+                    if let Some(login) = self.logins.get_mut(i) {
+                        login.on_file_changed();
                     }
                 }
                 Event::FileChanged(Ping::Rearm) => {
@@ -204,6 +206,10 @@ impl<C: Clock> Daemon<C> {
                     for login in &mut self.logins {
                         login.on_file_changed();
                     }
+                }
+                Event::Timer if stopping => {
+                    self.notifier.ping_if_due(Instant::now());
+                    self.give_up_stuck_saves();
                 }
                 Event::Timer => self.on_timer(),
                 Event::Reload => {
@@ -229,15 +235,42 @@ impl<C: Clock> Daemon<C> {
                     result,
                 } => {
                     let _in = self.spans[index].enter();
-                    self.logins[index].handle_result(result, forced);
+                    let login = &mut self.logins[index];
+                    login.epoch += 1;
+                    login.handle_result(result, forced);
+                }
+                Event::Read {
+                    index,
+                    how,
+                    epoch,
+                    result,
+                } => {
+                    let _in = self.spans[index].enter();
+                    let busy = self.in_flight.iter().any(|f| f.index == index);
+                    let login = &mut self.logins[index];
+                    if busy || epoch != login.epoch {
+                        // An attempt ran meanwhile: this answer may predate it. Read again.
+                        login.want_read(how);
+                    } else {
+                        login.apply_read(result, how);
+                    }
+                }
+                Event::Located { index, files } => {
+                    if self.logins[index].located(files) {
+                        self.arm_watch();
+                    }
                 }
                 Event::Shutdown(why) => {
                     stopping = true;
+                    // Reads and lookups are only ever for the next decision: there is none.
+                    // Their `security` runs end on their own, and the runtime does not wait.
+                    self.reads.clear();
+                    self.locates.clear();
                     // An attempt whose request has not gone out is dropped (its temp file and
                     // locks go with it); one whose request went out is waited for and its answer
                     // saved, because the server may already have spent the old refresh token.
                     let before = self.in_flight.len();
-                    self.in_flight.retain(|f| f.sent.get());
+                    self.in_flight.retain(|f| f.meta.sent.get());
                     if self.in_flight.is_empty() {
                         if before > 0 {
                             tracing::info!("{why}: stopping before the request was sent");
@@ -254,66 +287,10 @@ impl<C: Clock> Daemon<C> {
             self.publish_status();
         }
         self.notifier.stopping();
-        self.save_before_exit().await
-    }
-
-    /// The logins with no attempt in flight.
-    fn idle_logins(&self) -> Vec<usize> {
-        (0..self.logins.len())
-            .filter(|i| !self.in_flight.iter().any(|f| f.index == *i))
-            .collect()
-    }
-
-    /// Starts an attempt for every idle login whose plan says "now".
-    fn start_due_attempts(&mut self) {
-        for i in self.idle_logins() {
-            match self.logins[i].next_step() {
-                Next::RefreshNow { force: false } => self.start(i, Mode::IfDue),
-                Next::RefreshNow { force: true } => {
-                    let mode = Mode::Force {
-                        expected: None,
-                        floor: Floor::Honour,
-                    };
-                    self.start(i, mode);
-                }
-                Next::Sleep(_) => {}
-            }
-        }
-    }
-
-    /// Puts one attempt of login `index` in flight. It owns copies of the store and the policy
-    /// and shares the login's refresher; the lock waits inside have no deadline (the daemon can
-    /// be stopped meanwhile).
-    fn start(&mut self, index: usize, mut mode: Mode) {
-        let login = &self.logins[index];
-        let store = login.store.clone();
-        let policy = login.policy.clone();
-        let refresher: Rc<RefCell<Refresher>> = login.refresher.clone();
-        let sent = Rc::new(Cell::new(false));
-        let forced = matches!(mode, Mode::Force { .. });
-        let observed = sent.clone();
-        // The refresher stays borrowed for the whole attempt, across its awaits, on purpose:
-        // while a login is in flight the loop calls none of its handlers (see `idle_logins`),
-        // and a cancelled attempt (SIGTERM before its request) releases the borrow with the
-        // future, leaving any new tokens in hand to `save_before_exit`.
-        #[allow(clippy::await_holding_refcell_ref)]
-        let attempt = async move {
-            let observe = move |step: Step| {
-                if step == Step::RequestSent {
-                    observed.set(true);
-                }
-            };
-            let mut refresher = refresher.borrow_mut();
-            refresher
-                .attempt(&store, &policy, &mut mode, None, &observe)
-                .await
-        };
-        self.in_flight.push(InFlight {
-            index,
-            forced,
-            sent,
-            attempt: Box::pin(attempt.instrument(self.spans[index].clone())),
-        });
+        let deadline = self
+            .grace_until
+            .unwrap_or_else(|| Instant::now() + UNSAVED_GRACE);
+        self.save_before_exit(deadline).await
     }
 
     /// Sleeps until the next deadline or an event, whichever is first. While stopping, only
@@ -338,13 +315,33 @@ impl<C: Clock> Daemon<C> {
         if let Some(at) = self.notifier.next_ping() {
             until = until.min(at);
         }
+        if stopping {
+            // An answer already in is saved within the grace, or given up. One that comes
+            // while this sleeps is noticed within a second: stopping, the loop looks every
+            // second (nothing else wakes it when an attempt's answer comes).
+            until = until.min(now + Duration::from_secs(1));
+            for f in &self.in_flight {
+                if let Some(at) = f.meta.answered.get() {
+                    until = until.min(at + UNSAVED_GRACE);
+                }
+            }
+        }
         let pings = self.pings.as_mut().filter(|_| !stopping);
         let in_flight = &mut self.in_flight;
         let busy = !in_flight.is_empty();
+        let (reads, locates) = (&mut self.reads, &mut self.locates);
+        let reading = !stopping && !reads.is_empty();
+        let locating = !stopping && !locates.is_empty();
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => Event::Timer,
-            (index, forced, result) = first_done(in_flight), if busy => {
-                Event::Done { index, forced, result }
+            (index, attempt, result) = first_done(in_flight), if busy => {
+                Event::Done { index, forced: attempt.forced, result }
+            }
+            (index, (how, epoch), result) = first_done(reads), if reading => {
+                Event::Read { index, how, epoch, result }
+            }
+            (index, (), files) = first_done(locates), if locating => {
+                Event::Located { index, files }
             }
             Some(ping) = async { match pings { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 Event::FileChanged(ping)
@@ -362,11 +359,7 @@ impl<C: Clock> Daemon<C> {
             let _in = self.spans[i].enter();
             self.logins[i].on_timer();
         }
-        if self
-            .watch
-            .as_ref()
-            .is_none_or(|w| !w.complete || !w.still_valid())
-        {
+        if self.watch.as_ref().is_none_or(Watch::outdated) {
             self.arm_watch();
         }
     }
@@ -374,6 +367,17 @@ impl<C: Clock> Daemon<C> {
     /// (Re)arms the one watcher over every login's files. A failure is logged once; the minute
     /// timer tries again.
     fn arm_watch(&mut self) {
+        // A directory a stand-in waits for can appear while the watch is armed (`mkdir -p`
+        // makes the whole path at once): then its event came before the watch, so arm again.
+        for _ in 0..8 {
+            self.arm_watch_once();
+            if !self.watch.as_ref().is_some_and(Watch::outdated) {
+                break;
+            }
+        }
+    }
+
+    fn arm_watch_once(&mut self) {
         let files: Vec<Vec<PathBuf>> = self
             .logins
             .iter_mut()
@@ -382,13 +386,19 @@ impl<C: Clock> Daemon<C> {
         match Watch::arm(&files) {
             Ok((watch, rx)) => {
                 let dirs: Vec<_> = watch.dirs().map(|d| d.display().to_string()).collect();
-                if watch.complete {
-                    tracing::info!("watching {}", dirs.join(" and "));
+                let text = if watch.complete {
+                    format!("watching {}", dirs.join(" and "))
                 } else {
-                    tracing::info!(
+                    format!(
                         "waiting for a credentials directory to appear (watching {})",
                         dirs.join(" and ")
-                    );
+                    )
+                };
+                // Said once, and again only when it changes: a watch armed anew over the same
+                // directories is no news.
+                if self.watch_said.as_ref() != Some(&text) {
+                    tracing::info!("{text}");
+                    self.watch_said = Some(text);
                 }
                 self.watch = Some(watch);
                 self.pings = Some(rx);
@@ -404,61 +414,9 @@ impl<C: Clock> Daemon<C> {
                 }
                 self.watch = None;
                 self.pings = None;
+                self.watch_said = None;
             }
         }
-    }
-
-    /// Stopping with new tokens in hand: the old refresh token is spent, so these are the
-    /// login. Their save is retried for a while; giving up is an error the user must see.
-    async fn save_before_exit(&mut self) -> u8 {
-        let unsaved = |d: &Self| -> Vec<usize> {
-            (0..d.logins.len())
-                .filter(|&i| d.logins[i].refresher.borrow().has_unsaved_grant())
-                .collect()
-        };
-        if unsaved(self).is_empty() {
-            return exit::OK;
-        }
-        tracing::warn!("new tokens are not saved yet; retrying the save before stopping");
-        let deadline = Instant::now() + UNSAVED_GRACE;
-        let mut retries = 0;
-        loop {
-            for i in unsaved(self) {
-                let login = &self.logins[i];
-                // Taken out for the attempt and put back after: nothing else runs while stopping,
-                // and this attempt is awaited to its end, never dropped half-way.
-                let mut refresher = login.refresher.replace(Refresher::new());
-                let _ = refresher
-                    .attempt(
-                        &login.store,
-                        &login.policy,
-                        &mut Mode::IfDue,
-                        Some(deadline),
-                        &tokend_core::refresh::unobserved,
-                    )
-                    .instrument(self.spans[i].clone())
-                    .await;
-                *login.refresher.borrow_mut() = refresher;
-            }
-            if unsaved(self).is_empty() {
-                return exit::OK;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match Backoff::SAVE.delay_within(retries, random_unit(), None, left) {
-                Some(d) => tokio::time::sleep(d).await,
-                None => break,
-            }
-            retries += 1;
-        }
-        for i in unsaved(self) {
-            tracing::error!(
-                "stopping with new tokens that could not be saved to {}: the old refresh token \
-                 is spent, so the login may be lost; if Claude Code reports that you are logged \
-                 out, run `claude-tokend login`",
-                self.logins[i].store.place()
-            );
-        }
-        exit::FAILURE
     }
 
     /// Hands every login's notices to the user notifier (which never waits), and watches anew

@@ -1,9 +1,13 @@
 //! What a person has been told about one login, and the rules for telling more (CONTRACT.md
 //! "Telling the user before a login dies"): `login-needed` when a login is refused or blanked
 //! (again every 12 hours while it lasts) or removed (once); `login-expiring` from 3 days before
-//! `refreshTokenExpiresAt` (then once a day); `refresh-failing` after 30 minutes of failures, or
-//! when the token expired while failing; `recovered` once, when a login that needed a person
-//! works again. Pure: the caller passes the clocks and turns the answers into notices.
+//! `refreshTokenExpiresAt` (once for each distinct deadline entering that window, then once a
+//! day); `refresh-failing` after 30 minutes of failures, or when the token expired while failing;
+//! `recovered` once, when a login whose login-needed or refresh-failing was actually sent works
+//! again. Anything that shows the login works (a refresh that worked, another process's refresh
+//! adopted, a new usable login in the store) ends a run of failures, told or not (CONTRACT.md
+//! "Notices tell the truth"). Pure: the caller passes the clocks and turns the answers into
+//! notices.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +15,9 @@ use super::notify_user::UserEvent;
 
 /// The window before `refreshTokenExpiresAt` in which `login-expiring` is sent.
 pub(super) const EXPIRING_WINDOW_MS: i64 = 3 * 24 * 3600 * 1000;
+/// How many `refreshTokenExpiresAt` values login-expiring is remembered for (a login going back
+/// and forth between two stores' versions is told once for each, not on every swap).
+const EXPIRING_REMEMBERED: usize = 8;
 
 /// An event to send now, with its deadline (epoch ms) when it has one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +41,11 @@ pub(super) struct Told {
     hour: Duration,
     /// When login-needed was last sent, and why.
     needed: Option<(Instant, Need)>,
-    /// The deadline login-expiring was last sent for, and when.
-    expiring: Option<(i64, Instant)>,
+    /// The deadlines login-expiring was sent for, each with when it was last sent (newest
+    /// last; at most [`EXPIRING_REMEMBERED`]).
+    expiring: Vec<(i64, Instant)>,
+    /// The deadline login-expiring was last sent for: the one repeated daily.
+    expiring_current: Option<i64>,
     /// Since when refreshes have been failing (cleared by a success).
     failing_since: Option<Instant>,
     /// refresh-failing was sent for the current run of failures.
@@ -47,7 +57,8 @@ impl Told {
         Told {
             hour,
             needed: None,
-            expiring: None,
+            expiring: Vec::new(),
+            expiring_current: None,
             failing_since: None,
             failing_told: false,
         }
@@ -75,17 +86,14 @@ impl Told {
         !std::mem::replace(&mut self.failing_told, true)
     }
 
-    /// The login works (a usable login in the store, or a refresh that succeeded). Returns
-    /// whether to send recovered: only after login-needed or refresh-failing was sent.
-    pub(super) fn works(&mut self, refreshed: bool) -> bool {
+    /// The login works: a refresh worked, another process's refresh was adopted, or a new
+    /// usable login was read from the store. Ends a login-needed episode and a run of failures
+    /// alike, and returns whether to send recovered: only when login-needed or refresh-failing
+    /// was actually sent.
+    pub(super) fn works(&mut self) -> bool {
         let needed = self.needed.take().is_some();
-        // A usable login in the store ends a login-needed episode; only an attempt that worked
-        // ends a run of failures.
-        let failing = refreshed && self.failing_told;
-        if refreshed {
-            self.failing_since = None;
-            self.failing_told = false;
-        }
+        let failing = std::mem::replace(&mut self.failing_told, false);
+        self.failing_since = None;
         needed || failing
     }
 
@@ -100,7 +108,8 @@ impl Told {
             .filter(|_| !self.failing_told)
             .and_then(|since| since.checked_add(self.hour / 2));
         let expiring = self
-            .expiring
+            .expiring_current
+            .and_then(|d| self.expiring.iter().find(|(e, _)| *e == d))
             .and_then(|(_, at)| at.checked_add(self.hour.saturating_mul(24)));
         [repeat, failing, expiring].into_iter().flatten().min()
     }
@@ -141,14 +150,22 @@ impl Told {
             && end.saturating_sub(wall) <= EXPIRING_WINDOW_MS
             && self.needed.is_none()
         {
-            let again = match self.expiring {
-                Some((deadline, at)) if deadline == end => {
-                    now.saturating_duration_since(at) >= self.hour.saturating_mul(24)
-                }
-                _ => true,
-            };
+            // Once for each deadline, then daily for the one in force (a deadline told before
+            // that comes back waits for its day).
+            let told_at = self
+                .expiring
+                .iter()
+                .find(|(d, _)| *d == end)
+                .map(|(_, at)| *at);
+            let again = told_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.hour.saturating_mul(24));
+            self.expiring_current = Some(end);
             if again {
-                self.expiring = Some((end, now));
+                self.expiring.retain(|(d, _)| *d != end);
+                self.expiring.push((end, now));
+                if self.expiring.len() > EXPIRING_REMEMBERED {
+                    self.expiring.remove(0);
+                }
                 due.push(Due {
                     event: UserEvent::LoginExpiring,
                     deadline: Some(end),
@@ -192,8 +209,8 @@ mod tests {
             events(&t.tick(t0 + 24 * H, 0, None, None)),
             [UserEvent::LoginNeeded]
         );
-        assert!(t.works(false), "a usable login appearing is recovered");
-        assert!(!t.works(false), "once");
+        assert!(t.works(), "a usable login appearing is recovered");
+        assert!(!t.works(), "once");
 
         let mut t = Told::new(H);
         assert!(t.needs_login(t0, Need::Removed));
@@ -222,12 +239,8 @@ mod tests {
             t.tick(t0 + 2 * H, 0, Some(10), None).is_empty(),
             "once per run of failures"
         );
-        assert!(!t.works(false), "a store read is not a refresh that worked");
-        assert!(
-            t.works(true),
-            "a refresh after refresh-failing is recovered"
-        );
-        assert!(!t.works(true));
+        assert!(t.works(), "a refresh after refresh-failing is recovered");
+        assert!(!t.works());
 
         // Expired while failing: at once, with the token's expiry as the deadline.
         let mut t = Told::new(H);
@@ -243,7 +256,7 @@ mod tests {
         // Failures that end before anyone was told need no "recovered".
         let mut t = Told::new(H);
         t.failing(t0);
-        assert!(!t.works(true));
+        assert!(!t.works());
     }
 
     #[test]
@@ -280,5 +293,145 @@ mod tests {
                 .iter()
                 .all(|d| d.event != UserEvent::LoginExpiring)
         );
+    }
+
+    /// One step of a story told to [`Told`], at a time in "hours" from the start.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// A transient failure.
+        Fail(u32),
+        /// The client or the endpoint refused: returns whether refresh-failing is sent.
+        Misconfigured(u32),
+        /// Refused, blanked or removed: returns whether login-needed is sent.
+        NeedsLogin(u32, Need),
+        /// A refresh worked, one was adopted, or a new usable login was read.
+        Works,
+        /// The loop's tick at this hour, the login ending at this many days from the start.
+        Tick(u32, Option<i64>),
+    }
+
+    /// Runs `steps` and returns every notice sent, in order.
+    fn story(steps: &[Step]) -> Vec<UserEvent> {
+        let t0 = Instant::now();
+        let at = |h: u32| t0 + H * h;
+        let mut t = Told::new(H);
+        let mut sent = Vec::new();
+        for step in steps {
+            match *step {
+                Step::Fail(h) => t.failing(at(h)),
+                Step::Misconfigured(h) => {
+                    if t.misconfigured(at(h)) {
+                        sent.push(UserEvent::RefreshFailing);
+                    }
+                }
+                Step::NeedsLogin(h, why) => {
+                    if t.needs_login(at(h), why) {
+                        sent.push(UserEvent::LoginNeeded);
+                    }
+                }
+                Step::Works => {
+                    if t.works() {
+                        sent.push(UserEvent::Recovered);
+                    }
+                }
+                Step::Tick(h, ends) => {
+                    let wall = 100 * DAY_MS + i64::from(h) * 3_600_000;
+                    let ends = ends.map(|d| 100 * DAY_MS + d * DAY_MS);
+                    sent.extend(events(&t.tick(at(h), wall, Some(wall + 1), ends)));
+                }
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn notices_tell_the_truth() {
+        use Step::*;
+        use UserEvent::*;
+        let cases: &[(&str, &[Step], &[UserEvent])] = &[
+            (
+                "one failure, then a new login from the user: nothing, then or later",
+                &[Fail(0), Works, Tick(1, None), Tick(30, None)],
+                &[],
+            ),
+            (
+                "one failure, then another process's refresh adopted: nothing",
+                &[Fail(0), Works, Fail(2), Tick(2, None)],
+                &[],
+            ),
+            (
+                "a run of failures told, then a new login: recovered, once",
+                &[Fail(0), Tick(1, None), Works, Works, Tick(40, None)],
+                &[RefreshFailing, Recovered],
+            ),
+            (
+                "failures that end before anyone was told: no recovered",
+                &[Fail(0), Tick(0, None), Works],
+                &[],
+            ),
+            (
+                "a new run of failures after a recovery is told again",
+                &[Fail(0), Tick(1, None), Works, Fail(2), Tick(3, None)],
+                &[RefreshFailing, Recovered, RefreshFailing],
+            ),
+            (
+                "a refused client, then a new login: recovered",
+                &[Misconfigured(0), Misconfigured(1), Works],
+                &[RefreshFailing, Recovered],
+            ),
+            (
+                "a refused login, then a new one: recovered",
+                &[NeedsLogin(0, Need::Refused), Works, Works],
+                &[LoginNeeded, Recovered],
+            ),
+            (
+                "nothing ever told: no recovered",
+                &[Works, Tick(1, None), Works],
+                &[],
+            ),
+            (
+                "login-expiring: once when the deadline enters the window, not again on a re-read",
+                &[
+                    Tick(0, Some(5)),
+                    Tick(1, Some(2)),
+                    Tick(2, Some(2)),
+                    Tick(3, Some(2)),
+                ],
+                &[LoginExpiring],
+            ),
+            (
+                "login-expiring: then daily",
+                &[
+                    Tick(0, Some(2)),
+                    Tick(23, Some(2)),
+                    Tick(24, Some(2)),
+                    Tick(47, Some(2)),
+                ],
+                &[LoginExpiring, LoginExpiring],
+            ),
+            (
+                "login-expiring: a new deadline is told at once, an old one back is not",
+                &[
+                    Tick(0, Some(2)),
+                    Tick(1, Some(1)),
+                    Tick(2, Some(2)),
+                    Tick(3, Some(1)),
+                ],
+                &[LoginExpiring, LoginExpiring],
+            ),
+            (
+                "login-expiring: the deadline in force is repeated a day after it was told",
+                &[
+                    Tick(0, Some(2)),
+                    Tick(1, Some(1)),
+                    Tick(2, Some(2)),
+                    Tick(24, Some(2)),
+                ],
+                &[LoginExpiring, LoginExpiring, LoginExpiring],
+            ),
+        ];
+        for (what, steps, want) in cases {
+            assert_eq!(story(steps), *want, "{what}");
+        }
     }
 }
