@@ -24,6 +24,7 @@ mod notify;
 mod one_store;
 mod papercuts;
 mod refresh;
+mod refused;
 mod safety;
 mod settings;
 mod signals;

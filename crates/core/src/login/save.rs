@@ -343,7 +343,14 @@ pub async fn logout(store: &Store, budget: Duration) -> Result<LoggedOut, StoreE
     }
     let lock_paths = claude_locks::lock_paths(store.path());
     let pending = store.begin_write()?;
-    match save::save(store, &lock, &lock_paths, &|| {}, pending, Change::Logout).await? {
+    let saved = save::save(store, &lock, &lock_paths, &|| {}, pending, Change::Logout).await?;
+    if matches!(saved, save::Saved::Written { .. }) {
+        // The login is gone, and with it what this program remembered of it: the account's
+        // email (personal data) and the records about its tokens.
+        lock.set_account_record(None);
+        lock.set_refused_record(None);
+    }
+    match saved {
         save::Saved::Written {
             fingerprint: None, ..
         } => Ok(LoggedOut::Deleted),

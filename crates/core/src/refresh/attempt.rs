@@ -16,7 +16,7 @@ use crate::schedule::{
 use crate::seams;
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{AccountRecord, FileLock, Place, SpentRecord, Store, StoreError};
+use crate::store::{AccountRecord, FileLock, Place, RefusedRecord, SpentRecord, Store, StoreError};
 
 /// New tokens the server issued that are not saved yet, with what their save needs. While a
 /// [`Refresher`] holds one, it never sends a request: the refresh token in the store is spent.
@@ -164,7 +164,15 @@ impl Refresher {
                     // could spoil: whether or not the server spent the token, this process
                     // would send it again itself, and so may another.
                     lock.set_spent_record(None);
-                    return failed(store, &place, error, &refresh_token, client_id, origin).await;
+                    let result =
+                        failed(store, &place, error, &refresh_token, client_id, origin).await;
+                    if let Err(RefreshError::Rejected { .. }) = &result {
+                        lock.set_refused_record(Some(&RefusedRecord::new(
+                            &refresh_token,
+                            epoch_millis(SystemTime::now()),
+                        )));
+                    }
+                    return result;
                 }
             };
             let kept = grant.refresh_token.as_ref().unwrap_or(&refresh_token);

@@ -29,6 +29,11 @@ pub(super) fn client_id_for<'a>(
 pub const ACCESS_ONLY: &str = "the login has no refresh token (an access-only copy, or a \
                                long-lived token), so it cannot be refreshed here";
 
+/// Why a login whose refresh token the server has already refused (a `refused` record in the
+/// lock file) is not sent again: the `why` of its [`RefreshError::LoginNeeded`].
+pub const ALREADY_REFUSED: &str = "the server already refused this refresh token, so it is not \
+                                   sent again";
+
 /// What the store says to do, read under the lock.
 pub(super) enum Decision {
     Done(Outcome),
@@ -130,10 +135,21 @@ pub(super) fn decide(
             }
         }
     }
-    if view.usable_refresh_token().is_none() {
+    let Some(refresh_token) = view.usable_refresh_token() else {
         return Err(RefreshError::LoginNeeded {
             place: place.clone(),
             why: ACCESS_ONLY,
+        });
+    };
+    // A refusal is final for that token: no process of this program sends it again (a cron job
+    // or a status bar would otherwise send the dead token on every run).
+    if lock
+        .refused_record()
+        .is_some_and(|r| r.refuses(refresh_token))
+    {
+        return Err(RefreshError::LoginNeeded {
+            place: place.clone(),
+            why: ALREADY_REFUSED,
         });
     }
     Ok(Decision::Refresh(Box::new(view)))

@@ -27,7 +27,7 @@ pub use attempt::{InHand, Refresher};
 pub use budget::{
     LOCK_WAIT_LIMIT, RunControl, STOP_SAVE_GRACE, refresh_controlled, refresh_with_budget,
 };
-pub use decide::{ACCESS_ONLY, next_at, next_at_unlocked};
+pub use decide::{ACCESS_ONLY, ALREADY_REFUSED, next_at, next_at_unlocked};
 
 /// What the sequence needs to know besides the store.
 #[derive(Clone, Debug)]

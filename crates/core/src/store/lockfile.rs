@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::records::{AccountRecord, SpentRecord};
+use super::records::{AccountRecord, RefusedRecord, SpentRecord};
 use super::{FILE_MODE, Place, StoreError};
 use crate::schedule::GrantRecord;
 
@@ -183,6 +183,16 @@ impl FileLock {
     pub fn set_account_record(&self, record: Option<&AccountRecord>) {
         self.edit(|r| r.account = record.cloned());
     }
+
+    /// The refresh token the server last refused, if any.
+    pub fn refused_record(&self) -> Option<RefusedRecord> {
+        self.records().refused
+    }
+
+    /// Records (or, with `None`, clears) a refresh token the server refused.
+    pub fn set_refused_record(&self, record: Option<&RefusedRecord>) {
+        self.edit(|r| r.refused = record.cloned());
+    }
 }
 
 /// The lock file's text, read into its records. Rendered back in a fixed order, with the lines
@@ -192,6 +202,7 @@ pub struct Records {
     pub grant: Option<GrantRecord>,
     pub spent: Option<SpentRecord>,
     pub account: Option<AccountRecord>,
+    pub refused: Option<RefusedRecord>,
     /// Lines of Claude Code lock directories held (`<path>\t<dev>\t<ino>\t<birth>`), each with
     /// its newline.
     pub ledger: String,
@@ -209,6 +220,8 @@ impl Records {
                 r.spent = Some(s);
             } else if let Some(a) = AccountRecord::from_line(line) {
                 r.account = Some(a);
+            } else if let Some(x) = RefusedRecord::from_line(line) {
+                r.refused = Some(x);
             } else if is_ledger_line(line) {
                 r.ledger.push_str(line);
                 r.ledger.push('\n');
@@ -229,6 +242,9 @@ impl Records {
         }
         if let Some(a) = &self.account {
             text.push_str(&a.to_line());
+        }
+        if let Some(x) = &self.refused {
+            text.push_str(&x.to_line());
         }
         for line in &self.other {
             text.push_str(line);
@@ -266,6 +282,7 @@ mod tests {
                 started: Some(7),
             }),
             account: AccountRecord::new(&Secret::new("c"), "ada lovelace@example.test"),
+            refused: Some(RefusedRecord::new(&Secret::new("d"), 1_765_000_000_000)),
             ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\nrel.lock\t1\t2\t3\n".into(),
             other: vec![
                 "future 1 2 3".into(),

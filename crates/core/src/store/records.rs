@@ -122,6 +122,48 @@ impl AccountRecord {
     }
 }
 
+/// A refresh token the server refused (`invalid_grant` or another 4xx that is not about the
+/// client): it is never sent again by any process of this program, so a cron job or a status bar
+/// does not send a dead token on every run. Only its fingerprint is kept; any other token in the
+/// store (a new login, another writer's refresh) is not held back by it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRecord {
+    /// [`token_fingerprint`] of the refused refresh token.
+    pub token: String,
+    /// When the refusal came (epoch ms, wall clock), for messages.
+    pub at: i64,
+}
+
+impl RefusedRecord {
+    const TAG: &'static str = "refused";
+
+    pub fn new(token: &Secret, at: i64) -> RefusedRecord {
+        RefusedRecord {
+            token: token_fingerprint(token),
+            at,
+        }
+    }
+
+    /// Whether `token` is the refused one.
+    pub fn refuses(&self, token: &Secret) -> bool {
+        self.token == token_fingerprint(token)
+    }
+
+    pub fn to_line(&self) -> String {
+        format!("{} {} {}\n", Self::TAG, self.token, self.at)
+    }
+
+    pub fn from_line(line: &str) -> Option<RefusedRecord> {
+        let mut f = line.split(' ');
+        if f.next()? != Self::TAG {
+            return None;
+        }
+        let token = f.next().filter(|t| is_fingerprint(t))?.to_owned();
+        let at = f.next()?.parse().ok()?;
+        f.next().is_none().then_some(RefusedRecord { token, at })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +213,20 @@ mod tests {
         }
         assert_eq!(AccountRecord::new(&Secret::new("t"), " \u{1b}[31m "), None);
         assert_eq!(AccountRecord::new(&Secret::new("t"), "  "), None);
+        let refused = |l: &str| RefusedRecord::from_line(l);
+        let r = RefusedRecord::new(&Secret::new("t"), 1_765_000_000_000);
+        assert_eq!(refused(r.to_line().trim_end()), Some(r.clone()));
+        assert!(r.refuses(&Secret::new("t")));
+        assert!(!r.refuses(&Secret::new("u")), "another token is not refused");
+        for bad in [
+            format!("refused {fp}"),
+            format!("refused {fp} x"),
+            format!("refused {fp} 1 2"),
+            "refused nothex 1".to_owned(),
+            format!("refusal {fp} 1"),
+        ] {
+            assert_eq!(refused(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]
