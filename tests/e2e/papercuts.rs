@@ -208,3 +208,16 @@ fn notify_desktop_without_notify_send_warns_at_start() {
         );
     }
 }
+
+/// With no credentials file at all, every command that needs one says how to make one: this
+/// program's own `login` as well as Claude Code's, not only "sign in with Claude Code".
+#[test]
+fn a_missing_credentials_file_names_claude_tokend_login() {
+    let home = TempHome::new();
+    for args in [&["--once"][..], &["token"], &["refresh"], &["status"]] {
+        let out = Cmd::new(&home).args(args).run();
+        out.expect_code(78)
+            .expect_stderr_contains("claude-tokend login")
+            .expect_stderr_contains(".credentials.json");
+    }
+}

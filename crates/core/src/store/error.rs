@@ -111,8 +111,8 @@ impl fmt::Display for StoreError {
                 place: Place::File(path),
             } => write!(
                 f,
-                "no credentials file at {}: sign in with Claude Code first, \
-                 or point --credentials or CLAUDE_CONFIG_DIR at the file",
+                "no credentials file at {}: sign in first (`claude-tokend login`, or Claude \
+                 Code's /login), or point --credentials or CLAUDE_CONFIG_DIR at the file",
                 path.display()
             ),
             StoreError::Missing { place } => write!(

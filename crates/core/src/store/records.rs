@@ -217,7 +217,10 @@ mod tests {
         let r = RefusedRecord::new(&Secret::new("t"), 1_765_000_000_000);
         assert_eq!(refused(r.to_line().trim_end()), Some(r.clone()));
         assert!(r.refuses(&Secret::new("t")));
-        assert!(!r.refuses(&Secret::new("u")), "another token is not refused");
+        assert!(
+            !r.refuses(&Secret::new("u")),
+            "another token is not refused"
+        );
         for bad in [
             format!("refused {fp}"),
             format!("refused {fp} x"),
