@@ -178,7 +178,7 @@ fn systemd_install_now_reloads_enables_and_restarts_only_after_a_change() {
     );
     assert!(
         run.out
-            .contains("Running: systemctl --user enable --now claude-tokend.service"),
+            .contains("Running `systemctl --user enable --now claude-tokend.service`"),
         "each step is printed:\n{}",
         run.out
     );

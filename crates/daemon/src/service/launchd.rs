@@ -140,7 +140,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     };
     println!("Agent file: {} ({state})", agent.display());
     let target = format!("{}/{LABEL}", gui_domain());
-    println!("Running: launchctl print {target}");
+    println!("Running `launchctl print {target}`");
     let result = match Process::new("launchctl").args(["print", &target]).status() {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => {

@@ -42,7 +42,7 @@ pub(super) fn shown(program: &str, args: &[&OsStr]) -> String {
 /// Runs one command, printing it first. Its stdout goes straight to ours; its stderr is
 /// collected, then written to ours as it was, and returned.
 pub(super) fn run(program: &str, args: &[&OsStr]) -> Ran {
-    println!("Running: {}", shown(program, args));
+    println!("Running `{}`", shown(program, args));
     match Process::new(program)
         .args(args)
         .stdin(Stdio::null())
