@@ -3,8 +3,9 @@
 //! it locks the same inode. The file's text is private state shared by whoever holds the lock in
 //! turn, one record per line: the grant record behind the 60 s floor, the spent-token record
 //! (a refresh token sent whose answer is not saved yet, and by which process), the account
-//! record (the email of this program's own login while the store descends from it), and the
-//! ledger of Claude Code lock directories held (crash recovery). A line this version does not
+//! record (the email of this program's own login while the store descends from it), the pause
+//! record (after a transient failure, no request with that refresh token before a moment), and
+//! the ledger of Claude Code lock directories held (crash recovery). A line this version does not
 //! know is kept as it is, so a newer version's records survive an older one's writes.
 
 use std::fs::{self, File, OpenOptions};
@@ -13,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::records::PauseRecord;
 use super::records::{AccountRecord, SpentRecord};
 use super::{FILE_MODE, Place, StoreError};
 use crate::schedule::GrantRecord;
@@ -183,6 +185,17 @@ impl FileLock {
     pub fn set_account_record(&self, record: Option<&AccountRecord>) {
         self.edit(|r| r.account = record.cloned());
     }
+
+    /// The pause the last transient failure asked for, if one was recorded (over or not: see
+    /// [`PauseRecord::holds`]).
+    pub fn pause_record(&self) -> Option<PauseRecord> {
+        self.records().pause
+    }
+
+    /// Records (or, with `None`, clears) the pause after a transient failure.
+    pub fn set_pause_record(&self, record: Option<&PauseRecord>) {
+        self.edit(|r| r.pause = record.cloned());
+    }
 }
 
 /// The lock file's text, read into its records. Rendered back in a fixed order, with the lines
@@ -192,6 +205,7 @@ pub struct Records {
     pub grant: Option<GrantRecord>,
     pub spent: Option<SpentRecord>,
     pub account: Option<AccountRecord>,
+    pub pause: Option<PauseRecord>,
     /// Lines of Claude Code lock directories held (`<path>\t<dev>\t<ino>\t<birth>`), each with
     /// its newline.
     pub ledger: String,
@@ -209,6 +223,8 @@ impl Records {
                 r.spent = Some(s);
             } else if let Some(a) = AccountRecord::from_line(line) {
                 r.account = Some(a);
+            } else if let Some(p) = PauseRecord::from_line(line) {
+                r.pause = Some(p);
             } else if is_ledger_line(line) {
                 r.ledger.push_str(line);
                 r.ledger.push('\n');
@@ -229,6 +245,9 @@ impl Records {
         }
         if let Some(a) = &self.account {
             text.push_str(&a.to_line());
+        }
+        if let Some(p) = &self.pause {
+            text.push_str(&p.to_line());
         }
         for line in &self.other {
             text.push_str(line);
@@ -266,6 +285,13 @@ mod tests {
                 started: Some(7),
             }),
             account: AccountRecord::new(&Secret::new("c"), "ada lovelace@example.test"),
+            pause: Some(PauseRecord::after(
+                &Secret::new("d"),
+                None,
+                "the token endpoint answered HTTP 503",
+                5,
+                6,
+            )),
             ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\nrel.lock\t1\t2\t3\n".into(),
             other: vec![
                 "future 1 2 3".into(),
