@@ -32,5 +32,6 @@ mod spent;
 mod status;
 mod suspects;
 mod token;
+mod token_outage;
 mod waste;
 mod waste_daemon;

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tokend_core::credentials::OAuthView;
 use tokend_core::oauth::ClientConfig;
-use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError, RunControl};
+use tokend_core::refresh::{self, Floor, Mode, Outcome, Policy, RefreshError, Retry, RunControl};
 use tokend_core::schedule::{epoch_millis, is_due};
 use tokend_core::store::{self, Keychain, LocateEnv, Store, StoreError};
 
@@ -213,6 +213,9 @@ pub fn policy_for(settings: &Settings) -> Policy {
             token_url: settings.token_url.clone(),
             user_agent: settings.user_agent.clone(),
         },
+        // The daemon keeps its own backoff, and `refresh` is asked for now: `token` and
+        // `--once` turn it on.
+        honour_pause: false,
     }
 }
 
@@ -238,7 +241,8 @@ pub fn exit_code(e: &RefreshError) -> u8 {
             StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },
         )
         | RefreshError::Transient { .. }
-        | RefreshError::SpentElsewhere { .. } => exit::TEMPFAIL,
+        | RefreshError::SpentElsewhere { .. }
+        | RefreshError::Paused { .. } => exit::TEMPFAIL,
         RefreshError::LoginNeeded { .. } | RefreshError::Rejected { .. } => exit::LOGIN_NEEDED,
         RefreshError::Store(StoreError::Lock { .. } | StoreError::Write { .. })
         | RefreshError::SaveFailed { .. }
@@ -314,15 +318,33 @@ fn once_one(settings: &Settings, store: &Store, session: &mut Option<Session>) -
         );
         return Ok(exit::OK);
     }
-    let policy = policy_for(settings);
+    // A pause after another run's transient failure is honoured while the stored token still
+    // lasts: the server asked to wait, and a valid token is stored (see below).
+    let policy = Policy {
+        honour_pause: true,
+        ..policy_for(settings)
+    };
     let session = started(session)?;
-    let result =
-        refresh_interruptibly(session, store, &policy, Mode::IfDue, settings.retry_budget)?;
+    let result = refresh_interruptibly(
+        session,
+        store,
+        &policy,
+        Mode::IfDue,
+        settings.retry_budget,
+        Retry::WithinBudget,
+    )?;
     Ok(match result {
         Ok(outcome) => {
             warn_malformed_copy(&outcome);
             tracing::info!("{}", describe_outcome(&outcome));
             valid_after(store, &outcome)
+        }
+        // Nothing was sent, and the stored token lasts more than a minute (a pause never holds
+        // otherwise): a valid token is stored and no refresh of this run failed, so 0, and
+        // silent like every success of `--once`; the next run tries again.
+        Err(e @ RefreshError::Paused { .. }) => {
+            tracing::info!("{e}");
+            exit::OK
         }
         Err(e) => report(&e),
     })
@@ -340,18 +362,20 @@ pub fn started(session: &mut Option<Session>) -> Result<&mut Session, u8> {
     }
 }
 
-/// One login's refresh under the session's signal handling (see `interrupt`). `Ok` with the
-/// run's result when no signal ended it; `Err(code)` when one did, with what happened printed:
-/// the command stops there, with 128 + the signal, or 1 when new tokens could not be saved.
+/// One login's refresh under the session's signal handling (see `interrupt`), retrying
+/// transient failures as `retry` says. `Ok` with the run's result when no signal ended it;
+/// `Err(code)` when one did, with what happened printed: the command stops there, with 128 +
+/// the signal, or 1 when new tokens could not be saved.
 pub fn refresh_interruptibly(
     session: &mut Session,
     store: &Store,
     policy: &Policy,
     mode: Mode,
     budget: std::time::Duration,
+    retry: Retry,
 ) -> Result<Result<Outcome, RefreshError>, u8> {
     let control = RunControl::new();
-    let run = refresh::refresh_controlled(store, policy, mode, budget, &control);
+    let run = refresh::refresh_controlled(store, policy, mode, budget, retry, &control);
     match session.run(&control, "refresh", run) {
         Ran::Done(result) => Ok(result),
         Ran::Stopped { signal } | Ran::Abandoned { signal } => Err(interrupt::exit_code(signal)),
@@ -480,7 +504,14 @@ fn refresh_one(
         floor: Floor::Exempt,
     };
     let session = started(session)?;
-    let result = refresh_interruptibly(session, store, &policy, mode, settings.retry_budget)?;
+    let result = refresh_interruptibly(
+        session,
+        store,
+        &policy,
+        mode,
+        settings.retry_budget,
+        Retry::WithinBudget,
+    )?;
     Ok(match result {
         Ok(outcome) => {
             warn_malformed_copy(&outcome);

@@ -5,6 +5,10 @@
 //! `token` and `--once` runs send one request. It never prints an empty, blank or expired
 //! token, nor one with under a minute to live (it refreshes first, the floor permitting); an
 //! access-only login is served while it lasts. Interrupted by a signal, it prints no token.
+//! While the stored token still lasts, a due refresh is one request and no retry, and a pause
+//! recorded by an earlier run's transient failure (the server's Retry-After) is kept: on either,
+//! the stored token is printed at once with a warning, so a status bar under `timeout 2` gets
+//! it and the server is not asked again by every run.
 //! This is the one place a whole token is printed, on purpose, and only on stdout; like
 //! `--once`, it says nothing on stderr when it succeeds.
 
@@ -12,7 +16,9 @@ use std::time::SystemTime;
 
 use serde_json::json;
 use tokend_core::credentials::OAuthView;
-use tokend_core::refresh::{ACCESS_ONLY, Floor, Mode, Outcome, RefreshError};
+use tokend_core::refresh::{
+    ACCESS_ONLY, Floor, MIN_LEFT_MS, Mode, Outcome, Policy, RefreshError, Retry,
+};
 use tokend_core::schedule::{epoch_millis, is_due};
 use tokend_core::store::Store;
 
@@ -23,10 +29,6 @@ use crate::commands::{
 use crate::exit;
 use crate::interrupt;
 use crate::show::{emit, when};
-
-/// A token with this little left is never handed out: a script could not finish a request
-/// with it. Under it, the login is refreshed first (the floor permitting).
-const MIN_LEFT_MS: i64 = 60_000;
 
 pub fn token(settings: &Settings, as_json: bool) -> u8 {
     interrupt::ignore_user_signals();
@@ -69,10 +71,21 @@ pub fn token(settings: &Settings, as_json: bool) -> u8 {
         }
         _ => Mode::IfDue,
     };
-    let policy = policy_for(settings);
+    // A stored token that still lasts is printed if refreshing fails: one request then (a
+    // status bar's `timeout 2` would end a retry loop with nothing printed), and a pause an
+    // earlier run's transient failure recorded is kept (checked under the lock, and only
+    // while the token still lasts there). Otherwise the usual retries within the budget.
+    let retry = match &seen {
+        Some(v) if v.access_token_lasts(now(), MIN_LEFT_MS) => Retry::Never,
+        _ => Retry::WithinBudget,
+    };
+    let policy = Policy {
+        honour_pause: true,
+        ..policy_for(settings)
+    };
     let mut session = None;
     let result = match started(&mut session)
-        .and_then(|s| refresh_interruptibly(s, &store, &policy, mode, settings.retry_budget))
+        .and_then(|s| refresh_interruptibly(s, &store, &policy, mode, settings.retry_budget, retry))
     {
         Ok(result) => result,
         // Interrupted: no token on stdout.
@@ -105,6 +118,15 @@ pub fn token(settings: &Settings, as_json: bool) -> u8 {
             place: store.place(),
             why: "the login was removed meanwhile",
         }),
+        (Err(RefreshError::Paused { until, why, .. }), Some(view)) if lasts(&view) => {
+            interrupt::tell(format_args!(
+                "warning: refreshing is paused until {}, since the last attempt failed ({why}); \
+                 nothing was sent; printing the stored token, which is still valid until {}",
+                when(until),
+                when(view.expires_at.unwrap_or_default())
+            ));
+            print(&view, as_json)
+        }
         (Err(e), Some(view)) if exit_code(&e) == exit::TEMPFAIL && lasts(&view) => {
             interrupt::tell(format_args!(
                 "warning: {e}; printing the stored token, which is still valid until {}",

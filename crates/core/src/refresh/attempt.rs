@@ -16,7 +16,9 @@ use crate::schedule::{
 use crate::seams;
 use crate::secret::Secret;
 use crate::settings::format_duration;
-use crate::store::{AccountRecord, FileLock, Place, RefusedRecord, SpentRecord, Store, StoreError};
+use crate::store::{
+    AccountRecord, FileLock, PauseRecord, Place, RefusedRecord, SpentRecord, Store, StoreError,
+};
 
 /// New tokens the server issued that are not saved yet, with what their save needs. While a
 /// [`Refresher`] holds one, it never sends a request: the refresh token in the store is spent.
@@ -164,6 +166,20 @@ impl Refresher {
                     // could spoil: whether or not the server spent the token, this process
                     // would send it again itself, and so may another.
                     lock.set_spent_record(None);
+                    // ---- pause: what the server told this request, for the next process ----
+                    // Until its Retry-After (or a short standard pause), `token` and `--once`
+                    // runs that find a stored token still lasting send nothing with this
+                    // refresh token; written under the flock, so a run waiting for it sees it.
+                    if error.is_transient() {
+                        lock.set_pause_record(Some(&PauseRecord::after(
+                            &refresh_token,
+                            error.retry_after(),
+                            &error.to_string(),
+                            epoch_millis(SystemTime::now()),
+                            boot_millis(),
+                        )));
+                    }
+                    // ---- end of the pause ----
                     let result =
                         failed(store, &place, error, &refresh_token, client_id, origin).await;
                     if let Err(RefreshError::Rejected { .. }) = &result {

@@ -1,8 +1,9 @@
 //! The one-shot commands' loop (`--once`, `refresh`, `token`): attempts until success, a
 //! permanent failure, or the retry budget runs out, with backoff between transient failures
-//! and a grant in hand only re-saved. It also owns [`RunControl`], what such a run shares with
-//! the code that handles its signals: whether dropping the run now could lose the login, and
-//! the request to stop.
+//! and a grant in hand only re-saved (or, for `token` with a stored token that lasts, one
+//! request and no retry: see [`Retry`]). It also owns [`RunControl`], what such a run shares
+//! with the code that handles its signals: whether dropping the run now could lose the login,
+//! and the request to stop.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -23,6 +24,18 @@ pub const LOCK_WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// Asked to stop with new tokens not saved yet, a run keeps retrying their save this long (the
 /// daemon's rule on SIGTERM): the old refresh token is spent, so these tokens are the login.
 pub const STOP_SAVE_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether a one-shot run retries after a transient failure with nothing in hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// With backoff (honouring `Retry-After`) until the budget runs out.
+    WithinBudget,
+    /// Never: one request at most, and no backoff sleep. For `token` while the stored access
+    /// token still lasts: it prints that token at once rather than keep a status bar (run
+    /// under `timeout 2`) waiting past its end. Waits for locks are as long as ever, and new
+    /// tokens in hand are still re-saved within the budget (the old refresh token is spent).
+    Never,
+}
 
 /// What a one-shot run (a refresh, or a login's exchange) shares with whoever handles its
 /// signals. Single-threaded: the run and the handler are polled by one task, so plain cells.
@@ -97,18 +110,28 @@ pub async fn refresh_with_budget(
     mode: Mode,
     budget: Duration,
 ) -> Result<Outcome, RefreshError> {
-    refresh_controlled(store, policy, mode, budget, &RunControl::new()).await
+    refresh_controlled(
+        store,
+        policy,
+        mode,
+        budget,
+        Retry::WithinBudget,
+        &RunControl::new(),
+    )
+    .await
 }
 
-/// [`refresh_with_budget`], telling `control` when its answer is at stake and obeying its stop.
-/// Once stopping, it sends no new request: after the attempt in progress it returns that
-/// attempt's result, unless new tokens are in hand and unsaved; then it retries their save for
-/// up to [`STOP_SAVE_GRACE`] (within the budget) and returns `SaveFailed` if that never works.
+/// [`refresh_with_budget`], telling `control` when its answer is at stake and obeying its stop,
+/// and retrying transient failures as `retry` says. Once stopping, it sends no new request:
+/// after the attempt in progress it returns that attempt's result, unless new tokens are in
+/// hand and unsaved; then it retries their save for up to [`STOP_SAVE_GRACE`] (within the
+/// budget) and returns `SaveFailed` if that never works.
 pub async fn refresh_controlled(
     store: &Store,
     policy: &Policy,
     mut mode: Mode,
     budget: Duration,
+    retry: Retry,
     control: &RunControl,
 ) -> Result<Outcome, RefreshError> {
     let started = Instant::now();
@@ -119,7 +142,12 @@ pub async fn refresh_controlled(
     // Set when a stop finds new tokens unsaved: their save is retried until then.
     let mut save_until: Option<Instant> = None;
     let observe = |step: Step| control.observe(step);
+    // A pause (see `decide`) holds this run back only until it has sent a request itself:
+    // from then on its own backoff rules, which honour the server's Retry-After (else the
+    // pause its own first failure records would end its retries).
+    let mut past_pause: Option<Policy> = None;
     loop {
+        let policy = past_pause.as_ref().unwrap_or(policy);
         // Stopping with new tokens in hand, an attempt only re-saves them: its waits for locks
         // end with the grace too.
         let waits_end = match save_until {
@@ -144,6 +172,12 @@ pub async fn refresh_controlled(
             .map(|d| d.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::MAX);
+        if policy.honour_pause && matches!(result, Err(RefreshError::Transient { .. })) {
+            past_pause = Some(Policy {
+                honour_pause: false,
+                ..policy.clone()
+            });
+        }
         let (delay, error) = match result {
             Err(RefreshError::Transient { error, .. }) => (
                 Backoff::STANDARD.delay_within(
@@ -175,6 +209,8 @@ pub async fn refresh_controlled(
             other => return other,
         };
         retries += 1;
+        // One request only: with nothing in hand, the first failure is the answer.
+        let delay = delay.filter(|_| retry == Retry::WithinBudget || in_hand);
         let Some(delay) = delay else {
             return Err(match error {
                 RefreshError::Transient { error, .. } => RefreshError::Transient {

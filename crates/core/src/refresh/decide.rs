@@ -1,6 +1,7 @@
 //! Deciding from a fresh read whether a refresh is needed: due (half-lifetime rule), held back
-//! by the 60 s floor, already done by another process, or impossible (no login, blank, no
-//! refresh token). Read under the lock, before and after Claude Code's locks are taken.
+//! by the 60 s floor or (for `token` and `--once`) by the pause a transient failure recorded,
+//! already done by another process, or impossible (no login, blank, no refresh token). Read
+//! under the lock, before and after Claude Code's locks are taken.
 
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +34,10 @@ pub const ACCESS_ONLY: &str = "the login has no refresh token (an access-only co
 /// lock file) is not sent again: the `why` of its [`RefreshError::LoginNeeded`].
 pub const ALREADY_REFUSED: &str = "the server already refused this refresh token, so it is not \
                                    sent again";
+/// An access token with this little left is not handed out by `token` (a script could not
+/// finish a request with it), and with more than this a pause recorded after a transient
+/// failure holds back a refresh (see [`Policy::honour_pause`]).
+pub const MIN_LEFT_MS: i64 = 60_000;
 
 /// What the store says to do, read under the lock.
 pub(super) enum Decision {
@@ -152,6 +157,22 @@ pub(super) fn decide(
             why: ALREADY_REFUSED,
         });
     }
+    // ---- pause: the server asked the last request with this refresh token to wait ----
+    // Read under the flock, so a run that waited for the lock sees the pause its holder just
+    // recorded. Never when the stored token does not last: then the usual sequence runs.
+    if policy.honour_pause
+        && view.access_token_lasts(now, MIN_LEFT_MS)
+        && let Some(pause) = lock.pause_record()
+        && pause.holds(view.refresh_token.as_ref(), now, boot_millis())
+    {
+        return Err(RefreshError::Paused {
+            place: place.clone(),
+            until: pause.until,
+            left: pause.left(now, boot_millis()),
+            why: pause.why,
+        });
+    }
+    // ---- end of the pause ----
     Ok(Decision::Refresh(Box::new(view)))
 }
 

@@ -24,9 +24,11 @@ use crate::secret::Secret;
 use crate::store::{FileLock, Place, Store, StoreError};
 
 pub use attempt::{InHand, Refresher};
+pub use budget::Retry;
 pub use budget::{
     LOCK_WAIT_LIMIT, RunControl, STOP_SAVE_GRACE, refresh_controlled, refresh_with_budget,
 };
+pub use decide::MIN_LEFT_MS;
 pub use decide::{ACCESS_ONLY, ALREADY_REFUSED, next_at, next_at_unlocked};
 
 /// What the sequence needs to know besides the store.
@@ -39,6 +41,10 @@ pub struct Policy {
     /// Where `client_id` came from, for messages (`the --client-id setting`, ...).
     pub client_id_origin: String,
     pub client: ClientConfig,
+    /// Honour the pause a transient failure recorded in the lock file (see
+    /// [`PauseRecord`](crate::store::PauseRecord)) while the stored access token still lasts:
+    /// `token` and `--once`, never the daemon or `refresh`.
+    pub honour_pause: bool,
 }
 
 /// Whether a forced refresh honours the 60 s floor.
@@ -141,6 +147,18 @@ pub enum RefreshError {
     /// the answer yet: nothing was sent. Temporary: that process saves it, or dies and its
     /// record no longer holds.
     SpentElsewhere { place: Place, pid: u32 },
+    /// A pause recorded after a transient failure still holds for the store's refresh token
+    /// (the server's `Retry-After`, or a short standard pause), and the stored access token
+    /// still lasts: nothing was sent. Only for a [`Policy`] that honours pauses.
+    Paused {
+        place: Place,
+        /// When the pause ends, epoch ms (wall clock).
+        until: i64,
+        /// How much of it was left when it was found.
+        left: Duration,
+        /// What failed, as recorded.
+        why: String,
+    },
 }
 
 impl RefreshError {
@@ -201,6 +219,14 @@ impl fmt::Display for RefreshError {
                  not saved the answer yet, so it was not sent again (that would be a reuse the \
                  server may punish with a logout); nothing was sent: try again later, once that \
                  process has saved the new tokens or has ended"
+            ),
+            RefreshError::Paused {
+                place, left, why, ..
+            } => write!(
+                f,
+                "refreshing {place} is paused for {} more, since the last attempt failed ({why}); \
+                 nothing was sent",
+                budget::format_duration_precise(*left)
             ),
         }
     }

@@ -3,8 +3,9 @@
 //! it locks the same inode. The file's text is private state shared by whoever holds the lock in
 //! turn, one record per line: the grant record behind the 60 s floor, the spent-token record
 //! (a refresh token sent whose answer is not saved yet, and by which process), the account
-//! record (the email of this program's own login while the store descends from it), and the
-//! ledger of Claude Code lock directories held (crash recovery). A line this version does not
+//! record (the email of this program's own login while the store descends from it), the pause
+//! record (after a transient failure, no request with that refresh token before a moment), and
+//! the ledger of Claude Code lock directories held (crash recovery). A line this version does not
 //! know is kept as it is, so a newer version's records survive an older one's writes.
 
 use std::fs::{self, File, OpenOptions};
@@ -13,7 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::records::{AccountRecord, RefusedRecord, SpentRecord};
+use super::records::{AccountRecord, PauseRecord, RefusedRecord, SpentRecord};
 use super::{FILE_MODE, Place, StoreError};
 use crate::schedule::GrantRecord;
 
@@ -193,6 +194,17 @@ impl FileLock {
     pub fn set_refused_record(&self, record: Option<&RefusedRecord>) {
         self.edit(|r| r.refused = record.cloned());
     }
+
+    /// The pause the last transient failure asked for, if one was recorded (over or not: see
+    /// [`PauseRecord::holds`]).
+    pub fn pause_record(&self) -> Option<PauseRecord> {
+        self.records().pause
+    }
+
+    /// Records (or, with `None`, clears) the pause after a transient failure.
+    pub fn set_pause_record(&self, record: Option<&PauseRecord>) {
+        self.edit(|r| r.pause = record.cloned());
+    }
 }
 
 /// The lock file's text, read into its records. Rendered back in a fixed order, with the lines
@@ -203,6 +215,7 @@ pub struct Records {
     pub spent: Option<SpentRecord>,
     pub account: Option<AccountRecord>,
     pub refused: Option<RefusedRecord>,
+    pub pause: Option<PauseRecord>,
     /// Lines of Claude Code lock directories held (`<path>\t<dev>\t<ino>\t<birth>`), each with
     /// its newline.
     pub ledger: String,
@@ -222,6 +235,8 @@ impl Records {
                 r.account = Some(a);
             } else if let Some(x) = RefusedRecord::from_line(line) {
                 r.refused = Some(x);
+            } else if let Some(p) = PauseRecord::from_line(line) {
+                r.pause = Some(p);
             } else if is_ledger_line(line) {
                 r.ledger.push_str(line);
                 r.ledger.push('\n');
@@ -245,6 +260,9 @@ impl Records {
         }
         if let Some(x) = &self.refused {
             text.push_str(&x.to_line());
+        }
+        if let Some(p) = &self.pause {
+            text.push_str(&p.to_line());
         }
         for line in &self.other {
             text.push_str(line);
@@ -283,6 +301,13 @@ mod tests {
             }),
             account: AccountRecord::new(&Secret::new("c"), "ada lovelace@example.test"),
             refused: Some(RefusedRecord::new(&Secret::new("d"), 1_765_000_000_000)),
+            pause: Some(PauseRecord::after(
+                &Secret::new("d"),
+                None,
+                "the token endpoint answered HTTP 503",
+                5,
+                6,
+            )),
             ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\nrel.lock\t1\t2\t3\n".into(),
             other: vec![
                 "future 1 2 3".into(),

@@ -32,7 +32,7 @@ pub use locate::{
     absolute_lexically, keychain_account, keychain_service, locate, resolve_symlinks,
 };
 pub use lockfile::{FileLock, Records};
-pub use records::{AccountRecord, RefusedRecord, SpentRecord};
+pub use records::{AccountRecord, PauseRecord, RefusedRecord, SpentRecord};
 
 /// How many reads over about a second a document that fails to parse gets before it counts as
 /// malformed (see [`Store::read_settled`]).

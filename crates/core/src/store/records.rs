@@ -1,11 +1,14 @@
 //! The records this program keeps in its own lock file besides the grant record (which
-//! `schedule` owns): the refresh token being spent and by which process, and the account of
-//! this program's own login. Each is one line starting with its tag, holding a fingerprint of a
-//! token (never a token).
+//! `schedule` owns): the refresh token being spent and by which process, the account of
+//! this program's own login, and the pause a transient failure asks of the next requests.
+//! Each is one line starting with its tag, holding a fingerprint of a token (never a token).
+
+use std::time::Duration;
 
 use super::process;
-use crate::schedule::token_fingerprint;
+use crate::schedule::{RETRY_AFTER_CAP, cap_retry_after, millis_i64, token_fingerprint};
 use crate::secret::Secret;
+use crate::settings::format_duration;
 
 fn is_fingerprint(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -164,6 +167,137 @@ impl RefusedRecord {
     }
 }
 
+// ---- pause record (a transient failure's wait, shared by every process) ----
+
+/// After a transient failure of a refresh request: the moment before which no request should
+/// be sent with that refresh token, so that processes started one after another (a status bar
+/// running `token` every second) know what the last one was told. It is the server's
+/// `Retry-After` (capped at [`RETRY_AFTER_CAP`]), else [`PauseRecord::STANDARD`]. Only `token`
+/// and `--once` honour it, and only while the stored access token still lasts (they print it,
+/// or exit 0, instead); it never holds back a token that does not last, the daemon's schedule,
+/// or another refresh token (a new login).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PauseRecord {
+    /// Wall clock, epoch ms: no request with [`token`](Self::token) before this.
+    pub until: i64,
+    /// The same moment on the boot clock ([`boot_millis`](crate::schedule::boot_millis)). The
+    /// pause holds only while both clocks say so: a wall clock set back cannot stretch it,
+    /// and a reboot (the boot clock starting again) cannot revive it.
+    pub until_boot: i64,
+    /// [`token_fingerprint`] of the refresh token the failed request carried.
+    pub token: String,
+    /// What failed, on one line (already scrubbed of secrets, like every error message), for
+    /// the warning of the runs it holds back.
+    pub why: String,
+}
+
+impl PauseRecord {
+    const TAG: &'static str = "pause";
+
+    /// The pause after a transient failure that carried no `Retry-After`: long enough that a
+    /// status bar polling every second sends a request every few seconds at most, short enough
+    /// that a server back on its feet is tried again soon (and only while the stored token
+    /// still lasts: then nothing is lost by waiting).
+    pub const STANDARD: Duration = Duration::from_secs(5);
+
+    /// A `why` longer than this (in characters) is cut: the line is a note, not a log.
+    const WHY_MAX: usize = 300;
+
+    /// The pause after a request with `token` failed transiently because of `why`, the server
+    /// having asked to wait `retry_after` (if it did), at `now` (wall, epoch ms) and `now_boot`
+    /// (boot clock, ms).
+    pub fn after(
+        token: &Secret,
+        retry_after: Option<Duration>,
+        why: &str,
+        now: i64,
+        now_boot: i64,
+    ) -> PauseRecord {
+        let wait = retry_after.map_or(Self::STANDARD, |asked| cap_retry_after(asked).0);
+        let why = match retry_after {
+            Some(_) => format!(
+                "{why}; it asked to wait {} (Retry-After)",
+                format_duration(wait)
+            ),
+            None => why.to_owned(),
+        };
+        PauseRecord {
+            until: now.saturating_add(millis_i64(wait)),
+            until_boot: now_boot.saturating_add(millis_i64(wait)),
+            token: token_fingerprint(token),
+            why: one_line(&why, Self::WHY_MAX),
+        }
+    }
+
+    /// Whether it holds back a request with `refresh_token` at `now` (wall) and `now_boot`: the
+    /// same token, and before the end by both clocks. An end further ahead than the cap on
+    /// either clock is not believed (a clock set back, a reboot): nothing is held.
+    pub fn holds(&self, refresh_token: Option<&Secret>, now: i64, now_boot: i64) -> bool {
+        refresh_token.is_some_and(|t| token_fingerprint(t) == self.token)
+            && [(self.until, now), (self.until_boot, now_boot)]
+                .into_iter()
+                .all(|(until, now)| {
+                    now < until && until.saturating_sub(now) <= millis_i64(RETRY_AFTER_CAP)
+                })
+    }
+
+    /// How long it still holds (zero once over), by the clock that ends it first.
+    pub fn left(&self, now: i64, now_boot: i64) -> Duration {
+        let ms = self
+            .until
+            .saturating_sub(now)
+            .min(self.until_boot.saturating_sub(now_boot));
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// `pause <until, wall ms> <until, boot ms> <fingerprint> <why>`: `why` is the rest of the
+    /// line.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{} {} {} {} {}\n",
+            Self::TAG,
+            self.until,
+            self.until_boot,
+            self.token,
+            self.why
+        )
+    }
+
+    pub fn from_line(line: &str) -> Option<PauseRecord> {
+        let rest = line.strip_prefix(Self::TAG)?.strip_prefix(' ')?;
+        let (until, rest) = rest.split_once(' ')?;
+        let (until_boot, rest) = rest.split_once(' ')?;
+        let (token, why) = rest.split_once(' ')?;
+        let (until, until_boot) = (until.parse().ok()?, until_boot.parse().ok()?);
+        (is_fingerprint(token)
+            && !why.trim().is_empty()
+            && why.trim() == why
+            && !why.chars().any(char::is_control))
+        .then(|| PauseRecord {
+            until,
+            until_boot,
+            token: token.to_owned(),
+            why: why.to_owned(),
+        })
+    }
+}
+
+/// `text` on one line of at most `max` characters: control characters (newlines, tabs: the
+/// ledger's separator) become spaces; never empty.
+fn one_line(text: &str, max: usize) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    match line.trim() {
+        "" => "a transient failure".to_owned(),
+        line => line.to_owned(),
+    }
+}
+
+// ---- end of the pause record ----
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,4 +388,120 @@ mod tests {
         assert!(!process::runs_this_program(0, None));
         assert!(!process::runs_this_program(u32::MAX, None));
     }
+
+    // ---- pause record ----
+
+    #[test]
+    fn pause_lines_by_table() {
+        let fp = token_fingerprint(&Secret::new("t"));
+        let pause = |l: &str| PauseRecord::from_line(l);
+        assert_eq!(
+            pause(&format!("pause 1700000003000 -5 {fp} HTTP 429: slow down")),
+            Some(PauseRecord {
+                until: 1_700_000_003_000,
+                until_boot: -5,
+                token: fp.clone(),
+                why: "HTTP 429: slow down".into(),
+            })
+        );
+        for bad in [
+            String::new(),
+            "pause".into(),
+            format!("pause 1 2 {fp}"),
+            format!("pause 1 2 {fp} "),
+            format!("pause 1 2 {fp}  why"),
+            format!("pause 1 {fp} why"),
+            format!("pause x 2 {fp} why"),
+            format!("pause 1 2.5 {fp} why"),
+            format!("pause 1 2 {fp} a\tb"),
+            "pause 1 2 nothex why".into(),
+            format!("pauses 1 2 {fp} why"),
+            format!("spent {fp} 12 -"),
+        ] {
+            assert_eq!(pause(&bad), None, "{bad:?}");
+        }
+        // What `after` makes round-trips, whatever the reason holds (a tab would make the line
+        // look like the ledger's; a newline would split it).
+        let token = Secret::new("rt");
+        for why in ["HTTP 503", "a\tb\nc", "", " \u{1b}[31m ", &"x".repeat(1000)] {
+            for retry_after in [None, Some(Duration::from_secs(3))] {
+                let r = PauseRecord::after(&token, retry_after, why, 1_000, 2_000);
+                let line = r.to_line();
+                assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+                assert!(line.ends_with('\n') && !line.contains('\t'), "{line:?}");
+                assert_eq!(pause(line.trim_end_matches('\n')), Some(r), "{why:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pause_lasts_the_retry_after_capped_or_the_standard_pause_for_its_token_only() {
+        const NOW: i64 = 1_700_000_000_000;
+        const BOOT: i64 = 50_000_000;
+        let token = Secret::new("rt");
+        let other = Secret::new("another login");
+        // (Retry-After, how long the pause lasts)
+        let cases = [
+            (None, 5_000),
+            (Some(Duration::from_secs(3)), 3_000),
+            (Some(Duration::ZERO), 0),
+            (Some(Duration::from_secs(7_200)), 3_600_000),
+            (Some(Duration::MAX), 3_600_000),
+        ];
+        for (retry_after, lasts) in cases {
+            let p = PauseRecord::after(&token, retry_after, "why", NOW, BOOT);
+            assert_eq!(
+                (p.until, p.until_boot),
+                (NOW + lasts, BOOT + lasts),
+                "{retry_after:?}"
+            );
+        }
+        let p = PauseRecord::after(&token, Some(Duration::from_secs(3)), "why", NOW, BOOT);
+        assert!(
+            p.why.ends_with("it asked to wait 3s (Retry-After)"),
+            "{}",
+            p.why
+        );
+        // (refresh token, ms since the failure by the wall clock, by the boot clock, held?)
+        let cases = [
+            (Some(&token), 0, 0, true),
+            (Some(&token), 2_999, 2_999, true),
+            (Some(&token), 3_000, 3_000, false),
+            (Some(&other), 0, 0, false),
+            (None, 0, 0, false),
+            // The wall clock set back by 2 h, or by 30 min: the boot clock ends it on time.
+            (Some(&token), -7_200_000, 1_000, false),
+            (Some(&token), -1_800_000, 1_000, true),
+            (Some(&token), -1_800_000, 3_000, false),
+            // The wall clock set forward: it ends early, which holds nothing back wrongly.
+            (Some(&token), 3_600_000, 1_000, false),
+            // A reboot: the boot clock starts again near zero.
+            (Some(&token), 60_000, -BOOT + 1_000, false),
+            (Some(&token), 1_000, -BOOT + 1_000, false),
+            (Some(&token), i64::MAX - NOW, i64::MAX - BOOT, false),
+        ];
+        for (rt, wall, boot, held) in cases {
+            assert_eq!(
+                p.holds(rt, NOW + wall, BOOT + boot),
+                held,
+                "{rt:?} {wall} {boot}"
+            );
+        }
+        assert_eq!(p.left(NOW + 1_000, BOOT + 500), Duration::from_secs(2));
+        assert_eq!(p.left(NOW + 500, BOOT + 1_000), Duration::from_secs(2));
+        assert_eq!(p.left(NOW + 9_000, BOOT + 9_000), Duration::ZERO);
+        let far = PauseRecord {
+            until: i64::MAX,
+            until_boot: i64::MAX,
+            ..p.clone()
+        };
+        assert!(
+            !far.holds(Some(&token), NOW, BOOT),
+            "an absurd end is not believed"
+        );
+        let end = PauseRecord::after(&token, None, "why", i64::MAX, i64::MAX);
+        assert_eq!((end.until, end.until_boot), (i64::MAX, i64::MAX));
+    }
+
+    // ---- end of the pause record ----
 }

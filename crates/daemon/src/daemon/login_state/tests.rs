@@ -25,6 +25,7 @@ fn daemon(clock: FakeClock) -> LoginState<FakeClock> {
             token_url: parse_endpoint_url("http://127.0.0.1:9/token").unwrap(),
             user_agent: "test".into(),
         },
+        honour_pause: false,
     };
     LoginState::new(Store::new("/nonexistent/.credentials.json"), policy, clock)
 }
