@@ -108,15 +108,20 @@ impl Session {
         }
     }
 
-    /// Runs `run` to its end, unless a signal ends it first: while `control` says nothing is
-    /// at stake, the run is dropped at once; otherwise the user is told that the `what` in
-    /// flight is awaited, `control` is asked to stop, and the run is finished.
-    pub fn run<F: Future>(&mut self, control: &RunControl, what: &str, run: F) -> Ran<F::Output> {
-        let signals = &mut self.signals;
+    /// The runtime and the handlers, borrowed apart.
+    fn parts(&mut self) -> (&Runtime, &mut Vec<(c_int, Signal)>) {
         let rt = self
             .rt
             .as_ref()
             .expect("the runtime lives as long as the session");
+        (rt, &mut self.signals)
+    }
+
+    /// Runs `run` to its end, unless a signal ends it first: while `control` says nothing is
+    /// at stake, the run is dropped at once; otherwise the user is told that the `what` in
+    /// flight is awaited, `control` is asked to stop, and the run is finished.
+    pub fn run<F: Future>(&mut self, control: &RunControl, what: &str, run: F) -> Ran<F::Output> {
+        let (rt, signals) = self.parts();
         rt.block_on(async move {
             let mut run = pin!(run);
             let signal = tokio::select! {
@@ -155,11 +160,7 @@ impl Session {
     /// A signal that came since the last run ended (it was busy finishing, or between two
     /// logins), if any: the command stops with it.
     pub fn pending(&mut self) -> Option<c_int> {
-        let signals = &mut self.signals;
-        let rt = self
-            .rt
-            .as_ref()
-            .expect("the runtime lives as long as the session");
+        let (rt, signals) = self.parts();
         rt.block_on(async move {
             // One turn of the runtime's driver delivers a signal that has arrived.
             tokio::task::yield_now().await;

@@ -112,22 +112,23 @@ impl Keychain {
             input.push(b'\n');
             self.run("writing", &["-i"], Some(&input))?;
         } else {
-            self.run(
-                "writing",
-                &[
-                    "add-generic-password",
-                    "-U",
-                    "-a",
-                    &self.account,
-                    "-s",
-                    &self.service,
-                    "-X",
-                    &hex,
-                ],
-                None,
-            )?;
+            self.run("writing", &self.write_args(&hex), None)?;
         }
         Ok(())
+    }
+
+    /// The arguments of a write given on the command line (a value too long for `-i`).
+    fn write_args<'a>(&'a self, hex: &'a str) -> [&'a str; 8] {
+        [
+            "add-generic-password",
+            "-U",
+            "-a",
+            &self.account,
+            "-s",
+            &self.service,
+            "-X",
+            hex,
+        ]
     }
 
     /// Checks, before a request spends a refresh token, that a document of `len` bytes (the
@@ -145,16 +146,11 @@ impl Keychain {
         if hex.saturating_add(words) <= MAX_INTERACTIVE_LINE {
             return Ok(());
         }
-        let args = [
-            "security",
-            "add-generic-password",
-            "-U",
-            "-a",
-            &self.account,
-            "-s",
-            &self.service,
-            "-X",
-        ];
+        // `security` and the write's arguments but the hex itself (counted apart).
+        let write_args = self.write_args("");
+        let args = std::iter::once("security")
+            .chain(write_args[..write_args.len() - 1].iter().copied())
+            .collect::<Vec<_>>();
         let limits = argv_limits();
         let pointer = std::mem::size_of::<usize>();
         let env: usize = std::env::vars_os()

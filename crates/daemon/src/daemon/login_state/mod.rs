@@ -194,6 +194,19 @@ impl<C: Clock> LoginState<C> {
         }
     }
 
+    /// A refresh (ours or an adopted one) worked: a failing run or a needed login is over,
+    /// and `recovered` is sent if the user was told of either.
+    fn refreshing_works(&mut self) {
+        if self.told.works() {
+            let place = self.store.place();
+            self.tell(
+                UserEvent::Recovered,
+                format!("{place}: refreshing works again"),
+                None,
+            );
+        }
+    }
+
     pub(super) fn handle_result(&mut self, result: Result<Outcome, RefreshError>, forced: bool) {
         let result = match result {
             // New tokens are in hand, whatever failed (their save, a lock, the store): the old
@@ -216,14 +229,7 @@ impl<C: Clock> LoginState<C> {
                 self.refresher.borrow_mut().drop_client();
                 self.known = Some(fingerprint);
                 self.expires_at = Some(expires_at);
-                if self.told.works() {
-                    let place = self.store.place();
-                    self.tell(
-                        UserEvent::Recovered,
-                        format!("{place}: refreshing works again"),
-                        None,
-                    );
-                }
+                self.refreshing_works();
                 // The login's own fields and its end, from what was written.
                 self.note_store();
                 self.said = None;
@@ -251,14 +257,7 @@ impl<C: Clock> LoginState<C> {
             }
             Ok(Outcome::Adopted { .. }) => {
                 self.refresher.borrow_mut().drop_client();
-                if self.told.works() {
-                    let place = self.store.place();
-                    self.tell(
-                        UserEvent::Recovered,
-                        format!("{place}: refreshing works again"),
-                        None,
-                    );
-                }
+                self.refreshing_works();
                 self.rearm_from_store();
             }
             Err(
