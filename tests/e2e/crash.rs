@@ -185,8 +185,15 @@ fn crash_then_recover(step: &Step) {
                     Some(login.refresh.as_str()),
                 )
                 .check_eq("the pair in the file", pair, Pair::Old);
-            // After a new login (the server accepts the file's refresh token again), the
-            // run after that succeeds: nothing the crash left is in the way.
+            // After a new login (new tokens in the file, which the server accepts; the
+            // refused token itself is never sent again), the run after that succeeds: nothing
+            // the crash left is in the way.
+            let login = Login::due();
+            let mut relogged = home.read_creds();
+            for (key, value) in oauth(&login.doc()) {
+                relogged["claudeAiOauth"][key.as_str()] = value.clone();
+            }
+            home.write_creds(&relogged);
             server.accept_refresh(&login.refresh);
             let again = Cmd::new(&home).server(&server).arg("--once").run();
             again

@@ -233,8 +233,15 @@ fn kill_9_at_random_moments_never_breaks_the_file() {
             )
             .expect_stderr_contains("login");
             spent += 1;
-            // A new login, as the user would make: the server takes the file's token again.
-            server.accept_refresh(&in_file);
+            // A new login, as the user would make: new tokens in the file, which the server
+            // takes (the refused token itself is never sent again).
+            let relogin = Login::due();
+            let mut relogged = home.read_creds();
+            for (key, value) in oauth(&relogin.doc()) {
+                relogged["claudeAiOauth"][key.as_str()] = value.clone();
+            }
+            home.write_creds(&relogged);
+            server.accept_refresh(&relogin.refresh);
             let again = Cmd::new(&home)
                 .server(&server)
                 .env(NO_FLOOR.0, NO_FLOOR.1)
