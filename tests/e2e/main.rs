@@ -9,6 +9,7 @@ mod cli;
 mod coexist;
 mod crash;
 mod daemon;
+mod daemon_comeback;
 mod daemon_first_run;
 mod daemon_refused;
 mod daemon_slow_store;

@@ -265,6 +265,10 @@ impl<C: Clock> LoginState<C> {
                     self.known = None;
                     return self.reread(true);
                 }
+                // Whatever comes back (even these very bytes: a backup restored, a file moved
+                // away and back) is read as a new login.
+                self.known = None;
+                self.login_key = None;
                 self.removed();
                 self.wait_for(Waiting::Missing);
             }
@@ -273,7 +277,11 @@ impl<C: Clock> LoginState<C> {
                 self.known = None;
                 self.wait_for(Waiting::Malformed(e.to_string()));
             }
-            Err(e) => self.wait_for(Waiting::Unreadable(e.to_string())),
+            Err(e) => {
+                // The same bytes readable again (a permission fixed) must re-arm the schedule.
+                self.known = None;
+                self.wait_for(Waiting::Unreadable(e.to_string()));
+            }
         }
     }
 
