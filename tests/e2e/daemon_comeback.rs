@@ -53,3 +53,49 @@ fn a_login_unreadable_for_a_while_then_unchanged_is_kept_fresh() {
         },
     );
 }
+
+/// A FIFO where a credentials file belongs (a stalled filesystem behaves alike) never blocks:
+/// `refresh` refuses it at once (78) and the daemon keeps another login fresh and stops on
+/// SIGTERM. Found by the hostile review: the open blocked, SIGTERM was ignored.
+#[test]
+fn a_fifo_in_place_of_the_file_blocks_nothing() {
+    let home = TempHome::new();
+    let other = home.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let fifo = other.join(".credentials.json");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+
+    let out = Cmd::new(&home)
+        .args(["refresh", "--config-dir"])
+        .arg(&other)
+        .timeout(Duration::from_secs(10))
+        .run();
+    out.expect_code(78)
+        .expect_stderr_contains("not a regular file")
+        .check(
+            out.elapsed < Duration::from_secs(5),
+            format!("took {:?}", out.elapsed),
+        );
+
+    let login = Login::due();
+    home.write_creds(&login.doc());
+    let server = TokenServer::for_login(&login);
+    let d = Cmd::new(&home)
+        .server(&server)
+        .arg("--config-dir")
+        .arg(home.claude_dir())
+        .arg("--config-dir")
+        .arg(&other)
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    let refreshed = wait_until(Duration::from_secs(15), || server.count() >= 1);
+    let out = stop(d);
+    out.check(refreshed, "the other login was refreshed")
+        .expect_code(0)
+        .check(
+            out.elapsed < Duration::from_secs(30),
+            format!("the daemon ran {:?}", out.elapsed),
+        );
+}

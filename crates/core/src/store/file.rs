@@ -15,13 +15,28 @@ use super::{DIR_MODE, FILE_MODE, FILE_NAME, Place, StoreError};
 /// The file's bytes and permission bits.
 pub(super) fn read(path: &Path, target: &Path) -> Result<(Vec<u8>, u32), StoreError> {
     let place = || Place::File(path.to_path_buf());
-    let bytes = fs::read(target).map_err(|source| match source.kind() {
+    let unreadable = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => StoreError::Missing { place: place() },
         _ => StoreError::Unreadable {
             place: place(),
             source,
         },
-    })?;
+    };
+    // Opened without blocking and checked to be a regular file before it is read: a FIFO (or
+    // a device) put where the credentials belong would otherwise block the open, and with it
+    // the daemon's loop or a command that a signal must be able to stop.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(target)
+        .map_err(unreadable)?;
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err(unreadable(io::Error::other(
+            "not a regular file (a credentials file must be one)",
+        )));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(unreadable)?;
     let mode = fs::metadata(target)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(FILE_MODE);
