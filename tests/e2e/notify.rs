@@ -391,3 +391,29 @@ fn login_expiring_is_told_for_each_new_deadline_a_change_brings_and_not_again_on
         Some(rfc3339(ends)),
     );
 }
+
+/// A refused login whose file is rewritten with only its expiry changed (the same refresh token)
+/// is not "back": no `recovered`, and the refused token is not sent again. Found by the hostile
+/// review (it sent `recovered`, then `login-needed` again).
+#[test]
+fn a_refused_login_with_only_its_expiry_rewritten_is_not_recovered() {
+    let home = TempHome::new();
+    // Due at once with the daemon's 10 s lead.
+    let login = Login::expiring_in(5);
+    let mut doc = login.doc();
+    home.write_creds(&doc);
+    // A server that knows no token: the refresh is refused.
+    let server = TokenServer::start();
+    let inbox = Inbox::new(&home);
+    let d = daemon(&home, &server, &inbox, 3_600_000);
+    assert!(
+        wait_until(SOON, || inbox.names().contains(&"login-needed".to_owned())),
+        "login-needed after the refusal"
+    );
+    doc["claudeAiOauth"]["expiresAt"] = json!(now_ms() + 3_600_000);
+    write_doc(&home.creds_path(), &doc);
+    std::thread::sleep(Duration::from_secs(3));
+    let out = stop(d);
+    out.check_eq("events", inbox.names(), vec!["login-needed".to_owned()])
+        .check_eq("requests", server.count(), 1);
+}

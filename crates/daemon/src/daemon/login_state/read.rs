@@ -170,7 +170,18 @@ impl<C: Clock> LoginState<C> {
                 let view = snapshot.doc.oauth().ok().flatten();
                 let key = view.as_ref().map(OAuthView::own_fields_key);
                 let same_login = key.is_some() && key == self.login_key;
-                let refused = self.refused.as_ref().is_some_and(|(k, _)| key == Some(*k));
+                // The login the server refused: the same own fields, or (only its expiry
+                // rewritten) the same refresh token that the lock file records as refused.
+                let refused = self.refused.as_ref().is_some_and(|(k, _)| key == Some(*k))
+                    || view
+                        .as_ref()
+                        .and_then(|v| v.usable_refresh_token())
+                        .is_some_and(|t| {
+                            self.store
+                                .peek_records()
+                                .refused
+                                .is_some_and(|r| r.refuses(t))
+                        });
                 self.login_key = key;
                 if let Some(v) = &view
                     && !v.is_logged_out()
