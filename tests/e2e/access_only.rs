@@ -174,3 +174,24 @@ fn both_tokens_blank_or_absent_is_logged_out() {
         }
     }
 }
+
+/// An access-only login without `expiresAt`: nothing says the token still works, so every
+/// command agrees: `status` calls it expired (1), `--once` cannot refresh it (77), and `token`
+/// does not hand it out (77). Found by the hostile review (`token` printed it, exit 0).
+#[test]
+fn an_access_only_login_without_an_expiry_is_not_handed_out() {
+    let home = TempHome::new();
+    home.write_creds(&serde_json::json!({
+        "claudeAiOauth": {"accessToken": "sk-ant-oat01-NOEXPIRY-aaaaaaaaaaaaaaaa"}
+    }));
+    let server = TokenServer::start();
+    let status = Cmd::new(&home).server(&server).arg("status").run();
+    status.expect_code(1);
+    let once = Cmd::new(&home).server(&server).arg("--once").run();
+    once.expect_code(77);
+    let token = Cmd::new(&home).server(&server).arg("token").run();
+    token
+        .expect_code(77)
+        .check(token.stdout.is_empty(), "no token on stdout")
+        .check_eq("requests", server.count(), 0);
+}

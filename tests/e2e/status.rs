@@ -376,3 +376,33 @@ fn status_shows_an_access_only_login_as_such() {
     out.check_eq("accessOnly", &v["accessOnly"], &Value::Bool(false));
     out.check(v["refreshDueAt"].is_i64(), "a refresh time");
 }
+
+/// `status`'s refresh time follows the same rule as `--once` and the daemon ("Due, with short
+/// grants"): a 10-minute grant this program obtained is due at half its lifetime, not at
+/// expiry minus the 15-minute lead (which would read "now"). Found by the hostile review.
+#[test]
+fn status_shows_a_short_grant_due_at_half_its_lifetime() {
+    let login = Login::due();
+    let (home, server) = setup(&login);
+    server.set_policy(GrantPolicy {
+        expires_in: Some(600),
+        ..GrantPolicy::default()
+    });
+    Cmd::new(&home)
+        .server(&server)
+        .arg("--once")
+        .run()
+        .expect_code(0);
+    let out = Cmd::new(&home)
+        .server(&server)
+        .args(["status", "--json"])
+        .run();
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let expires = v["expiresAt"].as_i64().expect("expiresAt");
+    let due = v["refreshDueAt"].as_i64().expect("refreshDueAt");
+    // Half of 600 s before expiry (a little slack for the time the request took).
+    out.check(
+        (expires - due - 300_000).abs() < 5_000,
+        format!("due {} s before expiry, want 300", (expires - due) / 1000),
+    );
+}

@@ -68,10 +68,12 @@ impl OAuthView {
     /// ms): not blank, and not expiring before then. An unknown expiry (no `expiresAt`) is not
     /// known to be over.
     pub fn access_token_lasts(&self, now: i64, margin_ms: i64) -> bool {
+        // No `expiresAt`: nothing says it still works (`status` calls it expired), so it is
+        // not handed out as lasting.
         !self.access_token.is_blank()
             && self
                 .expires_at
-                .is_none_or(|at| at.saturating_sub(now) > margin_ms)
+                .is_some_and(|at| at.saturating_sub(now) > margin_ms)
     }
 }
 

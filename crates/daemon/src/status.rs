@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokend_core::credentials::OAuthView;
 use tokend_core::refresh::RefreshError;
-use tokend_core::schedule::{due_at, epoch_millis};
+use tokend_core::schedule::epoch_millis;
 use tokend_core::store::{self, FILE_MODE, Kind, Place, Store, StoreError};
 
 use crate::cli::Settings;
@@ -131,10 +131,15 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
     // No refresh token (an access-only copy, a long-lived token): nothing here can refresh it,
     // so it has no refresh time; it is used as it is until it expires.
     let access_only = view.usable_refresh_token().is_none();
-    let refresh_due = view
-        .expires_at
-        .filter(|_| !access_only)
-        .map(|at| due_at(at, settings.refresh_before));
+    // The same due time `--once` and the daemon use: half the lifetime of a short grant this
+    // program obtained (its record in the lock file), else the lead.
+    let refresh_due = view.expires_at.filter(|_| !access_only).map(|_| {
+        tokend_core::refresh::next_at(
+            &view,
+            store.peek_records().grant.as_ref(),
+            settings.refresh_before,
+        )
+    });
     let doc = with_location(json!({
         "loggedIn": true,
         "accessToken": view.access_token.masked(),

@@ -205,7 +205,9 @@ mod tests {
             ("a", Some("r"), hour, false, false, true),
             ("a", Some("r"), half_minute, false, false, false),
             ("a", Some("r"), past, false, false, false),
-            ("a", Some("r"), None, false, false, true),
+            // No expiresAt: nothing says it still works (status calls it expired).
+            ("a", Some("r"), None, false, false, false),
+            ("a", None, None, false, true, false),
             ("", Some("r"), hour, false, false, false),
             (" ", Some("r"), hour, false, false, false),
             ("a", None, hour, false, true, true),
