@@ -21,6 +21,7 @@ mod locate;
 mod login;
 mod login_profile;
 mod many;
+mod mirror;
 mod notify;
 mod one_store;
 mod papercuts;

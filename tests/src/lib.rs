@@ -17,7 +17,10 @@
 //!   [`temp_files`]) and which token pair the file holds ([`which_pair`]);
 //! - `claude_code`: playing Claude Code's part: its lock directories held live ([`LiveLock`]) or
 //!   abandoned ([`abandoned_lock`]);
-//! - `keychain`: the fake `security` and its database ([`keychain::FakeKeychain`]).
+//! - `keychain`: the fake `security` and its database ([`keychain::FakeKeychain`]);
+//! - `mirror`: access-only copies seen from outside: what a mirror must hold for a source
+//!   ([`mirror_mismatch`], [`wait_for_mirror`]) and snapshots proving nothing was written
+//!   outside a mirror directory ([`snapshot`]).
 //!
 //! Dependencies run one way: `basics` <- `home` <- `server` <- `checks`, and `runner` uses
 //! `home` and `server`; the server never needs the runner.
@@ -27,6 +30,7 @@ mod checks;
 mod claude_code;
 mod home;
 pub mod keychain;
+mod mirror;
 mod runner;
 mod server;
 
@@ -34,5 +38,6 @@ pub use basics::*;
 pub use checks::*;
 pub use claude_code::*;
 pub use home::*;
+pub use mirror::*;
 pub use runner::*;
 pub use server::*;
