@@ -55,10 +55,29 @@ fn expect_refused(home: &TempHome, args: &[&str], untouched: &[&Path]) {
     }
 }
 
+/// The control beside each refusal: `--once ARGS --mirror OK` (a fresh mirror directory) with
+/// the same logins is accepted and writes it, so the exit 2 above was about the mirror, not a
+/// flag the program does not know.
+#[track_caller]
+fn expect_accepted(home: &TempHome, args: &[&str]) {
+    let ok = home.path().join(format!("ok-{}", random_alnum(6)));
+    let server = TokenServer::start();
+    let out = Cmd::new(home)
+        .server(&server)
+        .arg("--once")
+        .args(args)
+        .arg("--mirror")
+        .arg(&ok)
+        .run();
+    out.expect_code(0)
+        .check(read_mirror(&ok).is_ok(), "the legal mirror was written");
+}
+
 #[test]
 fn a_mirror_that_is_the_logins_own_config_dir_is_refused() {
     let home = TempHome::new();
-    home.write_creds(&Login::due().doc());
+    home.write_creds(&Login::fresh().doc());
+    expect_accepted(&home, &[]);
     let own = home.claude_dir();
     let alias = home.path().join("alias");
     symlink(&own, &alias).unwrap();
@@ -78,9 +97,10 @@ fn a_mirror_that_is_the_logins_own_config_dir_is_refused() {
 #[test]
 fn a_mirror_that_is_another_logins_store_or_config_dir_is_refused() {
     let home = TempHome::new();
-    let a = config_dir(&home, "a", &Login::due());
-    let b = config_dir(&home, "b", &Login::due());
+    let a = config_dir(&home, "a", &Login::fresh());
+    let b = config_dir(&home, "b", &Login::fresh());
     let (a_creds, b_creds) = (a.join(".credentials.json"), b.join(".credentials.json"));
+    expect_accepted(&home, &["--config-dir", s(&b), "--config-dir", s(&a)]);
     // B named by its file: the mirror of A whose `.credentials.json` is B's store.
     expect_refused(
         &home,
@@ -188,6 +208,7 @@ fn the_same_mirror_twice_is_refused() {
     symlink(&dir, &link).unwrap();
     let slashed = format!("{}/", dir.display());
     let creds = home.creds_path();
+    expect_accepted(&home, &["--mirror", s(&home.path().join("another"))]);
     for other in [s(&dir), slashed.as_str(), s(&link)] {
         expect_refused(&home, &["--mirror", s(&dir), "--mirror", other], &[&creds]);
         // Two logins, one directory.
@@ -229,6 +250,7 @@ fn an_unpaired_mirror_with_several_logins_is_refused() {
     let a = config_dir(&home, "a", &Login::fresh());
     let b = config_dir(&home, "b", &Login::fresh());
     let dir = home.path().join("mirror");
+    expect_accepted(&home, &["--config-dir", s(&a), "--config-dir", s(&b)]);
     let untouched = [a.join(".credentials.json"), b.join(".credentials.json")];
     let untouched: Vec<&Path> = untouched.iter().map(PathBuf::as_path).collect();
     expect_refused(
