@@ -89,7 +89,10 @@ fn mirrors_named_by_flags_go_on_the_command_line_after_their_logins() {
     );
     let _ = std::fs::remove_dir_all(&outside);
     if let Some(complaints) = systemd_verify(&env, &env.unit_path()) {
-        assert!(complaints.is_empty(), "systemd-analyze: {complaints}\n{unit}");
+        assert!(
+            complaints.is_empty(),
+            "systemd-analyze: {complaints}\n{unit}"
+        );
     }
 }
 
