@@ -10,6 +10,7 @@ mod exit;
 mod interrupt;
 mod logging;
 mod login;
+mod logins;
 mod mirror_cmd;
 mod mirrors;
 mod service;

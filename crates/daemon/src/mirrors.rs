@@ -7,20 +7,15 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use tokend_core::mirror::{self, Mirror, Synced, Want};
-use tokend_core::store::{Store, StoreError};
+use tokend_core::mirror::{self, Mirror, Synced, UNPARSABLE_PAUSE, Want};
+use tokend_core::store::Store;
 
 use crate::cli::Settings;
-use crate::commands::{config_dirs_list, logins_for};
 use crate::exit;
 use crate::interrupt;
+use crate::logins::{config_dirs_list, logins_for};
 use crate::mirror_cmd;
-
-/// A mirror file that does not parse is looked at again after this long before it is replaced:
-/// its consumer may be half-way through writing it.
-pub const UNPARSABLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The configured logins, and each one's mirrors (in the same order).
 pub struct Configured {
@@ -156,17 +151,6 @@ fn usage(message: std::fmt::Arguments<'_>) -> u8 {
     exit::USAGE
 }
 
-/// What a login's mirrors should hold, from one read of its store: `None` when the store
-/// cannot say (unreadable, malformed, a Keychain that cannot be asked): the mirrors are left
-/// as they are.
-pub fn want_of_read(read: &Result<tokend_core::store::Snapshot, StoreError>) -> Option<Want> {
-    match read {
-        Ok(snapshot) => mirror::want_from(&snapshot.doc),
-        Err(StoreError::Missing { .. }) => Some(Want::NoLogin),
-        Err(_) => None,
-    }
-}
-
 /// After `--once` or `refresh` ran for a login (and saved what it got): brings each of its
 /// mirrors up to date (refreshed or not), and when `refreshed` runs `--mirror-cmd`. A failure
 /// is a warning on stderr; it never changes the exit code.
@@ -174,7 +158,7 @@ pub fn after_one_shot(settings: &Settings, store: &Store, mirrors: &[Mirror], re
     if mirrors.is_empty() && !(refreshed && settings.mirror_cmd.is_some()) {
         return;
     }
-    let Some(want) = want_of_read(&store.read()) else {
+    let Some(want) = mirror::want_of_read(&store.read()) else {
         if !mirrors.is_empty() {
             interrupt::tell(format_args!(
                 "warning: {} could not be read after the run, so its mirrors were left as they are",
@@ -187,7 +171,7 @@ pub fn after_one_shot(settings: &Settings, store: &Store, mirrors: &[Mirror], re
         sync_one_shot(m, &want);
     }
     if refreshed && let Some(command) = &settings.mirror_cmd {
-        let login = crate::daemon::notify_user::login_id(store);
+        let login = crate::show::login_id(store);
         if let Err(why) = mirror_cmd::run(command, &login, &want) {
             interrupt::tell(format_args!("warning: --mirror-cmd for {login}: {why}"));
         }
@@ -215,18 +199,8 @@ fn sync_one_shot(m: &Mirror, want: &Want) {
         }
         Ok(Synced::Unchanged | Synced::Unparsable) => {}
         Ok(Synced::HoldsRefreshToken) => {
-            interrupt::tell(format_args!("warning: {}", holds_refresh_token_text(m)))
+            interrupt::tell(format_args!("warning: {}", m.holds_refresh_token_text()))
         }
         Err(e) => interrupt::tell(format_args!("warning: {e}")),
     }
-}
-
-/// The message for a mirror a consumer signed in to (a refresh token appeared in it).
-pub fn holds_refresh_token_text(m: &Mirror) -> String {
-    format!(
-        "mirror {}: {} now holds a refresh token (someone signed in there), so it is left \
-         alone and not updated until that login is moved away",
-        m.dir().display(),
-        mirror::FILE_NAME
-    )
 }

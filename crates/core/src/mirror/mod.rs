@@ -28,6 +28,23 @@ use dir::{Current, Dir, FILE};
 /// The mirror file's name inside its directory.
 pub const FILE_NAME: &str = ".credentials.json";
 
+/// A mirror file that does not parse is looked at again after this long before it is
+/// replaced: its consumer may be half-way through writing it.
+pub const UNPARSABLE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a login's mirrors should hold, from one read of its store: `None` when the store
+/// cannot say (unreadable, malformed, a Keychain that cannot be asked), so the mirrors are
+/// left as they are; a store that is gone holds no login.
+pub fn want_of_read(
+    read: &Result<crate::store::Snapshot, crate::store::StoreError>,
+) -> Option<Want> {
+    match read {
+        Ok(snapshot) => want_from(&snapshot.doc),
+        Err(crate::store::StoreError::Missing { .. }) => Some(Want::NoLogin),
+        Err(_) => None,
+    }
+}
+
 /// One mirror directory (absolute).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mirror {
@@ -178,6 +195,15 @@ impl Mirror {
             },
             _ => false,
         }
+    }
+
+    /// The message for a mirror a consumer signed in to (a refresh token appeared in it).
+    pub fn holds_refresh_token_text(&self) -> String {
+        format!(
+            "mirror {}: {FILE_NAME} now holds a refresh token (someone signed in there), so it \
+             is left alone and not updated until that login is moved away",
+            self.dir.display()
+        )
     }
 
     /// When the mirror file was last modified (`status`), if it is a regular file.

@@ -14,10 +14,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokend_core::mirror::{Mirror, MirrorError, Synced, Want};
+use tokend_core::mirror::{Mirror, MirrorError, Synced, UNPARSABLE_PAUSE, Want};
 use tokend_core::schedule::{Backoff, random_unit};
-
-use crate::mirrors::{UNPARSABLE_PAUSE, holds_refresh_token_text};
 
 /// How often every mirror is compared with what it should hold.
 fn check_every() -> Duration {
@@ -329,7 +327,7 @@ impl Keeper {
                         s.holds = None;
                         s.replace_unparsable = false;
                         s.retry.worked();
-                        let text = holds_refresh_token_text(&s.mirror);
+                        let text = s.mirror.holds_refresh_token_text();
                         if s.said.as_ref() != Some(&text) {
                             tracing::warn!("{text}");
                             s.said = Some(text);

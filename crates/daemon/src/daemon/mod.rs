@@ -280,7 +280,7 @@ impl<C: Clock> Daemon<C> {
                 }
                 Event::Mirror { index, kind, done } => {
                     let _in = self.spans[index].enter();
-                    let login = crate::daemon::notify_user::login_id(&self.logins[index].store);
+                    let login = crate::show::login_id(&self.logins[index].store);
                     match done {
                         Some(done) => self.mirrors.finished(index, done, &login),
                         None => self.mirrors.lost(index, kind),
@@ -488,9 +488,9 @@ impl<C: Clock> Daemon<C> {
             }
         }
         let logins = &self.logins;
-        let jobs = self.mirrors.due_jobs(Instant::now(), |i| {
-            crate::daemon::notify_user::login_id(&logins[i].store)
-        });
+        let jobs = self
+            .mirrors
+            .due_jobs(Instant::now(), |i| crate::show::login_id(&logins[i].store));
         for (index, job) in jobs {
             let kind = job.kind();
             let span = self.spans[index].clone();

@@ -73,11 +73,10 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
         if let Some(list) = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
         {
             let home = std::env::var_os("HOME");
-            let list =
-                crate::commands::config_dirs_list(&list, home.as_deref()).map_err(|why| {
-                    eprintln!("claude-tokend: CLAUDE_TOKEND_CONFIG_DIRS: {why}");
-                    exit::USAGE
-                })?;
+            let list = crate::logins::config_dirs_list(&list, home.as_deref()).map_err(|why| {
+                eprintln!("claude-tokend: CLAUDE_TOKEND_CONFIG_DIRS: {why}");
+                exit::USAGE
+            })?;
             let mut dirs = Vec::new();
             for dir in list {
                 dirs.push(absolute_utf8(&dir)?);
@@ -132,7 +131,7 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
         && let Some(list) = std::env::var_os("CLAUDE_TOKEND_MIRRORS").filter(|v| !v.is_empty())
     {
         let home = std::env::var_os("HOME");
-        let list = crate::commands::config_dirs_list(&list, home.as_deref()).map_err(|why| {
+        let list = crate::logins::config_dirs_list(&list, home.as_deref()).map_err(|why| {
             eprintln!("claude-tokend: CLAUDE_TOKEND_MIRRORS: {why}");
             exit::USAGE
         })?;

@@ -153,7 +153,7 @@ impl<C: Clock> LoginState<C> {
         }
         // What the mirrors should hold follows every read that says something about the
         // access token, our own write included (the read after a refresh finds known bytes).
-        if let Some(want) = crate::mirrors::want_of_read(&result) {
+        if let Some(want) = tokend_core::mirror::want_of_read(&result) {
             self.mirror_want = Some(want);
         }
         match result {

@@ -16,7 +16,7 @@ const LOGIN_EXPIRY_WARNING_MS: i64 = 3 * 24 * 3600 * 1000;
 impl<C: Clock> LoginState<C> {
     /// `CLAUDE_TOKEND_LOGIN`: the credentials path as located, or `keychain:<service>`.
     pub(super) fn login_id(&self) -> String {
-        crate::daemon::notify_user::login_id(&self.store)
+        crate::show::login_id(&self.store)
     }
 
     pub(super) fn tell(&mut self, event: UserEvent, message: String, deadline: Option<i64>) {
