@@ -17,9 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::cli::{LoginArgs, Settings};
-use crate::commands::{one_store_for, policy_for, runtime};
+use crate::commands::{policy_for, runtime};
 use crate::exit;
 use crate::interrupt::{self, Ran, Session};
+use crate::logins::one_store_for;
 use crate::show::describe_expiry;
 
 /// How long the loopback flow waits for the browser to come back.

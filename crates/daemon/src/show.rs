@@ -60,6 +60,15 @@ pub fn emit(text: &[u8]) -> Result<(), u8> {
     }
 }
 
+/// `CLAUDE_TOKEND_LOGIN` for a login (notifications and `--mirror-cmd`): the credentials path
+/// as located, or `keychain:<service>`.
+pub fn login_id(store: &tokend_core::store::Store) -> String {
+    match store.keychain_item() {
+        Some(item) => format!("keychain:{}", item.service),
+        None => store.path().display().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,11 +23,10 @@ use tokend_core::schedule::{epoch_millis, is_due};
 use tokend_core::store::Store;
 
 use crate::cli::Settings;
-use crate::commands::{
-    exit_code, held_back, one_store_for, policy_for, refresh_interruptibly, report, started,
-};
+use crate::commands::{exit_code, held_back, policy_for, refresh_interruptibly, report, started};
 use crate::exit;
 use crate::interrupt;
+use crate::logins::one_store_for;
 use crate::show::{emit, when};
 
 pub fn token(settings: &Settings, as_json: bool) -> u8 {
