@@ -267,8 +267,9 @@ fn the_periodic_check_rewrites_a_spoiled_mirror_without_a_signal() {
 #[test]
 fn a_refused_refresh_leaves_the_mirrors_token_alone() {
     let home = TempHome::new();
-    // Due at once under the 10 s lead, still valid for a while: the copy stays usable.
-    let login = Login::expiring_in(60);
+    // Due at once under the 10 s lead, still valid for the few seconds the test takes: the
+    // copy stays usable.
+    let login = Login::expiring_in(8);
     home.write_creds(&login.doc());
     let server = TokenServer::start(); // knows no refresh token: invalid_grant
     let dir = consumer_dir(&home);
