@@ -248,7 +248,8 @@ fn on_logout_it_runs_with_event_logout_and_empty_stdin() {
 }
 
 /// A command that fails twice, then works: run again with the same document without any
-/// change of the source, the first retries within a few seconds, and not again once it worked.
+/// change of the source, the first retries within a few seconds, not again once it worked, and
+/// the failure logged once.
 #[test]
 fn a_failing_command_is_retried_until_it_works() {
     let home = TempHome::new();
@@ -277,6 +278,62 @@ fn a_failing_command_is_retried_until_it_works() {
         "each run had the same, current document",
     )
     .check_eq("requests", server.count(), 0);
+    // Two failures, one success: the failure is told once (and its end, perhaps), not per run.
+    let told = out
+        .stderr
+        .lines()
+        .filter(|l| l.to_lowercase().contains("mirror"))
+        .count();
+    out.check(
+        (1..=2).contains(&told),
+        format!("the failure logged once until it works ({told} lines about it)"),
+    );
+}
+
+/// One run per login at a time: changes during a run queue one more run, with the newest
+/// document, which starts only once the first has ended.
+#[test]
+fn changes_during_a_run_queue_one_run_with_the_newest_document() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let server = TokenServer::start();
+    let inbox = Inbox::new(&home);
+    // Each run leaves `<start>.end` (its end time) after a second's work.
+    let cmd = inbox.command_then("sleep 1; date +%s%N > \"$d/$n.end\"");
+    let d = daemon(&home, &server, &cmd);
+    assert!(wait_until(SOON, || inbox.runs().len() == 1), "ran at start");
+    let (middle, newest) = (Login::fresh(), Login::fresh());
+    replace_atomically(&home.creds_path(), &middle.doc());
+    std::thread::sleep(Duration::from_millis(200));
+    replace_atomically(&home.creds_path(), &newest.doc());
+    let ran = wait_until(SOON, || inbox.runs().len() >= 2);
+    // Its second run done, and time for any further one to start.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = stop(d);
+    let runs = inbox.runs();
+    let stamps: Vec<String> = list_names(&inbox.dir)
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".env").map(str::to_owned))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let end_of_first: Option<u128> =
+        fs::read_to_string(inbox.dir.join(format!("{}.end", stamps[0])))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+    let start_of_second: Option<u128> = stamps.get(1).and_then(|s| s.parse().ok());
+    out.check(ran, "ran again after the changes")
+        .check_eq(
+            "runs: the start, then one with the newest document",
+            runs.iter().map(Run::access).collect::<Vec<_>>(),
+            vec![
+                runs[0].access(),
+                Some(newest.access.clone()),
+            ],
+        )
+        .check(
+            end_of_first.is_some() && start_of_second >= end_of_first,
+            format!("the second run started after the first ended ({start_of_second:?} >= {end_of_first:?})"),
+        );
 }
 
 /// `--once` runs it only when it obtained new tokens; `refresh` always does.

@@ -200,7 +200,9 @@ fn a_fifo_in_place_of_the_mirror_file_never_blocks() {
     );
     sc.expect_contained(&out, &host, &source, &outside);
 
-    // The daemon: a FIFO planted while it runs.
+    // The daemon: a FIFO planted while it runs. The mirror `--once` wrote goes first, so the
+    // daemon's own write at start tells it is up (and handles SIGHUP) before the FIFO comes.
+    fs::remove_file(sc.mirror()).unwrap();
     let d = sc.daemon();
     if let Err(why) = wait_for_mirror(&sc.dir, &sc.home.creds_path(), &json!({}), SOON) {
         panic!("written at start: {why}\n{}", stop(d).context());
