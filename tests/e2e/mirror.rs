@@ -10,11 +10,13 @@
 //! - `hostile`: what a consumer plants in its directory (links, a FIFO, a hard link, a huge or
 //!   half-written file, a directory swapped for a link) never reaches outside it;
 //! - `status`: `status` and `status --json` report each login's mirrors;
+//! - `keychain`: a Keychain source mirrors to a file alike;
 //! - `cmd`: `--mirror-cmd`, its environment, its stdin, its retries.
 
 mod cmd;
 mod follow;
 mod hostile;
+mod keychain;
 mod oneshot;
 mod refusals;
 mod status;

@@ -1,6 +1,6 @@
 //! A mirror directory belongs to its consumer, who may plant anything in it (CONTRACT.md "A
 //! mirror directory belongs to its consumer and is treated as hostile"). Whatever it plants
-//! (a link to a host file or to the source, a FIFO, a hard link, a huge or half-written file,
+//! (a link, symbolic or hard, to a host file or to the source, a FIFO, a hard link, a huge or half-written file,
 //! a login of its own, the directory itself swapped for a link), the program never writes
 //! outside the directory, never reads a host file into the mirror, never touches the source and
 //! never blocks: the planted file is replaced by a new regular file, or the mirror is skipped.
@@ -12,7 +12,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -229,18 +229,58 @@ fn a_fifo_in_place_of_the_mirror_file_never_blocks() {
 fn a_mirror_file_hard_linked_to_a_host_file_is_replaced_and_the_host_file_unchanged() {
     let sc = Scene::new();
     fs::hard_link(&sc.host, sc.mirror()).unwrap();
-    // The host file's state as it will be once the link is gone (its link count aside).
-    let (source, outside_with_link) = (sc.home.state(), sc.outside());
+    let (source, outside) = (sc.home.state(), sc.outside());
     let host = FileState::of(&sc.host);
     let out = sc.once();
-    out.expect_code(0);
-    let meta = fs::metadata(&sc.host).unwrap();
-    out.check_eq(
+    out.expect_code(0).check_eq(
         "the host file has its one link back",
-        std::os::unix::fs::MetadataExt::nlink(&meta),
+        fs::metadata(&sc.host).unwrap().nlink(),
         1,
     );
-    sc.expect_contained(&out, &host, &source, &outside_with_link);
+    sc.expect_contained(&out, &host, &source, &outside);
+}
+
+/// A hard link to the source itself: refused at start (exit 2, left alone) or replaced; the
+/// source is never written through it. Planted while the daemon runs: replaced.
+#[test]
+fn a_mirror_file_hard_linked_to_the_source_never_reaches_the_source() {
+    let sc = Scene::new();
+    fs::hard_link(sc.home.creds_path(), sc.mirror()).unwrap();
+    let source = sc.home.state();
+    let out = sc.once();
+    out.check(
+        out.code == 0 || out.code == 2,
+        "exit 0 (the link replaced) or 2 (refused)",
+    )
+    .expect_untouched(&sc.home.creds_path(), &source);
+    if out.code == 0 {
+        out.check(
+            sc.mirror_problem().is_none(),
+            format!("the mirror: {:?}", sc.mirror_problem()),
+        );
+    }
+
+    fs::remove_file(sc.mirror()).unwrap();
+    let d = sc.daemon();
+    if let Err(why) = wait_for_mirror(&sc.dir, &sc.home.creds_path(), &json!({}), SOON) {
+        panic!("written at start: {why}\n{}", stop(d).context());
+    }
+    fs::remove_file(sc.mirror()).unwrap();
+    fs::hard_link(sc.home.creds_path(), sc.mirror()).unwrap();
+    let source = sc.home.state();
+    send_signal(&d, libc::SIGHUP);
+    let replaced = wait_until(SOON, || sc.mirror_problem().is_none());
+    let out = stop(d);
+    out.check(
+        replaced,
+        format!("the link replaced: {:?}", sc.mirror_problem()),
+    )
+    .expect_untouched(&sc.home.creds_path(), &source)
+    .check_eq(
+        "the source has its one link back",
+        fs::metadata(sc.home.creds_path()).unwrap().nlink(),
+        1,
+    );
 }
 
 #[test]

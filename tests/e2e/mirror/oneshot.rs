@@ -158,6 +158,53 @@ fn an_unwritable_mirror_is_a_warning_and_the_exit_code_is_the_sources() {
     }
 }
 
+/// Run as root, a mirror belongs to its directory's owner (a consumer's, here `nobody`), and a
+/// directory it makes belongs to its parent's owner. Only root can give a file away: as any
+/// other user the test says so and checks nothing.
+#[test]
+fn as_root_a_mirror_belongs_to_the_owner_of_its_directory() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can make a file another user's (not running as root)");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let home = TempHome::new();
+    let login = Login::fresh();
+    home.write_creds(&login.doc());
+    let server = TokenServer::for_login(&login);
+    let (dir, parent) = (home.path().join("theirs"), home.path().join("their-parent"));
+    for d in [&dir, &parent] {
+        fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let made = parent.join("claude");
+    let out = Cmd::new(&home)
+        .server(&server)
+        .args(["--once", "--mirror"])
+        .arg(&dir)
+        .arg("--mirror")
+        .arg(&made)
+        .run();
+    out.expect_code(0);
+    let owner = |p: &Path| {
+        let m = fs::symlink_metadata(p).unwrap();
+        (
+            std::os::unix::fs::MetadataExt::uid(&m),
+            std::os::unix::fs::MetadataExt::gid(&m),
+        )
+    };
+    for p in [mirror_path(&dir), made.clone(), mirror_path(&made)] {
+        out.check_eq(
+            format!("owner of {}", p.display()),
+            owner(&p),
+            (NOBODY, NOBODY),
+        );
+    }
+    expect_mirrors_source(&out, &home, &dir, &json!({}));
+    expect_mirrors_source(&out, &home, &made, &json!({}));
+}
+
 /// `token` (even when it refreshes), `status` and `logout` never write a mirror: a missing one
 /// is not made, a stale one is left byte for byte.
 #[test]
