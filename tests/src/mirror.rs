@@ -123,7 +123,8 @@ pub fn mirror_mismatch(dir: &Path, source: &Value, consumer: &Value) -> Option<S
 }
 
 /// Polls until the mirror in `dir` is what it must be for the document at `source_path` (read
-/// afresh each time) and `consumer`; the last mismatch when `limit` passes.
+/// afresh each time; a missing file holds no login) and `consumer`; the last mismatch when
+/// `limit` passes.
 pub fn wait_for_mirror(
     dir: &Path,
     source_path: &Path,
@@ -132,10 +133,13 @@ pub fn wait_for_mirror(
 ) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        let why = match fs::read_to_string(source_path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        {
+        // A source file that is gone holds no login (a logout that deleted it).
+        let source = match fs::read_to_string(source_path) {
+            Ok(t) => serde_json::from_str::<Value>(&t).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(json!({})),
+            Err(_) => None,
+        };
+        let why = match source {
             Some(source) => mirror_mismatch(dir, &source, consumer),
             None => Some(format!(
                 "the source {} is unreadable",

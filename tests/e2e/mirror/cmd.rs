@@ -336,6 +336,43 @@ fn changes_during_a_run_queue_one_run_with_the_newest_document() {
         );
 }
 
+/// A command that hangs (a host that does not answer) holds up nothing: the due login is
+/// refreshed and the mirror follows as if there were no command, and SIGTERM still stops the
+/// daemon at once (the command is left to its 30 s timeout or to finish).
+#[test]
+fn a_hanging_command_never_holds_up_the_refresh_or_the_mirror() {
+    let home = TempHome::new();
+    // Due 1 s after start under the 10 s lead.
+    let login = Login::expiring_in(11);
+    home.write_creds(&login.doc());
+    let server = TokenServer::for_login(&login);
+    let dir = home.path().join("mirror");
+    let d = Cmd::new(&home)
+        .server(&server)
+        .args([
+            "--refresh-before",
+            "10s",
+            "--mirror-cmd",
+            "sleep 5",
+            "--mirror",
+        ])
+        .arg(&dir)
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    let followed = wait_until(SOON, || {
+        server.count() == 1 && mirror_access(&dir) == Some(server.last_issued().access)
+    });
+    let t = std::time::Instant::now();
+    let out = stop(d);
+    out.check(followed, "refreshed and mirrored while the command hangs")
+        .check(
+            t.elapsed() < Duration::from_secs(3),
+            format!("stopped in {:?}", t.elapsed()),
+        );
+    let why = mirror_mismatch(&dir, &home.read_creds(), &json!({}));
+    out.check(why.is_none(), format!("the mirror: {why:?}"));
+}
+
 /// `--once` runs it only when it obtained new tokens; `refresh` always does.
 #[test]
 fn once_runs_the_command_only_when_it_refreshed() {

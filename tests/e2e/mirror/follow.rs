@@ -143,10 +143,11 @@ fn the_mirror_follows_someone_elses_rewrite_of_the_source() {
 
 #[test]
 fn a_source_without_an_access_token_empties_the_mirror_of_claude_ai_oauth_only() {
-    // A logout (the command removes claudeAiOauth) and tokens blanked after a refusal (as
-    // Claude Code leaves them): either way the mirror keeps no login, and a blank token is
-    // never mirrored; the consumer's own keys stay. A new login comes back to the mirror.
-    for how in ["logout", "blanked"] {
+    // A logout (the command removes claudeAiOauth; or the whole file goes, as when it held
+    // nothing else) and tokens blanked after a refusal (as Claude Code leaves them): either way
+    // the mirror keeps no login, and a blank token is never mirrored; the consumer's own keys
+    // stay. A new login comes back to the mirror.
+    for how in ["logout", "blanked", "file removed"] {
         let home = TempHome::new();
         let login = Login::fresh();
         home.write_creds(&login.doc());
@@ -159,6 +160,8 @@ fn a_source_without_an_access_token_empties_the_mirror_of_claude_ai_oauth_only()
                 .args(["logout", "--yes"])
                 .run()
                 .expect_code(0);
+        } else if how == "file removed" {
+            fs::remove_file(home.creds_path()).unwrap();
         } else {
             let mut doc = login.doc();
             doc["claudeAiOauth"]["accessToken"] = json!("");
@@ -166,7 +169,10 @@ fn a_source_without_an_access_token_empties_the_mirror_of_claude_ai_oauth_only()
             doc["claudeAiOauth"]["expiresAt"] = json!(0);
             replace_atomically(&home.creds_path(), &doc);
         }
-        d = expect_follows(d, &home, &dir, FOLLOW, &format!("{how}: login removed"));
+        // A file that is gone may be a writer's rename in progress: the daemon may give it a
+        // moment to come back before it calls it a logout.
+        let limit = if how == "file removed" { SOON } else { FOLLOW };
+        d = expect_follows(d, &home, &dir, limit, &format!("{how}: login removed"));
         let mirror = read_mirror(&dir).unwrap();
         assert!(
             mirror.get("claudeAiOauth").is_none(),
@@ -325,6 +331,32 @@ fn a_missing_mirror_directory_is_created_0700_and_its_file_0600() {
     out.check_eq("the directory's mode", mode_of(&dir), 0o700)
         .check_eq("the file's mode", mode_of(&mirror_path(&dir)), 0o600)
         .expect_only_files(&dir, &[".credentials.json".to_owned()]);
+}
+
+/// A mirror that cannot be written (its "directory" is a regular file) never holds up the
+/// source: a due login is refreshed and saved at once.
+#[test]
+fn an_unwritable_mirror_never_delays_the_sources_refresh() {
+    let home = TempHome::new();
+    let login = Login::expiring_in(8); // due at once under the 10 s lead
+    home.write_creds(&login.doc());
+    let server = TokenServer::for_login(&login);
+    let not_a_dir = home.path().join("not-a-dir");
+    write_raw_at(&not_a_dir, b"a file\n");
+    let d = daemon(&home, &server, &not_a_dir).spawn();
+    let saved = wait_until(Duration::from_secs(3), || {
+        server
+            .issued()
+            .last()
+            .is_some_and(|i| i.access == source_access(&home))
+    });
+    let out = stop(d);
+    out.check(saved, "the due login refreshed and saved within 3 s")
+        .check_eq(
+            "the file is still a file",
+            fs::read(&not_a_dir).unwrap(),
+            b"a file\n".to_vec(),
+        );
 }
 
 /// A directory whose parent is missing is not made (nor its parent): the failure is logged
