@@ -283,6 +283,37 @@ fn a_mirror_file_hard_linked_to_the_source_never_reaches_the_source() {
     );
 }
 
+/// A directory where the mirror file belongs: an empty one is replaced by the file; one with
+/// something in it is never emptied (the run warns, naming the mirror, and exits as the
+/// source alone would).
+#[test]
+fn a_directory_in_place_of_the_mirror_file_is_never_emptied() {
+    let sc = Scene::new();
+    fs::create_dir(sc.mirror()).unwrap();
+    let (host, source, outside) = (FileState::of(&sc.host), sc.home.state(), sc.outside());
+    let out = sc.once();
+    out.expect_code(0);
+    sc.expect_contained(&out, &host, &source, &outside);
+
+    fs::remove_file(sc.mirror()).unwrap();
+    let kept = sc.mirror().join("theirs.txt");
+    write_raw_at(&kept, b"the consumer's own\n");
+    let kept_before = FileState::of(&kept);
+    let out = sc.once();
+    out.expect_code(0)
+        .check(
+            out.stderr.contains(&sc.dir.display().to_string()),
+            "the warning names the mirror",
+        )
+        .expect_untouched(&kept, &kept_before)
+        .expect_untouched(&sc.home.creds_path(), &source)
+        .check_eq(
+            "nothing else in the consumer's directory",
+            list_names(&sc.mirror()),
+            vec!["theirs.txt".to_owned()],
+        );
+}
+
 #[test]
 fn a_huge_mirror_file_is_not_read_whole_and_is_replaced() {
     let sc = Scene::new();
