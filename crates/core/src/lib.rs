@@ -8,6 +8,7 @@
 pub mod claude_locks;
 pub mod credentials;
 pub mod login;
+pub mod mirror;
 pub mod oauth;
 pub mod profile;
 pub mod refresh;

@@ -133,6 +133,14 @@ pub enum NotifyChoice {
     Desktop,
 }
 
+/// A `--mirror DIR` on the command line, and the login it belongs to: the index in
+/// [`Settings::login_flags`] of the nearest login flag before it (`None`: none was before it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorFlag {
+    pub login: Option<usize>,
+    pub dir: PathBuf,
+}
+
 /// A login named on the command line, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginFlag {
@@ -166,6 +174,26 @@ pub struct Settings {
     /// none was; then CLAUDE_TOKEND_CONFIG_DIRS or the default login applies).
     #[arg(skip)]
     pub login_flags: Vec<LoginFlag>,
+
+    /// Keep an access-only copy of the login (its access token, never its refresh token) in
+    /// DIR/.credentials.json, for Claude Code in a container or on another machine
+    /// (CLAUDE_CONFIG_DIR=DIR there); it belongs to the --config-dir or --credentials before
+    /// it; repeat for several. CLAUDE_TOKEND_MIRRORS (a :-separated list) gives the mirrors of
+    /// a single login.
+    #[arg(long, global = true, value_name = "DIR", action = ArgAction::Append)]
+    pub mirror: Vec<PathBuf>,
+
+    /// The `--mirror` flags with the login each belongs to, in order.
+    #[arg(skip)]
+    pub mirror_flags: Vec<MirrorFlag>,
+
+    /// The daemon runs this (with sh -c) at start and after each change of a login's
+    /// access-only copy, with the copy on stdin (never in arguments or the environment), to
+    /// publish it elsewhere (ssh, a Kubernetes Secret); CLAUDE_TOKEND_EVENT is update or
+    /// logout, CLAUDE_TOKEND_LOGIN names the login.
+    #[arg(long, global = true, value_name = "COMMAND", env = "CLAUDE_TOKEND_MIRROR_CMD",
+          value_parser = non_empty)]
+    pub mirror_cmd: Option<String>,
 
     /// CLAUDE_TOKEND_CREDENTIALS, when it (not a flag) set the credentials path.
     #[arg(skip)]
@@ -347,9 +375,10 @@ pub fn parse() -> Cli {
             .exit();
         }
     }
-    let flags = login_flags(&matches);
+    let (flags, mirrors) = login_flags(&matches);
     let mut cli =
         Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
+    cli.settings.mirror_flags = mirrors;
     // With no flag, a credentials path can only have come from CLAUDE_TOKEND_CREDENTIALS.
     cli.settings.credentials_env = if flags.is_empty() {
         cli.settings.credentials.first().cloned()
@@ -361,9 +390,10 @@ pub fn parse() -> Cli {
 }
 
 /// The `--credentials` and `--config-dir` flags given on the command line, in the order given,
-/// wherever they stand (before or after the command: they are global). A credentials path from
-/// CLAUDE_TOKEND_CREDENTIALS is not a flag.
-fn login_flags(matches: &ArgMatches) -> Vec<LoginFlag> {
+/// wherever they stand (before or after the command: they are global), and the `--mirror`
+/// flags with the login flag before each. A credentials path from CLAUDE_TOKEND_CREDENTIALS is
+/// not a flag.
+fn login_flags(matches: &ArgMatches) -> (Vec<LoginFlag>, Vec<MirrorFlag>) {
     let mut leaf = matches;
     while let Some((_, sub)) = leaf.subcommand() {
         leaf = sub;
@@ -384,7 +414,27 @@ fn login_flags(matches: &ArgMatches) -> Vec<LoginFlag> {
         flags.extend(at.zip(values.map(|p| LoginFlag::ConfigDir(p.clone()))));
     }
     flags.sort_by_key(|(at, _)| *at);
-    flags.into_iter().map(|(_, f)| f).collect()
+    let mut mirrors = Vec::new();
+    if let (Some(at), Some(values)) = (
+        leaf.indices_of("mirror"),
+        leaf.get_many::<PathBuf>("mirror"),
+    ) {
+        for (at, dir) in at.zip(values) {
+            let login = flags.iter().rposition(|(f, _)| *f < at);
+            mirrors.push((
+                at,
+                MirrorFlag {
+                    login,
+                    dir: dir.clone(),
+                },
+            ));
+        }
+    }
+    mirrors.sort_by_key(|(at, _)| *at);
+    (
+        flags.into_iter().map(|(_, f)| f).collect(),
+        mirrors.into_iter().map(|(_, m)| m).collect(),
+    )
 }
 
 /// An argument the definition fills from an environment variable.

@@ -14,6 +14,7 @@ use tokend_core::store::{self, Keychain, LocateEnv, Store, StoreError};
 use crate::cli::{DEFAULT_CLIENT_ID, LoginFlag, Settings, StoreChoice};
 use crate::exit;
 use crate::interrupt::{self, Ran, Session};
+use crate::mirrors::{self, Configured};
 use crate::show::{describe_expiry, emit};
 
 /// Every login the settings name, in order (see CONTRACT.md "Several logins, one daemon"): the
@@ -22,6 +23,12 @@ use crate::show::{describe_expiry, emit};
 /// located as in "Where the credentials live".
 /// Two entries naming the same store are one login. A bad combination exits 2.
 pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
+    logins_for(settings).map(|(stores, _)| stores)
+}
+
+/// [`stores_for`], and for each of `settings.login_flags` the index of its login in the list
+/// (two flags naming one store share it): what pairs a `--mirror` with its login.
+pub fn logins_for(settings: &Settings) -> Result<(Vec<Store>, Vec<usize>), u8> {
     let env = LocateEnv::from_process();
     let mut stores: Vec<Store> = Vec::new();
     let list = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty());
@@ -44,12 +51,19 @@ pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
         stores.push(default_store(settings, &env)?);
     }
     let mut unique: Vec<Store> = Vec::new();
+    let mut index_of = Vec::with_capacity(stores.len());
     for store in stores {
-        if !unique.iter().any(|s| s.same_store(&store)) {
-            unique.push(store);
+        match unique.iter().position(|s| s.same_store(&store)) {
+            Some(i) => index_of.push(i),
+            None => {
+                index_of.push(unique.len());
+                unique.push(store);
+            }
         }
     }
-    Ok(unique)
+    // Only the flags' logins are named by index (the list and the default are not flags).
+    index_of.truncate(settings.login_flags.len());
+    Ok((unique, index_of))
 }
 
 /// The directories of `CLAUDE_TOKEND_CONFIG_DIRS`: `:`-separated, like PATH, empty entries
@@ -275,15 +289,18 @@ pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
 /// `--once`: refresh each login only if due. Silent on success.
 pub fn once(settings: &Settings) -> u8 {
     interrupt::ignore_user_signals();
-    let stores = match stores_for(settings) {
-        Ok(s) => s,
+    let logins = match writing_mirrors(settings) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let mut session = None;
-    let mut codes = Vec::with_capacity(stores.len());
-    for store in &stores {
+    let mut codes = Vec::with_capacity(logins.stores.len());
+    for (store, mirrors) in logins.stores.iter().zip(&logins.mirrors) {
         match once_one(settings, store, &mut session) {
-            Ok(code) => codes.push(code),
+            Ok((code, refreshed)) => {
+                codes.push(code);
+                mirrors::after_one_shot(settings, store, mirrors, refreshed);
+            }
             Err(code) => return code,
         }
     }
@@ -293,8 +310,21 @@ pub fn once(settings: &Settings) -> u8 {
     }
 }
 
-/// One login of `--once`: `Ok(code)`, or `Err(code)` when a signal stopped the command.
-fn once_one(settings: &Settings, store: &Store, session: &mut Option<Session>) -> Result<u8, u8> {
+/// The logins and their mirrors, for a command that writes mirrors (the daemon, `--once`,
+/// `refresh`): exit 2 for a mirror that holds someone's real login, too.
+pub fn writing_mirrors(settings: &Settings) -> Result<Configured, u8> {
+    let configured = mirrors::configured(settings)?;
+    mirrors::refuse_real_logins(&configured)?;
+    Ok(configured)
+}
+
+/// One login of `--once`: `Ok((code, whether it obtained new tokens))`, or `Err(code)` when a
+/// signal stopped the command.
+fn once_one(
+    settings: &Settings,
+    store: &Store,
+    session: &mut Option<Session>,
+) -> Result<(u8, bool), u8> {
     // The fast path: a fresh token is decided from one unlocked read, with no runtime, no HTTP
     // client, no lock and no signal handler. Anything else (due, missing, blank, odd) takes
     // the full path, which reads again under the lock before deciding anything.
@@ -316,7 +346,7 @@ fn once_one(settings: &Settings, store: &Store, session: &mut Option<Session>) -
             "token is fresh; nothing to do; {}",
             describe_expiry(view.expires_at)
         );
-        return Ok(exit::OK);
+        return Ok((exit::OK, false));
     }
     // A pause after another run's transient failure is honoured while the stored token still
     // lasts: the server asked to wait, and a valid token is stored (see below).
@@ -337,16 +367,17 @@ fn once_one(settings: &Settings, store: &Store, session: &mut Option<Session>) -
         Ok(outcome) => {
             warn_malformed_copy(&outcome);
             tracing::info!("{}", describe_outcome(&outcome));
-            valid_after(store, &outcome)
+            let refreshed = matches!(outcome, Outcome::Refreshed { .. });
+            (valid_after(store, &outcome), refreshed)
         }
         // Nothing was sent, and the stored token lasts more than a minute (a pause never holds
         // otherwise): a valid token is stored and no refresh of this run failed, so 0, and
         // silent like every success of `--once`; the next run tries again.
         Err(e @ RefreshError::Paused { .. }) => {
             tracing::info!("{e}");
-            exit::OK
+            (exit::OK, false)
         }
-        Err(e) => report(&e),
+        Err(e) => (report(&e), false),
     })
 }
 
@@ -473,16 +504,19 @@ fn warn_malformed_copy(outcome: &Outcome) {
 /// `refresh`: refresh each login now, even if not due.
 pub fn refresh(settings: &Settings) -> u8 {
     interrupt::ignore_user_signals();
-    let stores = match stores_for(settings) {
-        Ok(s) => s,
+    let logins = match writing_mirrors(settings) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let many = stores.len() > 1;
+    let many = logins.stores.len() > 1;
     let mut session = None;
-    let mut codes = Vec::with_capacity(stores.len());
-    for store in &stores {
+    let mut codes = Vec::with_capacity(logins.stores.len());
+    for (store, mirrors) in logins.stores.iter().zip(&logins.mirrors) {
         match refresh_one(settings, store, many, &mut session) {
-            Ok(code) => codes.push(code),
+            Ok((code, refreshed)) => {
+                codes.push(code);
+                mirrors::after_one_shot(settings, store, mirrors, refreshed);
+            }
             Err(code) => return code,
         }
     }
@@ -497,7 +531,7 @@ fn refresh_one(
     store: &Store,
     many: bool,
     session: &mut Option<Session>,
-) -> Result<u8, u8> {
+) -> Result<(u8, bool), u8> {
     let policy = policy_for(settings);
     let mode = Mode::Force {
         expected: None,
@@ -519,12 +553,13 @@ fn refresh_one(
                 true => format!("{}: {}\n", store.place(), describe_outcome(&outcome)),
                 false => format!("{}\n", describe_outcome(&outcome)),
             };
+            let refreshed = matches!(outcome, Outcome::Refreshed { .. });
             match emit(text.as_bytes()) {
-                Ok(()) => exit::OK,
-                Err(code) => code,
+                Ok(()) => (exit::OK, refreshed),
+                Err(code) => (code, refreshed),
             }
         }
-        Err(e) => report(&e),
+        Err(e) => (report(&e), false),
     })
 }
 
@@ -550,8 +585,8 @@ pub fn describe_outcome(outcome: &Outcome) -> String {
 
 /// The daemon, in the foreground until SIGTERM or SIGINT.
 pub fn daemon(settings: &Settings) -> u8 {
-    let stores = match stores_for(settings) {
-        Ok(s) => s,
+    let logins = match writing_mirrors(settings) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let policy = policy_for(settings);
@@ -563,9 +598,16 @@ pub fn daemon(settings: &Settings) -> u8 {
     let code = runtime.block_on(async {
         match crate::daemon::Signals::new() {
             Ok(signals) => {
-                crate::daemon::Daemon::new(stores, policy, crate::daemon::SystemClock, user)
-                    .run(signals)
-                    .await
+                let mirrors = (logins.mirrors, settings.mirror_cmd.clone());
+                crate::daemon::Daemon::new(
+                    logins.stores,
+                    mirrors,
+                    policy,
+                    crate::daemon::SystemClock,
+                    user,
+                )
+                .run(signals)
+                .await
             }
             Err(e) => {
                 eprintln!("claude-tokend: cannot install signal handlers: {e}");

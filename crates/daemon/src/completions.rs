@@ -236,6 +236,13 @@ const OTHER_VARIABLES: &[(&str, &str)] = &[
          --credentials or --config-dir is given. service install carries it.",
     ),
     (
+        "CLAUDE_TOKEND_MIRRORS",
+        "The access-only copies (mirrors) of the single login: a :-separated list of \
+         directories, ~ expanded, each kept as DIR/.credentials.json with the login's access \
+         token and never its refresh token. --mirror flags replace it; with several logins it \
+         is an error (give each login its --mirror). service install carries it.",
+    ),
+    (
         "PATH",
         "Where security (the Keychain store), sh (--notify-cmd) and notify-send or osascript \
          (--notify desktop) are found.",
@@ -434,6 +441,15 @@ const RULES: &[(&str, &str)] = &[
         "--config-dir and --credentials may be repeated (or CLAUDE_TOKEND_CONFIG_DIRS set): one \
          daemon keeps every login fresh, each on its own; --once, refresh and status act on all \
          of them and exit with the worst code; token, login and logout need exactly one.",
+    ),
+    (
+        "Mirrors",
+        "--mirror DIR keeps DIR/.credentials.json as an access-only copy of the login before it \
+         on the command line (never its refresh token or its MCP tokens), for Claude Code in a \
+         container or on another machine (CLAUDE_CONFIG_DIR=DIR there). The daemon rewrites it \
+         within a second of every change of the login's access token; --once and refresh bring \
+         it up to date on every run. A mirror that would overwrite a real login is refused \
+         (exit 2). --mirror-cmd publishes the same copy elsewhere, on its stdin.",
     ),
     (
         "Notifications",

@@ -10,6 +10,8 @@ mod exit;
 mod interrupt;
 mod logging;
 mod login;
+mod mirror_cmd;
+mod mirrors;
 mod service;
 mod show;
 mod status;

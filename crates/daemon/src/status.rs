@@ -7,28 +7,29 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use tokend_core::credentials::OAuthView;
+use tokend_core::mirror::Mirror;
 use tokend_core::refresh::RefreshError;
 use tokend_core::schedule::epoch_millis;
 use tokend_core::store::{self, FILE_MODE, Kind, Place, Store, StoreError};
 
 use crate::cli::Settings;
-use crate::commands::{report, stores_for, worst};
+use crate::commands::{report, worst};
 use crate::exit;
 use crate::show::{emit, local_time, relative, when};
 
 /// `status [--json]`: every configured login; the exit code is the worst of them. With more
 /// than one login, `--json` prints an array, and the text a block per login.
 pub fn status(settings: &Settings, as_json: bool) -> u8 {
-    let stores = match stores_for(settings) {
-        Ok(s) => s,
+    let logins = match crate::mirrors::configured(settings) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    let many = stores.len() > 1;
+    let many = logins.stores.len() > 1;
     let mut codes = Vec::new();
     let mut docs = Vec::new();
     let mut texts = Vec::new();
-    for store in &stores {
-        let shown = status_one(settings, store, many);
+    for (store, mirrors) in logins.stores.iter().zip(&logins.mirrors) {
+        let shown = status_one(settings, store, mirrors, many);
         codes.push(shown.code);
         docs.extend(shown.json);
         texts.extend(shown.text);
@@ -55,7 +56,7 @@ struct Shown {
     text: Option<String>,
 }
 
-fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
+fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool) -> Shown {
     let place = store.place();
     let target = store.target();
     let target_text = (target != store.path()).then(|| target.display().to_string());
@@ -77,6 +78,7 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
             located.insert("account".into(), json!(account));
         }
     }
+    located.insert("mirrors".into(), mirrors_json(mirrors));
     let with_location = |rest: serde_json::Value| {
         let mut doc = located.clone();
         if let serde_json::Value::Object(rest) = rest {
@@ -221,6 +223,9 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
         if let Some(a) = &account {
             row("Account:", a.describe());
         }
+        for m in mirrors {
+            row("Mirror:", describe_mirror(m));
+        }
     }
     if let Some(at) = view.refresh_token_expires_at
         && at.saturating_sub(now) <= 3 * 86_400_000
@@ -241,6 +246,36 @@ fn status_one(settings: &Settings, store: &Store, many: bool) -> Shown {
         code: if expired { exit::FAILURE } else { exit::OK },
         json: Some(doc),
         text: Some(out),
+    }
+}
+
+/// `"mirrors"` of a login's JSON: each mirror's directory and its file's modification time.
+fn mirrors_json(mirrors: &[Mirror]) -> serde_json::Value {
+    mirrors
+        .iter()
+        .map(|m| {
+            let written = m
+                .last_written()
+                .map(|t| jiff::Timestamp::try_from(t).map(|t| t.to_string()).ok());
+            json!({"path": m.dir().display().to_string(), "lastWritten": written.flatten()})
+        })
+        .collect()
+}
+
+/// A mirror's line in the text: its directory and when it was last written (or why it is not).
+fn describe_mirror(m: &Mirror) -> String {
+    let dir = m.dir().display();
+    if m.holds_real_login() {
+        return format!(
+            "{dir} (its .credentials.json holds a real login with a refresh token, so it is not              written: move that file away)"
+        );
+    }
+    match m.last_written() {
+        Some(t) => {
+            let ms = epoch_millis(t);
+            format!("{dir} (written {}, {})", local_time(ms), relative(ms))
+        }
+        None => format!("{dir} (not written yet)"),
     }
 }
 

@@ -16,6 +16,7 @@
 //! it finishes), so a hung keychain delays only its own login, and a signal is always heard.
 
 mod login_state;
+mod mirrors;
 mod notify_systemd;
 pub mod notify_user;
 mod ops;
@@ -35,6 +36,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use login_state::{LoginState, ReadHow};
+use mirrors::{Done as MirrorDone, JobKind, Keeper};
 use notify_systemd::Notifier;
 use notify_user::UserNotifier;
 use ops::{InFlight, Op, first_done};
@@ -97,6 +99,12 @@ enum Event {
         epoch: u64,
         result: Result<Snapshot, StoreError>,
     },
+    /// A mirror write or `--mirror-cmd` run of a login finished (`None`: its task died).
+    Mirror {
+        index: usize,
+        kind: JobKind,
+        done: Option<MirrorDone>,
+    },
     /// `security` said where a Keychain login's item lives.
     Located {
         index: usize,
@@ -115,6 +123,9 @@ pub struct Daemon<C: Clock> {
     reads: Vec<Op<Result<Snapshot, StoreError>, (ReadHow, u64)>>,
     /// Asking `security` where a Keychain login's item lives: at most one per login.
     locates: Vec<Op<Option<Vec<PathBuf>>, ()>>,
+    /// Every login's mirrors and `--mirror-cmd`, and their writes and runs on the blocking pool.
+    mirrors: Keeper,
+    mirror_jobs: Vec<Op<Option<MirrorDone>, JobKind>>,
     /// Stopping: when the saves of answers already in gave up (see [`UNSAVED_GRACE`]).
     grace_until: Option<Instant>,
     /// One watcher for every login's files.
@@ -131,8 +142,15 @@ pub struct Daemon<C: Clock> {
 }
 
 impl<C: Clock> Daemon<C> {
-    /// A daemon for `stores` (at least one), sharing `policy` and `clock`.
-    pub fn new(stores: Vec<Store>, policy: Policy, clock: C, user: UserNotifier) -> Self {
+    /// A daemon for `stores` (at least one) and each one's `mirrors`, sharing `policy` and
+    /// `clock`.
+    pub fn new(
+        stores: Vec<Store>,
+        mirrors: (Vec<Vec<tokend_core::mirror::Mirror>>, Option<String>),
+        policy: Policy,
+        clock: C,
+        user: UserNotifier,
+    ) -> Self {
         let many = stores.len() > 1;
         let spans = stores
             .iter()
@@ -153,6 +171,8 @@ impl<C: Clock> Daemon<C> {
             in_flight: Vec::new(),
             reads: Vec::new(),
             locates: Vec::new(),
+            mirrors: Keeper::new(mirrors.0, mirrors.1),
+            mirror_jobs: Vec::new(),
             grace_until: None,
             watch: None,
             pings: None,
@@ -182,6 +202,7 @@ impl<C: Clock> Daemon<C> {
         }
         self.pump();
         self.deliver();
+        self.start_mirror_jobs();
         self.notifier.ready();
         trim::release_startup_pages();
         let mut stopping = false;
@@ -190,6 +211,7 @@ impl<C: Clock> Daemon<C> {
                 self.pump();
                 self.deliver();
                 self.start_due_attempts();
+                self.start_mirror_jobs();
             } else if self.in_flight.is_empty() {
                 break;
             }
@@ -214,6 +236,7 @@ impl<C: Clock> Daemon<C> {
                 Event::Timer => self.on_timer(),
                 Event::Reload => {
                     self.arm_watch();
+                    self.mirrors.check_all();
                     for i in self.idle_logins() {
                         let _in = self.spans[i].enter();
                         self.logins[i].on_reload();
@@ -255,6 +278,14 @@ impl<C: Clock> Daemon<C> {
                         login.apply_read(result, how);
                     }
                 }
+                Event::Mirror { index, kind, done } => {
+                    let _in = self.spans[index].enter();
+                    let login = crate::daemon::notify_user::login_id(&self.logins[index].store);
+                    match done {
+                        Some(done) => self.mirrors.finished(index, done, &login),
+                        None => self.mirrors.lost(index, kind),
+                    }
+                }
                 Event::Located { index, files } => {
                     if self.logins[index].located(files) {
                         self.arm_watch();
@@ -266,6 +297,9 @@ impl<C: Clock> Daemon<C> {
                     // Their `security` runs end on their own, and the runtime does not wait.
                     self.reads.clear();
                     self.locates.clear();
+                    // A mirror write or command run already on the pool finishes there (a
+                    // command is never killed by the daemon's exit); none is started any more.
+                    self.mirror_jobs.clear();
                     // An attempt whose request has not gone out is dropped (its temp file and
                     // locks go with it); one whose request went out is waited for and its answer
                     // saved, because the server may already have spent the old refresh token.
@@ -315,6 +349,9 @@ impl<C: Clock> Daemon<C> {
         if let Some(at) = self.notifier.next_ping() {
             until = until.min(at);
         }
+        if !stopping && let Some(at) = self.mirrors.next_wake() {
+            until = until.min(at);
+        }
         if stopping {
             // An answer already in is saved within the grace, or given up. One that comes
             // while this sleeps is noticed within a second: stopping, the loop looks every
@@ -331,6 +368,8 @@ impl<C: Clock> Daemon<C> {
         let busy = !in_flight.is_empty();
         let (reads, locates) = (&mut self.reads, &mut self.locates);
         let reading = !stopping && !reads.is_empty();
+        let mirror_jobs = &mut self.mirror_jobs;
+        let mirroring = !stopping && !mirror_jobs.is_empty();
         let locating = !stopping && !locates.is_empty();
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => Event::Timer,
@@ -342,6 +381,9 @@ impl<C: Clock> Daemon<C> {
             }
             (index, (), files) = first_done(locates), if locating => {
                 Event::Located { index, files }
+            }
+            (index, kind, done) = first_done(mirror_jobs), if mirroring => {
+                Event::Mirror { index, kind, done }
             }
             Some(ping) = async { match pings { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 Event::FileChanged(ping)
@@ -355,6 +397,7 @@ impl<C: Clock> Daemon<C> {
 
     fn on_timer(&mut self) {
         self.notifier.ping_if_due(Instant::now());
+        self.mirrors.on_timer(Instant::now());
         for i in self.idle_logins() {
             let _in = self.spans[i].enter();
             self.logins[i].on_timer();
@@ -432,6 +475,31 @@ impl<C: Clock> Daemon<C> {
             for notice in login.outbox.drain(..) {
                 self.user.send(&notice);
             }
+        }
+    }
+
+    /// Starts the mirror writes and `--mirror-cmd` runs that are due, after handing the keeper
+    /// what each login's last read says its mirrors should hold. Each runs on the blocking
+    /// pool; the loop polls it like a read.
+    fn start_mirror_jobs(&mut self) {
+        for (i, login) in self.logins.iter_mut().enumerate() {
+            if let Some(want) = login.mirror_want.take() {
+                self.mirrors.want(i, want);
+            }
+        }
+        let logins = &self.logins;
+        let jobs = self.mirrors.due_jobs(Instant::now(), |i| {
+            crate::daemon::notify_user::login_id(&logins[i].store)
+        });
+        for (index, job) in jobs {
+            let kind = job.kind();
+            let span = self.spans[index].clone();
+            let handle = tokio::task::spawn_blocking(move || span.in_scope(|| job.run()));
+            self.mirror_jobs.push(Op {
+                index,
+                meta: kind,
+                run: Box::pin(async move { handle.await.ok() }),
+            });
         }
     }
 

@@ -46,6 +46,15 @@ pub struct Notice {
     pub deadline: Option<i64>,
 }
 
+/// `CLAUDE_TOKEND_LOGIN` for a login (notifications and `--mirror-cmd`): the credentials path
+/// as located, or `keychain:<service>`.
+pub fn login_id(store: &tokend_core::store::Store) -> String {
+    match store.keychain_item() {
+        Some(item) => format!("keychain:{}", item.service),
+        None => store.path().display().to_string(),
+    }
+}
+
 /// Where notices go.
 pub struct UserNotifier {
     command: Option<String>,

@@ -126,6 +126,33 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
     if let Some(cmd) = &settings.notify_cmd {
         env.push(("CLAUDE_TOKEND_NOTIFY_CMD", cmd.clone()));
     }
+    // Mirrors named by flags go on the command line beside their logins (`carried_logins`);
+    // the variable's, which belong to the only login, stay a variable (made absolute).
+    if settings.mirror_flags.is_empty()
+        && let Some(list) = std::env::var_os("CLAUDE_TOKEND_MIRRORS").filter(|v| !v.is_empty())
+    {
+        let home = std::env::var_os("HOME");
+        let list = crate::commands::config_dirs_list(&list, home.as_deref()).map_err(|why| {
+            eprintln!("claude-tokend: CLAUDE_TOKEND_MIRRORS: {why}");
+            exit::USAGE
+        })?;
+        let mut dirs = Vec::new();
+        for dir in list {
+            let dir = absolute_utf8(&dir)?;
+            if dir.contains(':') {
+                eprintln!(
+                    "claude-tokend: CLAUDE_TOKEND_MIRRORS: the directory {dir} has a `:` in it, \
+                     which the list cannot carry: name it with --mirror instead"
+                );
+                return Err(exit::USAGE);
+            }
+            dirs.push(dir);
+        }
+        env.push(("CLAUDE_TOKEND_MIRRORS", dirs.join(":")));
+    }
+    if let Some(cmd) = &settings.mirror_cmd {
+        env.push(("CLAUDE_TOKEND_MIRROR_CMD", cmd.clone()));
+    }
     if settings.notify == Some(NotifyChoice::Desktop) {
         env.push(("CLAUDE_TOKEND_NOTIFY", "desktop".to_owned()));
     }
@@ -146,11 +173,16 @@ enum Carried {
     File(String),
     /// Only `--config-dir`s: `CLAUDE_TOKEND_CONFIG_DIRS` (none holds a `:`).
     Dirs(Vec<String>),
-    /// Anything else: `--credentials`/`--config-dir` arguments on the service's command line.
+    /// Anything else, and every login when a `--mirror` is named (a mirror belongs to the login
+    /// flag before it): `--credentials`/`--config-dir`/`--mirror` arguments on the service's
+    /// command line.
     Args,
 }
 
 fn carried_as(settings: &Settings) -> Result<Carried, u8> {
+    if !settings.mirror_flags.is_empty() {
+        return Ok(Carried::Args);
+    }
     match settings.login_flags.as_slice() {
         [] => Ok(Carried::Unnamed),
         [LoginFlag::Credentials(path)] => Ok(Carried::File(absolute_utf8(path)?)),
@@ -181,13 +213,24 @@ pub(super) fn carried_logins(settings: &Settings) -> Result<Vec<String>, u8> {
     if !matches!(carried_as(settings)?, Carried::Args) {
         return Ok(args);
     }
-    for flag in &settings.login_flags {
+    // Each mirror right after its login, as it was paired here; one before every login flag
+    // belongs to the only login, and stays first.
+    let mirrors_of = |login: Option<usize>, args: &mut Vec<String>| -> Result<(), u8> {
+        for m in settings.mirror_flags.iter().filter(|m| m.login == login) {
+            args.push("--mirror".to_owned());
+            args.push(absolute_utf8(&m.dir)?);
+        }
+        Ok(())
+    };
+    mirrors_of(None, &mut args)?;
+    for (i, flag) in settings.login_flags.iter().enumerate() {
         let (name, path) = match flag {
             LoginFlag::Credentials(p) => ("--credentials", p),
             LoginFlag::ConfigDir(p) => ("--config-dir", p),
         };
         args.push(name.to_owned());
         args.push(absolute_utf8(path)?);
+        mirrors_of(Some(i), &mut args)?;
     }
     Ok(args)
 }
@@ -217,10 +260,19 @@ fn absolute_utf8(path: &Path) -> Result<String, u8> {
 /// The directories the daemon writes in, for the sandbox's `ReadWritePaths=`: the credentials
 /// file's directory (temp files, `.credentials.json.lock`), the directory that holds it
 /// (Claude Code's lock directory `<config dir>.lock` is made there), and, for a symlinked file,
-/// the directory of the file it points at. A directory inside another on the list is dropped.
+/// the directory of the file it points at; and each mirror directory (its parent while it
+/// does not exist: the daemon creates it there). A directory inside another on the list is
+/// dropped.
 pub(super) fn writable_dirs(settings: &Settings) -> Result<Vec<String>, u8> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    for store in crate::commands::stores_for(settings)? {
+    let logins = crate::mirrors::configured(settings)?;
+    for m in logins.mirrors.iter().flatten() {
+        dirs.push(match m.dir().is_dir() {
+            true => m.dir().to_path_buf(),
+            false => parent(m.dir()),
+        });
+    }
+    for store in logins.stores {
         let path = PathBuf::from(absolute_utf8(store.path())?);
         let config_dir = parent(&path);
         dirs.push(parent(&config_dir));

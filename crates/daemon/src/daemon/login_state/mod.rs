@@ -94,6 +94,9 @@ pub(super) struct LoginState<C: Clock> {
     /// Moves on whenever an attempt starts or ends: a read begun before is stale by then (the
     /// loop discards its answer and reads again).
     pub(super) epoch: u64,
+    /// What the login's mirrors should hold, from the last read of its store, until the loop
+    /// takes it (see `daemon/mirrors.rs`).
+    pub(super) mirror_want: Option<tokend_core::mirror::Want>,
 }
 
 impl<C: Clock> LoginState<C> {
@@ -125,6 +128,7 @@ impl<C: Clock> LoginState<C> {
             want_locate: true,
             refused: None,
             epoch: 0,
+            mirror_want: None,
         }
     }
 

@@ -151,6 +151,11 @@ impl<C: Clock> LoginState<C> {
         if self.refresher.borrow().has_unsaved_grant() {
             return self.retry_save_now();
         }
+        // What the mirrors should hold follows every read that says something about the
+        // access token, our own write included (the read after a refresh finds known bytes).
+        if let Some(want) = crate::mirrors::want_of_read(&result) {
+            self.mirror_want = Some(want);
+        }
         match result {
             Ok(snapshot) => {
                 self.malformed_tries = 0;

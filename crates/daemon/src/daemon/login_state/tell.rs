@@ -16,10 +16,7 @@ const LOGIN_EXPIRY_WARNING_MS: i64 = 3 * 24 * 3600 * 1000;
 impl<C: Clock> LoginState<C> {
     /// `CLAUDE_TOKEND_LOGIN`: the credentials path as located, or `keychain:<service>`.
     pub(super) fn login_id(&self) -> String {
-        match self.store.keychain_item() {
-            Some(item) => format!("keychain:{}", item.service),
-            None => self.store.path().display().to_string(),
-        }
+        crate::daemon::notify_user::login_id(&self.store)
     }
 
     pub(super) fn tell(&mut self, event: UserEvent, message: String, deadline: Option<i64>) {

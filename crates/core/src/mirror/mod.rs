@@ -1,0 +1,208 @@
+//! Access-only copies of a login ("mirrors", see CONTRACT.md "Access-only copies for containers
+//! and other machines"): `DIR/.credentials.json` holding the source's access token and never
+//! its refresh token, for a container, a dev container or another machine to run Claude Code
+//! on. This module owns one mirror: bringing it up to date ([`Mirror::sync`]), what the
+//! start-up checks look at, and its last write time. Which mirrors a login has, and when they
+//! are synced, is the binary's business.
+//!
+//! A mirror directory belongs to its consumer and is treated as hostile: every operation goes
+//! through `dir` (relative to an `O_NOFOLLOW` directory descriptor, never following a link,
+//! never opening what is not a regular file). What a mirror holds is decided by `doc`, purely.
+//! Nothing here reads or writes the source.
+
+mod dir;
+mod doc;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+pub use dir::MAX_READ;
+pub use doc::{CARRIED, Want, want_from};
+
+use dir::{Current, Dir, FILE};
+
+/// The mirror file's name inside its directory.
+pub const FILE_NAME: &str = ".credentials.json";
+
+/// One mirror directory (absolute).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    dir: PathBuf,
+}
+
+/// What [`Mirror::sync`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Synced {
+    /// The mirror already held what it should (or there was nothing to remove).
+    Unchanged,
+    /// Written. `replaced` says what was there that was not a mirror document (a symlink, a
+    /// FIFO, an unparsable file...), replaced by a new regular file without being read.
+    Written { replaced: Option<&'static str> },
+    /// The mirror file holds a refresh token (someone signed in there): left alone.
+    HoldsRefreshToken,
+    /// The mirror file does not parse and `replace_unparsable` was not given: a consumer may
+    /// be half-way through writing it, so look again in a second.
+    Unparsable,
+}
+
+/// A mirror that could not be brought up to date.
+#[derive(Debug)]
+pub struct MirrorError {
+    pub dir: PathBuf,
+    pub stage: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for MirrorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mirror {}: {}: {}",
+            self.dir.display(),
+            self.stage,
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for MirrorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Mirror {
+    /// A mirror of `dir`, which the caller has made absolute (see [`resolve`]).
+    pub fn new(dir: PathBuf) -> Mirror {
+        Mirror { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `DIR/.credentials.json`, for messages.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn error(&self, stage: &'static str) -> impl FnOnce(io::Error) -> MirrorError + '_ {
+        move |source| MirrorError {
+            dir: self.dir.clone(),
+            stage,
+            source,
+        }
+    }
+
+    /// Opens the directory, creating it (0700, owned like its parent) when it is missing and
+    /// `create`. `None` when it is missing and not to be created.
+    fn open_dir(&self, create: bool) -> Result<Option<Dir>, MirrorError> {
+        match Dir::open(&self.dir) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent_there = self.dir.parent().is_some_and(Path::is_dir);
+                if !parent_there {
+                    return Err(self.error("creating the directory")(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "its parent directory does not exist (a missing mirror directory is \
+                         created only inside an existing one)",
+                    )));
+                }
+                Dir::create(&self.dir)
+                    .map(Some)
+                    .map_err(self.error("creating the directory"))
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Err(self.error("opening the directory")(io::Error::other(
+                    "it is a symlink or not a directory, and a mirror directory is never \
+                     written through a link",
+                )))
+            }
+            Err(e) => Err(self.error("opening the directory")(e)),
+        }
+    }
+
+    /// Brings the mirror file up to date with `want`, keeping the consumer's own keys. Reads
+    /// nothing in the directory but the mirror file, and that only when it is a regular file
+    /// with one link of at most [`MAX_READ`] bytes; anything else there is replaced by a new
+    /// regular file. A file that does not parse is replaced only with `replace_unparsable`
+    /// (else [`Synced::Unparsable`]: look again in a second). A file holding a refresh token is
+    /// never touched.
+    pub fn sync(&self, want: &Want, replace_unparsable: bool) -> Result<Synced, MirrorError> {
+        let Some(dir) = self.open_dir(*want != Want::NoLogin)? else {
+            return Ok(Synced::Unchanged);
+        };
+        let current = dir
+            .look(FILE)
+            .map_err(self.error("reading the mirror file"))?;
+        let (base, replaced): (Option<Map<String, Value>>, _) = match current {
+            Current::Absent if *want == Want::NoLogin => return Ok(Synced::Unchanged),
+            Current::Absent => (None, None),
+            Current::Foreign(what) => (None, Some(what)),
+            Current::Bytes(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(map)) => {
+                    if doc::holds_refresh_token(&map) {
+                        return Ok(Synced::HoldsRefreshToken);
+                    }
+                    if doc::holds(&map, want) {
+                        return Ok(Synced::Unchanged);
+                    }
+                    (Some(map), None)
+                }
+                _ if !replace_unparsable => return Ok(Synced::Unparsable),
+                _ => (None, Some("a file that is not a JSON object")),
+            },
+        };
+        let next = doc::merged(base.as_ref(), want);
+        dir.replace(FILE, &doc::to_bytes(&next))
+            .map_err(self.error("writing the mirror file"))?;
+        Ok(Synced::Written { replaced })
+    }
+
+    /// Whether the mirror file holds someone's real login (a refresh token), read as carefully
+    /// as [`Mirror::sync`] reads it (a link is not followed, so a link to a real login is not
+    /// one: it is replaced). For the start-up check.
+    pub fn holds_real_login(&self) -> bool {
+        let Ok(Some(dir)) = self.open_dir(false) else {
+            return false;
+        };
+        match dir.look(FILE) {
+            Ok(Current::Bytes(bytes)) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(map)) => doc::holds_refresh_token(&map),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// When the mirror file was last modified (`status`), if it is a regular file.
+    pub fn last_written(&self) -> Option<SystemTime> {
+        let dir = self.open_dir(false).ok()??;
+        dir.modified(FILE)
+    }
+}
+
+/// `dir` made absolute and, as far as it exists, with its symlinks resolved: the directory a
+/// mirror is written in is fixed at start (a link the host user made is followed once, here;
+/// one the consumer makes later is never followed).
+pub fn resolve(dir: &Path) -> PathBuf {
+    let absolute = crate::store::absolute_lexically(dir);
+    if let Ok(real) = std::fs::canonicalize(&absolute) {
+        return real;
+    }
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
+            Ok(real) => real.join(name),
+            Err(_) => absolute,
+        },
+        _ => absolute,
+    }
+}
+
+#[cfg(test)]
+mod tests;

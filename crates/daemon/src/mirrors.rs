@@ -1,0 +1,232 @@
+//! Which access-only copies ("mirrors") each login has, and the one-shot commands' part in
+//! keeping them: pairing `--mirror` flags (or `CLAUDE_TOKEND_MIRRORS`) with logins, the
+//! refusals at start (exit 2: a mirror that would overwrite a real login, the same directory
+//! twice), and bringing a login's mirrors up to date after `--once` or `refresh`. The daemon's
+//! timing of the same writes is in `daemon/mirrors.rs`; what a write does is
+//! `tokend_core::mirror`.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokend_core::mirror::{self, Mirror, Synced, Want};
+use tokend_core::store::{Store, StoreError};
+
+use crate::cli::Settings;
+use crate::commands::{config_dirs_list, logins_for};
+use crate::exit;
+use crate::interrupt;
+use crate::mirror_cmd;
+
+/// A mirror file that does not parse is looked at again after this long before it is replaced:
+/// its consumer may be half-way through writing it.
+pub const UNPARSABLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The configured logins, and each one's mirrors (in the same order).
+pub struct Configured {
+    pub stores: Vec<Store>,
+    pub mirrors: Vec<Vec<Mirror>>,
+}
+
+/// The logins and their mirrors, as the contract pairs them: a `--mirror` belongs to the
+/// nearest `--config-dir`/`--credentials` before it (before any, to the only login);
+/// `CLAUDE_TOKEND_MIRRORS` gives the mirrors of the only login; the flags replace the
+/// variable. Exit 2, saying what to write instead, for a mirror no login can be found for, the
+/// same directory twice, or a mirror that is a configured login's config directory or store.
+pub fn configured(settings: &Settings) -> Result<Configured, u8> {
+    let (stores, index_of) = logins_for(settings)?;
+    let mut mirrors: Vec<Vec<Mirror>> = vec![Vec::new(); stores.len()];
+    let mut seen: Vec<(PathBuf, String)> = Vec::new();
+    let mut add = |login: usize, dir: &Path, named: String| -> Result<(), u8> {
+        if dir.as_os_str().is_empty() {
+            return Err(usage(format_args!("{named} needs a directory")));
+        }
+        let resolved = mirror::resolve(dir);
+        if let Some((_, first)) = seen.iter().find(|(d, _)| same_dir(d, &resolved)) {
+            return Err(usage(format_args!(
+                "{named} and {first} are the same directory ({}); a mirror is kept once, for one \
+                 login: drop one of them",
+                resolved.display()
+            )));
+        }
+        seen.push((resolved.clone(), named.clone()));
+        mirrors[login].push(Mirror::new(resolved));
+        Ok(())
+    };
+    if !settings.mirror_flags.is_empty() {
+        for flag in &settings.mirror_flags {
+            let named = format!("--mirror {}", flag.dir.display());
+            let login = match flag.login {
+                Some(f) => index_of[f],
+                None if stores.len() == 1 => 0,
+                None => {
+                    return Err(usage(format_args!(
+                        "{named} comes before any --config-dir or --credentials, and {} logins \
+                         are configured, so it is not clear whose copy it is: put each --mirror \
+                         after the --config-dir DIR or --credentials PATH of its login",
+                        stores.len()
+                    )));
+                }
+            };
+            add(login, &flag.dir, named)?;
+        }
+    } else if let Some(list) = std::env::var_os("CLAUDE_TOKEND_MIRRORS").filter(|v| !v.is_empty()) {
+        let home = std::env::var_os("HOME");
+        let dirs = config_dirs_list(&list, home.as_deref())
+            .map_err(|why| usage(format_args!("CLAUDE_TOKEND_MIRRORS: {why}")))?;
+        if stores.len() != 1 && !dirs.is_empty() {
+            return Err(usage(format_args!(
+                "CLAUDE_TOKEND_MIRRORS gives the mirrors of a single login, and {} logins are \
+                 configured: give each login its mirrors with --mirror DIR after its \
+                 --config-dir DIR or --credentials PATH",
+                stores.len()
+            )));
+        }
+        for dir in dirs {
+            let named = format!("CLAUDE_TOKEND_MIRRORS entry {}", dir.display());
+            add(0, &dir, named)?;
+        }
+    }
+    for m in mirrors.iter().flatten() {
+        for login in &stores {
+            refuse_if_login_place(m, login)?;
+        }
+    }
+    Ok(Configured { stores, mirrors })
+}
+
+/// Exit 2 when the mirror's directory is a configured login's config directory, or its file
+/// is that login's store: a mirror never overwrites a real login.
+fn refuse_if_login_place(m: &Mirror, login: &Store) -> Result<(), u8> {
+    let config_dir = login.path().parent().map(mirror::resolve);
+    if config_dir.as_deref().is_some_and(|d| same_dir(d, m.dir())) {
+        return Err(usage(format_args!(
+            "--mirror {}: that is the config directory of the login in {}, and a mirror there \
+             would overwrite it: choose a directory of its own (like ~/.claude-mirror)",
+            m.dir().display(),
+            login.place()
+        )));
+    }
+    let target = login.target();
+    let store_dir = target.parent().map(mirror::resolve);
+    if target.file_name() == Some(std::ffi::OsStr::new(mirror::FILE_NAME))
+        && store_dir.as_deref().is_some_and(|d| same_dir(d, m.dir()))
+    {
+        return Err(usage(format_args!(
+            "--mirror {}: its {} is where the login in {} is kept, and a mirror never \
+             overwrites a real login: choose a directory of its own",
+            m.dir().display(),
+            mirror::FILE_NAME,
+            login.place()
+        )));
+    }
+    Ok(())
+}
+
+/// Exit 2 when a mirror file holds someone's real login (a refresh token): for the commands
+/// that write mirrors, at start.
+pub fn refuse_real_logins(configured: &Configured) -> Result<(), u8> {
+    for m in configured.mirrors.iter().flatten() {
+        if m.holds_real_login() {
+            return Err(usage(format_args!(
+                "--mirror {}: {} holds a login with a refresh token (someone's real login), \
+                 which a mirror never overwrites: move it away (mv {} somewhere safe) or choose \
+                 another directory",
+                m.dir().display(),
+                m.file().display(),
+                m.file().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Two directories are one when the system says so (device and inode), or, when either does
+/// not exist yet, when their resolved paths are equal.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (id(a), id(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn usage(message: std::fmt::Arguments<'_>) -> u8 {
+    eprintln!("claude-tokend: {message}");
+    exit::USAGE
+}
+
+/// What a login's mirrors should hold, from one read of its store: `None` when the store
+/// cannot say (unreadable, malformed, a Keychain that cannot be asked): the mirrors are left
+/// as they are.
+pub fn want_of_read(read: &Result<tokend_core::store::Snapshot, StoreError>) -> Option<Want> {
+    match read {
+        Ok(snapshot) => mirror::want_from(&snapshot.doc),
+        Err(StoreError::Missing { .. }) => Some(Want::NoLogin),
+        Err(_) => None,
+    }
+}
+
+/// After `--once` or `refresh` ran for a login (and saved what it got): brings each of its
+/// mirrors up to date (refreshed or not), and when `refreshed` runs `--mirror-cmd`. A failure
+/// is a warning on stderr; it never changes the exit code.
+pub fn after_one_shot(settings: &Settings, store: &Store, mirrors: &[Mirror], refreshed: bool) {
+    if mirrors.is_empty() && !(refreshed && settings.mirror_cmd.is_some()) {
+        return;
+    }
+    let Some(want) = want_of_read(&store.read()) else {
+        if !mirrors.is_empty() {
+            interrupt::tell(format_args!(
+                "warning: {} could not be read after the run, so its mirrors were left as they are",
+                store.place()
+            ));
+        }
+        return;
+    };
+    for m in mirrors {
+        sync_one_shot(m, &want);
+    }
+    if refreshed && let Some(command) = &settings.mirror_cmd {
+        let login = crate::daemon::notify_user::login_id(store);
+        if let Err(why) = mirror_cmd::run(command, &login, &want) {
+            interrupt::tell(format_args!("warning: --mirror-cmd for {login}: {why}"));
+        }
+    }
+}
+
+/// One mirror, from a one-shot command: an unparsable file gets its second look after
+/// [`UNPARSABLE_PAUSE`].
+fn sync_one_shot(m: &Mirror, want: &Want) {
+    let mut result = m.sync(want, false);
+    if matches!(result, Ok(Synced::Unparsable)) {
+        std::thread::sleep(UNPARSABLE_PAUSE);
+        result = m.sync(want, true);
+    }
+    match result {
+        Ok(Synced::Written {
+            replaced: Some(what),
+        }) => tracing::info!(
+            "mirror {}: replaced {what} at {} with the access-only copy",
+            m.dir().display(),
+            mirror::FILE_NAME
+        ),
+        Ok(Synced::Written { replaced: None }) => {
+            tracing::info!("mirror {}: written", m.dir().display())
+        }
+        Ok(Synced::Unchanged | Synced::Unparsable) => {}
+        Ok(Synced::HoldsRefreshToken) => {
+            interrupt::tell(format_args!("warning: {}", holds_refresh_token_text(m)))
+        }
+        Err(e) => interrupt::tell(format_args!("warning: {e}")),
+    }
+}
+
+/// The message for a mirror a consumer signed in to (a refresh token appeared in it).
+pub fn holds_refresh_token_text(m: &Mirror) -> String {
+    format!(
+        "mirror {}: {} now holds a refresh token (someone signed in there), so it is left \
+         alone and not updated until that login is moved away",
+        m.dir().display(),
+        mirror::FILE_NAME
+    )
+}
