@@ -37,7 +37,7 @@ fn mirrored_access(dir: &Path) -> Option<String> {
 
 /// The mirror is an access-only copy: the source's access token and scopes, no refresh token
 /// (neither the key nor any refresh token the source ever held anywhere in the bytes), and none
-/// of the source's other keys.
+/// of the source's other keys (inside `claudeAiOauth` or beside it).
 #[track_caller]
 fn check_access_only(dir: &Path, access: &str, refresh_tokens: &[&str]) {
     let path = dir.join(".credentials.json");
@@ -54,6 +54,20 @@ fn check_access_only(dir: &Path, access: &str, refresh_tokens: &[&str]) {
         oauth.get("refreshToken"),
         None,
     );
+    let allowed = [
+        "accessToken",
+        "expiresAt",
+        "scopes",
+        "subscriptionType",
+        "rateLimitTier",
+    ];
+    let extra: Vec<&String> = oauth
+        .as_object()
+        .expect("claudeAiOauth is an object")
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    check_eq("claudeAiOauth keys beyond the copy's five", extra, vec![]);
     check_eq(
         "the source's mcpOAuth in the mirror",
         doc.get("mcpOAuth"),
