@@ -5,8 +5,8 @@
 #   - `--once` on a fresh token (the whole process: nothing to do but read the file),
 #   - `--once` that refreshes against a loopback token endpoint (bench/token_endpoint.py),
 #   - (claude-tokend only) `token` on a fresh token, which must be as fast as `--once`,
-# and for claude-tokend alone: the idle daemon's RSS and CPU ticks over 10 s, the release
-# binary's size. Each case is checked once before it is timed (a fresh run leaves the token, a
+# and for claude-tokend alone: the idle daemon's RSS and CPU ticks over 10 s (1 login, 8 logins,
+# and 8 logins each with a --mirror), the release binary's size. Each case is checked once before it is timed (a fresh run leaves the token, a
 # refresh run replaces it), so both programs are timed doing the same work.
 #
 # Needs: cargo, python3 (loopback endpoint, timer). Optional: node (18+) for the seed column;
@@ -131,6 +131,38 @@ w8_0=$(switches $PID); sleep 65; w8_1=$(switches $PID)
 rss8=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
 kill -TERM $PID; wait $PID || true
 
+# --- the idle daemon with 8 logins and 8 mirrors (one access-only copy per login) -------------
+# The same eight logins, each with a --mirror directory the daemon creates (their parent
+# exists). Checked once before it is measured: every mirror holds its login's access token and
+# no refresh token.
+ARGS=()
+for i in 1 2 3 4 5 6 7 8; do
+    bash bench/write_creds.sh "$WORK/login$i/.credentials.json" 28800
+    ARGS+=(--config-dir "$WORK/login$i" --mirror "$WORK/mirror$i")
+done
+"$BIN" -q "${ARGS[@]}" &
+PID=$!
+mirrored() {
+    local i
+    for i in 1 2 3 4 5 6 7 8; do
+        grep -q benchaccess "$WORK/mirror$i/.credentials.json" 2>/dev/null || return 1
+    done
+}
+for _ in $(seq 100); do mirrored && break; kill -0 $PID 2>/dev/null || break; sleep 0.1; done
+if ! mirrored; then
+    echo "the daemon with 8 logins and --mirror did not write its 8 mirrors within 10 s" >&2
+    exit 1
+fi
+if grep -l benchrefresh "$WORK"/mirror*/.credentials.json >&2; then
+    echo "a mirror holds a refresh token" >&2
+    exit 1
+fi
+sleep 2
+tm_0=$(ticks); sleep 10; tm_1=$(ticks)
+wm_0=$(switches $PID); sleep 65; wm_1=$(switches $PID)
+rssm=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status")
+kill -TERM $PID; wait $PID || true
+
 # --- report -----------------------------------------------------------------------------------
 echo
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores," \
@@ -158,8 +190,11 @@ echo "idle daemon RSS:                         $rss KiB ($(awk -v k="$rss" 'BEGI
 echo "idle daemon CPU over 10 s:               $(( t1 - t0 )) ticks (target 0)"
 echo "idle daemon, 8 logins, RSS:              $rss8 KiB ($(awk -v k="$rss8" 'BEGIN{printf "%.1f MiB", k/1024}'); target < 5 MiB)"
 echo "idle daemon, 8 logins, CPU over 10 s:    $(( t8_1 - t8_0 )) ticks (target 0)"
+echo "idle daemon, 8 logins + 8 mirrors, RSS:  $rssm KiB ($(awk -v k="$rssm" 'BEGIN{printf "%.1f MiB", k/1024}'); target < 5 MiB)"
+echo "idle daemon, 8 + 8 mirrors, CPU / 10 s:  $(( tm_1 - tm_0 )) ticks (target 0)"
 echo "context switches over 65 s, 1 login:     $(( w1 - w0 ))"
 echo "context switches over 65 s, 8 logins:    $(( w8_1 - w8_0 )) (target: no more than with 1 login; wake-ups do not grow with logins)"
+echo "context switches over 65 s, 8 + mirrors: $(( wm_1 - wm_0 )) (the once-a-minute mirror check falls in this window)"
 echo "release binary:                          $(size "$BIN") bytes ($(mb "$(size "$BIN")"); target < 6 MB)"
 
 # --- optional: the release profile, on and off ------------------------------------------------

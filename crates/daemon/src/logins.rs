@@ -23,7 +23,6 @@ pub fn stores_for(settings: &Settings) -> Result<Vec<Store>, u8> {
 pub fn logins_for(settings: &Settings) -> Result<(Vec<Store>, Vec<usize>), u8> {
     let env = LocateEnv::from_process();
     let mut stores: Vec<Store> = Vec::new();
-    let list = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty());
     if !settings.login_flags.is_empty() {
         for flag in &settings.login_flags {
             stores.push(match flag {
@@ -31,11 +30,8 @@ pub fn logins_for(settings: &Settings) -> Result<(Vec<Store>, Vec<usize>), u8> {
                 LoginFlag::ConfigDir(dir) => config_dir_store(settings, &env, dir.as_os_str())?,
             });
         }
-    } else if let Some(list) = list {
-        for dir in config_dirs_list(&list, std::env::var_os("HOME").as_deref()).map_err(|why| {
-            eprintln!("claude-tokend: CLAUDE_TOKEND_CONFIG_DIRS: {why}");
-            exit::USAGE
-        })? {
+    } else if let Some(dirs) = dir_list_var("CLAUDE_TOKEND_CONFIG_DIRS")? {
+        for dir in dirs {
             stores.push(config_dir_store(settings, &env, dir.as_os_str())?);
         }
     }
@@ -100,6 +96,21 @@ pub fn config_dirs_list(
         dirs.push(expanded);
     }
     Ok(dirs)
+}
+
+/// The directories a `:`-separated variable lists (`CLAUDE_TOKEND_CONFIG_DIRS`,
+/// `CLAUDE_TOKEND_MIRRORS`), read as [`config_dirs_list`] reads them; `None` when it is unset
+/// or empty; exit 2 naming the variable when an entry cannot be read.
+pub fn dir_list_var(name: &str) -> Result<Option<Vec<std::path::PathBuf>>, u8> {
+    let Some(list) = std::env::var_os(name).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    config_dirs_list(&list, std::env::var_os("HOME").as_deref())
+        .map(Some)
+        .map_err(|why| {
+            eprintln!("claude-tokend: {name}: {why}");
+            exit::USAGE
+        })
 }
 
 /// The one login a command that needs exactly one (`token`, `login`, `logout`) acts on.

@@ -14,7 +14,7 @@ use tokend_core::store::Store;
 use crate::cli::Settings;
 use crate::exit;
 use crate::interrupt;
-use crate::logins::{config_dirs_list, logins_for};
+use crate::logins::{dir_list_var, logins_for};
 use crate::mirror_cmd;
 
 /// The configured logins, and each one's mirrors (in the same order).
@@ -65,10 +65,7 @@ pub fn configured(settings: &Settings) -> Result<Configured, u8> {
             };
             add(login, &flag.dir, named)?;
         }
-    } else if let Some(list) = std::env::var_os("CLAUDE_TOKEND_MIRRORS").filter(|v| !v.is_empty()) {
-        let home = std::env::var_os("HOME");
-        let dirs = config_dirs_list(&list, home.as_deref())
-            .map_err(|why| usage(format_args!("CLAUDE_TOKEND_MIRRORS: {why}")))?;
+    } else if let Some(dirs) = dir_list_var("CLAUDE_TOKEND_MIRRORS")? {
         if stores.len() != 1 && !dirs.is_empty() {
             return Err(usage(format_args!(
                 "CLAUDE_TOKEND_MIRRORS gives the mirrors of a single login, and {} logins are \

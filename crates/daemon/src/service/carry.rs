@@ -17,6 +17,7 @@ use crate::cli::{
     StoreChoice,
 };
 use crate::exit;
+use crate::logins::dir_list_var;
 
 /// What `--refresh-before` defaults to in `cli.rs`; a unit test keeps the two in step.
 const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(15 * 60);
@@ -70,13 +71,7 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
         {
             env.push(("CLAUDE_TOKEND_CREDENTIALS", absolute_utf8(path)?));
         }
-        if let Some(list) = std::env::var_os("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
-        {
-            let home = std::env::var_os("HOME");
-            let list = crate::logins::config_dirs_list(&list, home.as_deref()).map_err(|why| {
-                eprintln!("claude-tokend: CLAUDE_TOKEND_CONFIG_DIRS: {why}");
-                exit::USAGE
-            })?;
+        if let Some(list) = dir_list_var("CLAUDE_TOKEND_CONFIG_DIRS")? {
             let mut dirs = Vec::new();
             for dir in list {
                 dirs.push(absolute_utf8(&dir)?);
@@ -128,13 +123,8 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
     // Mirrors named by flags go on the command line beside their logins (`carried_logins`);
     // the variable's, which belong to the only login, stay a variable (made absolute).
     if settings.mirror_flags.is_empty()
-        && let Some(list) = std::env::var_os("CLAUDE_TOKEND_MIRRORS").filter(|v| !v.is_empty())
+        && let Some(list) = dir_list_var("CLAUDE_TOKEND_MIRRORS")?
     {
-        let home = std::env::var_os("HOME");
-        let list = crate::logins::config_dirs_list(&list, home.as_deref()).map_err(|why| {
-            eprintln!("claude-tokend: CLAUDE_TOKEND_MIRRORS: {why}");
-            exit::USAGE
-        })?;
         let mut dirs = Vec::new();
         for dir in list {
             let dir = absolute_utf8(&dir)?;
