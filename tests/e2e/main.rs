@@ -16,6 +16,7 @@ mod daemon_slow_store;
 mod daemon_unsaved;
 mod daemon_watch;
 mod failures;
+mod keeper;
 mod keychain;
 mod locate;
 mod login;

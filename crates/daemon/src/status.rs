@@ -79,6 +79,9 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
         }
     }
     located.insert("mirrors".into(), mirrors_json(mirrors));
+    // The live daemon keeping this login, as its record in the lock file says.
+    let keepers = store.keepers();
+    located.insert("keeperPid".into(), json!(keepers.first()));
     let with_location = |rest: serde_json::Value| {
         let mut doc = located.clone();
         if let serde_json::Value::Object(rest) = rest {
@@ -223,6 +226,21 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
         if let Some(a) = &account {
             row("Account:", a.describe());
         }
+        row(
+            "Kept by:",
+            match keepers.as_slice() {
+                [] => "no claude-tokend daemon is running for this login".to_owned(),
+                [pid] => format!("the claude-tokend daemon with pid {pid}"),
+                pids => format!(
+                    "{} claude-tokend daemons (pids {}): one is enough",
+                    pids.len(),
+                    pids.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        );
         for m in mirrors {
             row("Mirror:", describe_mirror(m));
         }

@@ -14,7 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::records::{AccountRecord, PauseRecord, RefusedRecord, SpentRecord};
+use super::records::{AccountRecord, KeeperRecord, PauseRecord, RefusedRecord, SpentRecord};
 use super::{FILE_MODE, Place, StoreError};
 use crate::schedule::GrantRecord;
 
@@ -205,6 +205,25 @@ impl FileLock {
     pub fn set_pause_record(&self, record: Option<&PauseRecord>) {
         self.edit(|r| r.pause = record.cloned());
     }
+
+    /// This daemon starts keeping the login: its line replaces the lines of daemons that are
+    /// gone. Returns the pids of the other live daemons already keeping it.
+    pub fn add_keeper(&self) -> Vec<u32> {
+        let me = KeeperRecord::this_process();
+        let mut others = Vec::new();
+        self.edit(|r| {
+            r.keepers.retain(|k| k.pid != me.pid && k.is_live());
+            others = r.keepers.iter().map(|k| k.pid).collect();
+            r.keepers.push(me);
+        });
+        others
+    }
+
+    /// This daemon stops keeping the login (the lines of daemons that are gone go too).
+    pub fn remove_keeper(&self) {
+        let pid = std::process::id();
+        self.edit(|r| r.keepers.retain(|k| k.pid != pid && k.is_live()));
+    }
 }
 
 /// The lock file's text, read into its records. Rendered back in a fixed order, with the lines
@@ -216,6 +235,8 @@ pub struct Records {
     pub account: Option<AccountRecord>,
     pub refused: Option<RefusedRecord>,
     pub pause: Option<PauseRecord>,
+    /// The daemons that said they keep this login (live or not: see [`KeeperRecord::is_live`]).
+    pub keepers: Vec<KeeperRecord>,
     /// Lines of Claude Code lock directories held (`<path>\t<dev>\t<ino>\t<birth>`), each with
     /// its newline.
     pub ledger: String,
@@ -237,6 +258,8 @@ impl Records {
                 r.refused = Some(x);
             } else if let Some(p) = PauseRecord::from_line(line) {
                 r.pause = Some(p);
+            } else if let Some(k) = KeeperRecord::from_line(line) {
+                r.keepers.push(k);
             } else if is_ledger_line(line) {
                 r.ledger.push_str(line);
                 r.ledger.push('\n');
@@ -263,6 +286,9 @@ impl Records {
         }
         if let Some(p) = &self.pause {
             text.push_str(&p.to_line());
+        }
+        for k in &self.keepers {
+            text.push_str(&k.to_line());
         }
         for line in &self.other {
             text.push_str(line);
@@ -308,6 +334,16 @@ mod tests {
                 5,
                 6,
             )),
+            keepers: vec![
+                KeeperRecord {
+                    pid: 7,
+                    started: Some(8),
+                },
+                KeeperRecord {
+                    pid: 9,
+                    started: None,
+                },
+            ],
             ledger: "/x/.oauth_refresh.lock\t1\t2\t3\n/y.lock\t1\t2\t-\nrel.lock\t1\t2\t3\n".into(),
             other: vec![
                 "future 1 2 3".into(),

@@ -32,7 +32,7 @@ pub use locate::{
     absolute_lexically, keychain_account, keychain_service, locate, resolve_symlinks,
 };
 pub use lockfile::{FileLock, Records};
-pub use records::{AccountRecord, PauseRecord, RefusedRecord, SpentRecord};
+pub use records::{AccountRecord, KeeperRecord, PauseRecord, RefusedRecord, SpentRecord};
 
 /// How many reads over about a second a document that fails to parse gets before it counts as
 /// malformed (see [`Store::read_settled`]).
@@ -311,6 +311,18 @@ impl Store {
     /// (for `status`, which must stay as cheap as a read); empty when there is none.
     pub fn peek_records(&self) -> Records {
         lockfile::peek(&self.lock_path())
+    }
+
+    /// The pids of the live claude-tokend daemons keeping this login, as their records in the
+    /// lock file say (read without taking the lock or creating the file; a daemon that is gone
+    /// is not one).
+    pub fn keepers(&self) -> Vec<u32> {
+        self.peek_records()
+            .keepers
+            .into_iter()
+            .filter(KeeperRecord::is_live)
+            .map(|k| k.pid)
+            .collect()
     }
 
     /// Removes temp files a crashed writer left. Taking the held lock as an argument is the

@@ -76,6 +76,53 @@ impl SpentRecord {
     }
 }
 
+/// A daemon keeping this login fresh: one line per live daemon, added when it starts keeping
+/// the login and removed when it stops. A daemon that crashed leaves its line, which holds
+/// nothing: a keeper is a live process running this program (the start time tells a reused
+/// pid apart), so a dead one's line is ignored and dropped by the next daemon's write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeeperRecord {
+    pub pid: u32,
+    /// As [`SpentRecord::started`].
+    pub started: Option<u64>,
+}
+
+impl KeeperRecord {
+    const TAG: &'static str = "keeper";
+
+    /// This process.
+    pub fn this_process() -> KeeperRecord {
+        let pid = std::process::id();
+        KeeperRecord {
+            pid,
+            started: process::start_time(pid),
+        }
+    }
+
+    /// Whether the daemon it names still runs.
+    pub fn is_live(&self) -> bool {
+        process::runs_this_program(self.pid, self.started)
+    }
+
+    pub fn to_line(&self) -> String {
+        let started = self.started.map_or("-".to_owned(), |s| s.to_string());
+        format!("{} {} {started}\n", Self::TAG, self.pid)
+    }
+
+    pub fn from_line(line: &str) -> Option<KeeperRecord> {
+        let mut f = line.split(' ');
+        if f.next()? != Self::TAG {
+            return None;
+        }
+        let pid = f.next()?.parse().ok().filter(|p| *p > 0)?;
+        let started = match f.next()? {
+            "-" => None,
+            s => Some(s.parse().ok()?),
+        };
+        f.next().is_none().then_some(KeeperRecord { pid, started })
+    }
+}
+
 /// The account of a login this program made (`claude-tokend login`): the email the profile gave
 /// and the fingerprint of the refresh token the store holds while the login descends from it.
 /// Each of this program's own refreshes moves the fingerprint on; anyone else's refresh (or a

@@ -15,6 +15,7 @@
 //! once and is applied at once; a `security` run goes to the blocking pool and is applied when
 //! it finishes), so a hung keychain delays only its own login, and a signal is always heard.
 
+mod keeper;
 mod login_state;
 mod mirrors;
 mod notify_systemd;
@@ -92,6 +93,11 @@ enum Event {
         forced: bool,
         result: Result<Outcome, RefreshError>,
     },
+    /// This daemon was recorded as a login's keeper (with the other live keepers' pids).
+    Registered {
+        index: usize,
+        result: Result<Vec<u32>, StoreError>,
+    },
     /// A read of a login's store that went off the loop finished.
     Read {
         index: usize,
@@ -126,6 +132,8 @@ pub struct Daemon<C: Clock> {
     /// Every login's mirrors and `--mirror-cmd`, and their writes and runs on the blocking pool.
     mirrors: Keeper,
     mirror_jobs: Vec<Op<Option<MirrorDone>, JobKind>>,
+    /// Recording this daemon as a login's keeper in its lock file: at most one per login.
+    registrations: Vec<keeper::Registration>,
     /// Stopping: when the saves of answers already in gave up (see [`UNSAVED_GRACE`]).
     grace_until: Option<Instant>,
     /// One watcher for every login's files.
@@ -173,6 +181,7 @@ impl<C: Clock> Daemon<C> {
             locates: Vec::new(),
             mirrors: Keeper::new(mirrors.0, mirrors.1),
             mirror_jobs: Vec::new(),
+            registrations: Vec::new(),
             grace_until: None,
             watch: None,
             pings: None,
@@ -203,6 +212,7 @@ impl<C: Clock> Daemon<C> {
         self.pump();
         self.deliver();
         self.start_mirror_jobs();
+        self.start_registrations();
         self.notifier.ready();
         trim::release_startup_pages();
         let mut stopping = false;
@@ -212,6 +222,7 @@ impl<C: Clock> Daemon<C> {
                 self.deliver();
                 self.start_due_attempts();
                 self.start_mirror_jobs();
+                self.start_registrations();
             } else if self.in_flight.is_empty() {
                 break;
             }
@@ -286,6 +297,7 @@ impl<C: Clock> Daemon<C> {
                         None => self.mirrors.lost(index, kind),
                     }
                 }
+                Event::Registered { index, result } => self.registered(index, result),
                 Event::Located { index, files } => {
                     if self.logins[index].located(files) {
                         self.arm_watch();
@@ -300,6 +312,7 @@ impl<C: Clock> Daemon<C> {
                     // A mirror write or command run already on the pool finishes there (a
                     // command is never killed by the daemon's exit); none is started any more.
                     self.mirror_jobs.clear();
+                    self.registrations.clear();
                     // An attempt whose request has not gone out is dropped (its temp file and
                     // locks go with it); one whose request went out is waited for and its answer
                     // saved, because the server may already have spent the old refresh token.
@@ -321,6 +334,7 @@ impl<C: Clock> Daemon<C> {
             self.publish_status();
         }
         self.notifier.stopping();
+        self.unregister();
         let deadline = self
             .grace_until
             .unwrap_or_else(|| Instant::now() + UNSAVED_GRACE);
@@ -370,6 +384,8 @@ impl<C: Clock> Daemon<C> {
         let reading = !stopping && !reads.is_empty();
         let mirror_jobs = &mut self.mirror_jobs;
         let mirroring = !stopping && !mirror_jobs.is_empty();
+        let registrations = &mut self.registrations;
+        let registering = !stopping && !registrations.is_empty();
         let locating = !stopping && !locates.is_empty();
         tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => Event::Timer,
@@ -384,6 +400,9 @@ impl<C: Clock> Daemon<C> {
             }
             (index, kind, done) = first_done(mirror_jobs), if mirroring => {
                 Event::Mirror { index, kind, done }
+            }
+            (index, (), result) = first_done(registrations), if registering => {
+                Event::Registered { index, result }
             }
             Some(ping) = async { match pings { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 Event::FileChanged(ping)

@@ -97,6 +97,10 @@ pub(super) struct LoginState<C: Clock> {
     /// What the login's mirrors should hold, from the last read of its store, until the loop
     /// takes it (see `daemon/mirrors.rs`).
     pub(super) mirror_want: Option<tokend_core::mirror::Want>,
+    /// This daemon is recorded as the login's keeper in its lock file (see `daemon/keeper.rs`),
+    /// or wants to be: set by a good read until the loop starts the registration.
+    pub(super) registered: bool,
+    pub(super) want_register: bool,
 }
 
 impl<C: Clock> LoginState<C> {
@@ -129,6 +133,8 @@ impl<C: Clock> LoginState<C> {
             refused: None,
             epoch: 0,
             mirror_want: None,
+            registered: false,
+            want_register: false,
         }
     }
 

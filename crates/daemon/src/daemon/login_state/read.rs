@@ -160,6 +160,7 @@ impl<C: Clock> LoginState<C> {
             Ok(snapshot) => {
                 self.malformed_tries = 0;
                 self.unavailable_tries = 0;
+                self.want_register = !self.registered;
                 if !how.force && Some(snapshot.fingerprint) == self.known {
                     if how.note
                         && let Ok(Some(v)) = snapshot.doc.oauth()
