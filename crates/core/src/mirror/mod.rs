@@ -66,6 +66,22 @@ pub enum Synced {
     Unparsable,
 }
 
+/// What a mirror holds compared with what it should ([`Mirror::compare`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compared {
+    /// What it should: the source's access-only login, or no login when the source has none.
+    Holds,
+    /// A mirror document with another login (an older access token) or none.
+    Differs,
+    /// No mirror file (or no directory) where the source has a login.
+    Missing,
+    /// A refresh token: someone signed in there, so it is not written.
+    HoldsRefreshToken,
+    /// Something that is not a mirror document (a symlink, a FIFO, an unparsable file...):
+    /// the next write replaces it. The text says what.
+    Foreign(&'static str),
+}
+
 /// A mirror that could not be brought up to date.
 #[derive(Debug)]
 pub struct MirrorError {
@@ -195,6 +211,35 @@ impl Mirror {
             },
             _ => false,
         }
+    }
+
+    /// What the mirror holds now compared with `want`, looked at as carefully as
+    /// [`Mirror::sync`] looks (never following a link, reading only a regular file of at most
+    /// [`MAX_READ`] bytes) and changing nothing: nothing is created, written or removed. For
+    /// `doctor`.
+    pub fn compare(&self, want: &Want) -> Result<Compared, MirrorError> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(match want {
+                Want::NoLogin => Compared::Holds,
+                Want::Login(_) => Compared::Missing,
+            });
+        };
+        let current = dir
+            .look(FILE)
+            .map_err(self.error("reading the mirror file"))?;
+        Ok(match current {
+            Current::Absent if *want == Want::NoLogin => Compared::Holds,
+            Current::Absent => Compared::Missing,
+            Current::Foreign(what) => Compared::Foreign(what),
+            Current::Bytes(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(map)) if doc::holds_refresh_token(&map) => {
+                    Compared::HoldsRefreshToken
+                }
+                Ok(Value::Object(map)) if doc::holds(&map, want) => Compared::Holds,
+                Ok(Value::Object(_)) => Compared::Differs,
+                _ => Compared::Foreign("a file that is not a JSON object"),
+            },
+        })
     }
 
     /// The message for a mirror a consumer signed in to (a refresh token appeared in it).

@@ -13,9 +13,11 @@ use crate::credentials::TokenUpdate;
 use crate::secret::Secret;
 use crate::settings::Url;
 
+mod probe;
 mod response;
 mod transport;
 
+pub use probe::{PROBE_TIMEOUT, ServerDate, probe_url, server_date};
 pub use response::{Answer, interpret_response, parse_grant};
 pub(crate) use transport::error_chain;
 pub use transport::{CA_HINT, scrub};
