@@ -67,6 +67,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check why a login might be lost, or not used by Claude Code, and say what to do: one
+    /// line per check (ok, warn or fail). Never refreshes, writes or prints a token.
+    ///
+    /// Checks: what shadows the stored login (CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY),
+    /// which login Claude Code in this shell reads and whether the service keeps it, each
+    /// login's store (there, readable, yours, mode 0600, writable directory) and the login in
+    /// it (blanked, ended or ending, refused, expired), Claude Code's stale lock directories,
+    /// who keeps each login fresh (the service, the live daemons), its mirrors (given the same
+    /// --mirror flags), and the clock (one HEAD request to the token endpoint's host). Exits 0
+    /// when no check fails (warnings allowed), 1 when one does.
+    Doctor {
+        /// Print {"checks":[{"login","check","result","detail","fix"}]} instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Send nothing: leave out the clock check (its one HEAD request).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Sign in (OAuth with PKCE) and save the login to the credentials file, keeping every
     /// other key in it. Prints the sign-in URL, then reads the code you paste (CODE#STATE).
     Login(LoginArgs),

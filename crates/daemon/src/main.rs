@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod completions;
 mod daemon;
+mod doctor;
 mod exit;
 mod interrupt;
 mod logging;
@@ -51,6 +52,9 @@ fn main() -> ExitCode {
         (Some(Command::Refresh), _) => commands::refresh(&cli.settings),
         (Some(Command::Status { json }), _) => status::status(&cli.settings, *json),
         (Some(Command::Token { json }), _) => token::token(&cli.settings, *json),
+        (Some(Command::Doctor { json, offline }), _) => {
+            doctor::doctor(&cli.settings, *json, *offline)
+        }
         (Some(Command::Login(args)), _) => login::login(&cli.settings, args),
         (Some(Command::Logout { yes }), _) => login::logout(&cli.settings, *yes),
         (Some(Command::Service { action }), _) => service::run(&cli.settings, action),

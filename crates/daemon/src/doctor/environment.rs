@@ -1,0 +1,224 @@
+//! The checks of this shell's environment, about the machine rather than one login: what makes
+//! Claude Code ignore the stored login (`shadowing`), and which store Claude Code started from
+//! here reads, compared with the logins the service keeps (`claude-code-store`; on macOS also
+//! whether that login is both in the Keychain and in a file).
+
+use std::path::{Path, PathBuf};
+
+use tokend_core::store::{self, Keychain, LocateEnv, Origin, Store};
+
+use super::service::ServiceFacts;
+use super::{Check, Findings};
+
+/// Which of the variables that take Claude Code's login over are set (never their values).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shadowing {
+    pub oauth_token: bool,
+    pub api_key: bool,
+    pub auth_token: bool,
+}
+
+impl Shadowing {
+    pub fn from_process() -> Shadowing {
+        // An empty variable is falsy in Node, so Claude Code treats it as unset too.
+        let set = |v: Option<std::ffi::OsString>| v.is_some_and(|v| !v.is_empty());
+        Shadowing {
+            oauth_token: set(std::env::var_os("CLAUDE_CODE_OAUTH_TOKEN")),
+            api_key: set(std::env::var_os("ANTHROPIC_API_KEY")),
+            auth_token: set(std::env::var_os("ANTHROPIC_AUTH_TOKEN")),
+        }
+    }
+}
+
+/// `shadowing`: fail when `CLAUDE_CODE_OAUTH_TOKEN` is set (Claude Code uses it and ignores
+/// the stored login), warn for `ANTHROPIC_API_KEY` or `ANTHROPIC_AUTH_TOKEN`.
+pub fn shadowing(s: &Shadowing) -> Check {
+    let mut f = Findings::default();
+    if s.oauth_token {
+        f.fail(
+            "CLAUDE_CODE_OAUTH_TOKEN is set in this environment, so Claude Code uses that token \
+             and ignores the stored login: nothing kept fresh here reaches it",
+            "remove it from your shell profile (~/.bashrc, ~/.zshrc, ~/.profile, or wherever it \
+             is exported) and run `unset CLAUDE_CODE_OAUTH_TOKEN` in open shells",
+        );
+    }
+    for (set, name) in [
+        (s.api_key, "ANTHROPIC_API_KEY"),
+        (s.auth_token, "ANTHROPIC_AUTH_TOKEN"),
+    ] {
+        if set {
+            f.warn(
+                format!(
+                    "{name} is set in this environment, so Claude Code may use it instead of \
+                     the stored login (billed to that key, not your plan)"
+                ),
+                format!(
+                    "unless you mean Claude Code to use it, remove {name} from your shell \
+                     profile and run `unset {name}`"
+                ),
+            );
+        }
+    }
+    f.into_check(
+        "shadowing",
+        "none of CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN is set: \
+         Claude Code uses its stored login",
+    )
+}
+
+/// The login Claude Code started from this shell reads.
+pub struct ShellStore {
+    /// Its credentials path (what locates the file, and names the Keychain item's directory),
+    /// and which variable chose it; `None` when nothing can (no HOME).
+    pub located: Option<(PathBuf, Origin)>,
+    /// On macOS: whether the Keychain item and the file each hold a login (`None` elsewhere,
+    /// or when either cannot be read).
+    pub both_stores: Option<(Keychain, bool, bool)>,
+}
+
+impl ShellStore {
+    pub fn from_process() -> ShellStore {
+        let env = LocateEnv::from_process();
+        let located = store::locate(None, &env).ok();
+        let macos = cfg!(target_os = "macos") || tokend_core::seams::auto_as_macos();
+        let both_stores = match (&located, macos) {
+            (Some((path, _)), true) => {
+                let item = Keychain {
+                    service: store::keychain_service(&env),
+                    account: store::keychain_account(&env),
+                };
+                let in_keychain = holds_login(&Store::keychain(path.clone(), item.clone()));
+                let in_file = holds_login(&Store::new(path.clone()));
+                Some((item, in_keychain, in_file))
+            }
+            _ => None,
+        };
+        ShellStore {
+            located,
+            both_stores,
+        }
+    }
+}
+
+/// Whether a store holds a login (tokens that are not blank).
+fn holds_login(store: &Store) -> bool {
+    store
+        .read()
+        .ok()
+        .and_then(|s| s.doc.oauth().ok().flatten())
+        .is_some_and(|v| !v.is_logged_out())
+}
+
+/// Where a located path came from, for the detail.
+fn origin_text(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Explicit => "named explicitly",
+        Origin::SecureStorageDir => "from CLAUDE_SECURESTORAGE_CONFIG_DIR",
+        Origin::ConfigDir => "from CLAUDE_CONFIG_DIR",
+        Origin::Home => "the default, ~/.claude: CLAUDE_CONFIG_DIR is not set",
+    }
+}
+
+/// `claude-code-store`: fail when the service keeps other logins than the one Claude Code in
+/// this shell reads; on macOS, warn when that login is both in the Keychain and in a file (two
+/// copies of one refresh-token family: one of them goes stale and logs the other out).
+pub fn claude_code_store(shell: &ShellStore, service: &ServiceFacts) -> Check {
+    let Some((path, origin)) = &shell.located else {
+        return Check::warn(
+            "claude-code-store",
+            "cannot tell which login Claude Code reads: HOME is not set (nor CLAUDE_CONFIG_DIR)",
+            "run doctor from the shell you run Claude Code in",
+        );
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut f = Findings::default();
+    let mut ok = format!(
+        "Claude Code in this shell reads the login of {} ({})",
+        dir.display(),
+        origin_text(*origin)
+    );
+    if let Some(kept) = service.logins.as_ref().filter(|_| service.installed) {
+        if kept
+            .iter()
+            .any(|k| super::service_text::same_login(k, path))
+        {
+            ok.push_str(&format!(", which {} keeps", service.name));
+        } else {
+            let dirs: Vec<String> = kept
+                .iter()
+                .map(|k| k.parent().unwrap_or(Path::new("/")).display().to_string())
+                .collect();
+            f.fail(
+                format!(
+                    "Claude Code in this shell reads the login of {} ({}), but {} keeps {}: \
+                     the login Claude Code uses is not the one kept fresh",
+                    dir.display(),
+                    origin_text(*origin),
+                    service.name,
+                    if dirs.is_empty() {
+                        "no login".to_owned()
+                    } else {
+                        dirs.join(", ")
+                    }
+                ),
+                format!(
+                    "have the service keep it too: `claude-tokend service install --now \
+                     --config-dir {}` (with a --config-dir for each login it should keep), or \
+                     run Claude Code with the config directory the service keeps",
+                    dir.display()
+                ),
+            );
+        }
+    }
+    if let Some((item, true, true)) = &shell.both_stores {
+        f.warn(
+            format!(
+                "the login is both in the Keychain ({}) and in the file {}: two copies of one \
+                 login, and whichever is not refreshed goes stale and its refresh token is \
+                 refused",
+                item.place(),
+                path.display()
+            ),
+            format!(
+                "keep one: Claude Code on macOS uses the Keychain, so move the file away (mv {} \
+                 {}.old) unless you run Claude Code with the file on purpose",
+                path.display(),
+                path.display()
+            ),
+        );
+    }
+    f.into_check("claude-code-store", ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Verdict;
+
+    #[test]
+    fn shadowing_by_table() {
+        let none = Shadowing::default();
+        assert_eq!(shadowing(&none).verdict, Verdict::Ok);
+        let key = Shadowing {
+            api_key: true,
+            ..none.clone()
+        };
+        let c = shadowing(&key);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.detail.contains("ANTHROPIC_API_KEY"), "{}", c.detail);
+        let all = Shadowing {
+            oauth_token: true,
+            api_key: true,
+            auth_token: true,
+        };
+        let c = shadowing(&all);
+        assert_eq!(c.verdict, Verdict::Fail);
+        for name in [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+        ] {
+            assert!(c.detail.contains(name), "{}", c.detail);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The `keeper` check of one login: who keeps it fresh? The live claude-tokend daemons that
+//! recorded themselves as its keepers (`Store::keepers`: read from the program's lock file
+//! without locking or creating it; a dead pid keeps nothing), and the systemd user unit or
+//! launchd agent: installed, enabled, running, with its pid, and whether this login is one of
+//! its logins.
+
+use tokend_core::store::Store;
+
+use super::service::{Manager, ServiceFacts};
+use super::{Check, Findings};
+
+pub struct Facts<'s> {
+    /// The live daemons keeping this login.
+    pub keepers: Vec<u32>,
+    pub service: &'s ServiceFacts,
+    /// Whether the service keeps this login (`None`: cannot tell).
+    pub service_keeps: Option<bool>,
+    /// `--config-dir DIR` (or `--credentials PATH`) naming this login, for commands to paste.
+    pub login_flag: String,
+}
+
+impl<'s> Facts<'s> {
+    pub fn gather(store: &Store, service: &'s ServiceFacts) -> Facts<'s> {
+        let path = store.path();
+        let login_flag = match path.parent() {
+            Some(dir) if path.file_name() == Some(tokend_core::store::FILE_NAME.as_ref()) => {
+                format!("--config-dir {}", dir.display())
+            }
+            _ => format!("--credentials {}", path.display()),
+        };
+        Facts {
+            keepers: store.keepers(),
+            service_keeps: service.keeps(path),
+            service,
+            login_flag,
+        }
+    }
+}
+
+/// `keeper`: warn when no daemon keeps the login (Claude Code alone refreshes it, from
+/// whichever session notices first, and those race), when two do, when the service is
+/// installed but not running (or not enabled), and when the service manager could not be asked.
+pub fn check(f: &Facts) -> Check {
+    let svc = f.service;
+    let mut found = Findings::default();
+    let state = svc.state.as_ref().ok();
+    let svc_pid = state.and_then(|s| s.pid.filter(|_| s.running));
+    // Whether the service is meant to keep this login (unknown logins: assume it is).
+    let ours = svc.installed && f.service_keeps != Some(false);
+    let install = format!(
+        "`claude-tokend service install --now {}` (a service that keeps it from every login \
+         on)",
+        f.login_flag
+    );
+    match f.keepers.as_slice() {
+        [] => {
+            let detail = "no claude-tokend daemon keeps this login fresh: Claude Code alone \
+                          will refresh it, from whichever session notices first, and those \
+                          refreshes race";
+            match state {
+                Some(s) if ours && s.running => found.warn(
+                    format!(
+                        "{detail}; {} runs (pid {}) but has not recorded itself as this \
+                         login's keeper (an older claude-tokend?)",
+                        svc.name,
+                        s.pid.map_or("unknown".into(), |p| p.to_string())
+                    ),
+                    format!("restart it: {}", restart(svc)),
+                ),
+                _ if ours => found.warn(
+                    format!("{detail}; {} is installed but not running", svc.name),
+                    format!(
+                        "start it: {} (why it stopped: {})",
+                        svc.start_command(),
+                        svc.logs_command()
+                    ),
+                ),
+                _ => found.warn(detail, format!("keep it with {install}")),
+            }
+        }
+        [_] => {}
+        many => {
+            let pids: Vec<String> = many.iter().map(u32::to_string).collect();
+            let others: Vec<String> = many
+                .iter()
+                .filter(|p| Some(**p) != svc_pid)
+                .map(u32::to_string)
+                .collect();
+            found.warn(
+                format!(
+                    "{} claude-tokend daemons keep this login (pids {}): safe, since the locks \
+                     take turns, but one is enough",
+                    many.len(),
+                    pids.join(", ")
+                ),
+                match svc_pid {
+                    Some(p) => format!(
+                        "stop the ones the service did not start (pid {p} is the service's): \
+                         kill {}",
+                        others.join(" ")
+                    ),
+                    None => format!("stop all but one: kill {}", pids[1..].join(" ")),
+                },
+            );
+        }
+    }
+    match &svc.state {
+        Err(why) => found.warn(
+            format!(
+                "{} could not be asked about {}: {why}",
+                manager_name(svc),
+                svc.name
+            ),
+            match svc.manager {
+                Manager::Systemd => {
+                    "systemctl --user needs your user's service manager: from su, sudo or an ssh \
+                     session without one, `export XDG_RUNTIME_DIR=/run/user/$(id -u)`; if none \
+                     runs for your user, `loginctl enable-linger $USER` (or log in); then run \
+                     doctor again"
+                }
+                Manager::Launchd => {
+                    "run doctor in your own login session on the Mac (launchctl print \
+                     gui/$(id -u) needs it)"
+                }
+            },
+        ),
+        // Said above when nobody keeps it; said here when a hand-started daemon does.
+        Ok(s) if ours && !s.running && !f.keepers.is_empty() => found.warn(
+            format!(
+                "{} is installed but not running, so nothing keeps this login after this \
+                 daemon stops",
+                svc.name
+            ),
+            format!(
+                "start it instead: {} (why it stopped: {})",
+                svc.start_command(),
+                svc.logs_command()
+            ),
+        ),
+        Ok(s) if ours && s.running && s.enabled == Some(false) => found.warn(
+            format!(
+                "{} runs but is not enabled, so it will not start at your next login",
+                svc.name
+            ),
+            svc.start_command(),
+        ),
+        Ok(_) => {}
+    }
+    found.into_check("keeper", ok_detail(f, svc_pid))
+}
+
+fn restart(svc: &ServiceFacts) -> String {
+    match svc.manager {
+        Manager::Systemd => "systemctl --user restart claude-tokend.service".into(),
+        Manager::Launchd => "launchctl kickstart -k gui/$(id -u)/io.github.claude-tokend".into(),
+    }
+}
+
+fn manager_name(svc: &ServiceFacts) -> &'static str {
+    match svc.manager {
+        Manager::Systemd => "systemd",
+        Manager::Launchd => "launchd",
+    }
+}
+
+/// Who keeps it, when one daemon does.
+fn ok_detail(f: &Facts, svc_pid: Option<u32>) -> String {
+    let Some(pid) = f.keepers.first() else {
+        return String::new();
+    };
+    let svc = f.service;
+    let state = svc.state.as_ref().map(|s| s.text.as_str()).unwrap_or("");
+    if svc_pid == Some(*pid) {
+        return format!(
+            "kept fresh by claude-tokend pid {pid}, {} ({state})",
+            svc.name
+        );
+    }
+    let service = if svc.installed && f.service_keeps == Some(true) {
+        format!("{} ({state}) keeps it too", svc.name)
+    } else {
+        format!(
+            "not a service: it stops when you log out or reboot (claude-tokend service \
+             install --now {} makes one)",
+            f.login_flag
+        )
+    };
+    format!("kept fresh by claude-tokend pid {pid}; {service}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Verdict;
+    use crate::doctor::service::State;
+    use std::path::PathBuf;
+
+    fn service(installed: bool, state: Result<State, String>) -> ServiceFacts {
+        ServiceFacts {
+            manager: Manager::Systemd,
+            name: "the systemd user service claude-tokend.service".into(),
+            file: PathBuf::from("/h/.config/systemd/user/claude-tokend.service"),
+            installed,
+            state,
+            logins: installed.then(|| vec![PathBuf::from("/h/.claude/.credentials.json")]),
+        }
+    }
+
+    fn running(pid: u32) -> Result<State, String> {
+        Ok(State {
+            loaded: true,
+            enabled: Some(true),
+            running: true,
+            pid: Some(pid),
+            text: "enabled, active (running)".into(),
+        })
+    }
+
+    fn judge(keepers: &[u32], svc: &ServiceFacts) -> Check {
+        check(&Facts {
+            keepers: keepers.to_vec(),
+            service: svc,
+            service_keeps: svc.logins.as_ref().map(|_| true),
+            login_flag: "--config-dir /h/.claude".into(),
+        })
+    }
+
+    #[test]
+    fn who_keeps_it_by_table() {
+        let none = service(false, Ok(State::default()));
+        let c = judge(&[], &none);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.fix
+                .unwrap()
+                .contains("service install --now --config-dir /h/.claude")
+        );
+        let c = judge(&[7], &none);
+        assert_eq!(c.verdict, Verdict::Ok);
+        assert!(c.detail.contains("pid 7; not a service"), "{}", c.detail);
+        let svc = service(true, running(7));
+        let c = judge(&[7], &svc);
+        assert_eq!(c.verdict, Verdict::Ok);
+        assert!(
+            c.detail.contains("pid 7, the systemd user service"),
+            "{}",
+            c.detail
+        );
+        let c = judge(&[7, 9], &svc);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.fix.unwrap().ends_with("kill 9"));
+        let stopped = service(
+            true,
+            Ok(State {
+                loaded: true,
+                ..State::default()
+            }),
+        );
+        let c = judge(&[], &stopped);
+        assert!(
+            c.detail.contains("installed but not running"),
+            "{}",
+            c.detail
+        );
+        let c = judge(&[7], &stopped);
+        assert_eq!(c.verdict, Verdict::Warn);
+        let unasked = service(false, Err("Failed to connect to bus".into()));
+        let c = judge(&[7], &unasked);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.detail.contains("Failed to connect to bus"),
+            "{}",
+            c.detail
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! What the service manager says about claude-tokend's service, for `doctor`: whether the
+//! systemd user unit or the launchd agent is installed, enabled, running (with its pid), and
+//! which logins it keeps. It asks the real manager (`systemctl --user show`, `launchctl print
+//! gui/<uid>/…`), once, bounded in time; when the manager cannot be asked (no user bus, no
+//! `systemctl` on PATH) it says why and still reads the installed files for the logins. It
+//! changes nothing: no `daemon-reload`, no start, no write.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::service_text::{
+    env_pairs, logins_of, properties, read_plist, read_print, read_unit, same_login, show_argv,
+    words,
+};
+
+/// The systemd unit's name and the launchd label (as `service install` writes them).
+const UNIT: &str = "claude-tokend.service";
+const LABEL: &str = "io.github.claude-tokend";
+/// The unit a package installs (see CONTRACT.md "Packages"); a user's own unit wins over it.
+const PACKAGED_UNIT: &str = "/usr/lib/systemd/user/claude-tokend.service";
+/// How long the manager may take to answer: doctor is run by a person waiting for it.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Manager {
+    Systemd,
+    Launchd,
+}
+
+/// What the manager said about the service when it could be asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    /// Known to the manager (systemd: the unit is loaded; launchd: the agent is loaded).
+    pub loaded: bool,
+    /// Started at every login (systemd's `UnitFileState`); `None` where the manager does not
+    /// say (launchd loads every installed agent at login).
+    pub enabled: Option<bool>,
+    pub running: bool,
+    /// The running daemon's pid.
+    pub pid: Option<u32>,
+    /// How the manager put it (`active (running)`, `state = running`), for the detail.
+    pub text: String,
+}
+
+/// The service as far as doctor could learn.
+#[derive(Clone, Debug)]
+pub struct ServiceFacts {
+    pub manager: Manager,
+    /// "the systemd user service claude-tokend.service", for messages.
+    pub name: String,
+    /// The file `service install` writes.
+    pub file: PathBuf,
+    /// A unit or agent is installed (the manager knows it, or its file is there).
+    pub installed: bool,
+    /// The manager's answer, or why it could not be asked.
+    pub state: Result<State, String>,
+    /// The credentials paths of the logins the service keeps (`None`: not installed, or its
+    /// files could not be read).
+    pub logins: Option<Vec<PathBuf>>,
+}
+
+impl ServiceFacts {
+    /// Whether the service keeps the login at `path` (`None`: cannot tell).
+    pub fn keeps(&self, path: &Path) -> Option<bool> {
+        self.logins
+            .as_ref()
+            .map(|l| l.iter().any(|k| same_login(k, path)))
+    }
+
+    /// The command that starts it now and at every login.
+    pub fn start_command(&self) -> String {
+        match self.manager {
+            Manager::Systemd => format!("systemctl --user enable --now {UNIT}"),
+            Manager::Launchd => format!("launchctl bootstrap gui/$(id -u) {}", self.file.display()),
+        }
+    }
+
+    /// Where its logs are.
+    pub fn logs_command(&self) -> &'static str {
+        match self.manager {
+            Manager::Systemd => "journalctl --user -u claude-tokend",
+            Manager::Launchd => "tail ~/Library/Logs/claude-tokend.log",
+        }
+    }
+}
+
+/// The manager `service` would use: `CLAUDE_TOKEND_SERVICE_MANAGER`, else the OS's.
+fn manager() -> Manager {
+    match std::env::var("CLAUDE_TOKEND_SERVICE_MANAGER").as_deref() {
+        Ok("systemd") => Manager::Systemd,
+        Ok("launchd") => Manager::Launchd,
+        _ if cfg!(target_os = "macos") => Manager::Launchd,
+        _ => Manager::Systemd,
+    }
+}
+
+/// Asks the service manager about the service (once).
+pub fn ask() -> ServiceFacts {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    match manager() {
+        Manager::Systemd => systemd(home.as_deref()),
+        Manager::Launchd => launchd(home.as_deref()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd
+
+fn systemd(home: Option<&Path>) -> ServiceFacts {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| home.map(|h| h.join(".config")))
+        .unwrap_or_default();
+    let unit_dir = config.join("systemd").join("user");
+    let file = unit_dir.join(UNIT);
+    let name = format!("the systemd user service {UNIT}");
+    let asked = run_bounded(
+        "systemctl",
+        &[
+            "--user",
+            "show",
+            UNIT,
+            "--property=LoadState,UnitFileState,ActiveState,SubState,MainPID,ExecStart,\
+             Environment",
+        ],
+    );
+    let shown = match asked {
+        Ok((true, out, _)) => Ok(out),
+        Ok((false, out, err)) => Err(first_line(&err)
+            .or_else(|| first_line(&out))
+            .unwrap_or("systemctl --user show failed")
+            .to_owned()),
+        Err(e) => Err(e),
+    };
+    let from_files = || unit_from_files(&unit_dir, home);
+    match shown {
+        Ok(out) => {
+            let props = properties(&out);
+            let prop = |k: &str| {
+                props
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            let loaded = prop("LoadState") == Some("loaded");
+            let active = prop("ActiveState").unwrap_or("");
+            let sub = prop("SubState").unwrap_or("");
+            let enabled = prop("UnitFileState").map(|s| s.starts_with("enabled") || s == "linked");
+            let pid = prop("MainPID")
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p != 0);
+            let logins = if loaded {
+                let argv = prop("ExecStart").map(show_argv).unwrap_or_default();
+                let env = prop("Environment").map(words).unwrap_or_default();
+                Some(logins_of(&argv, &env_pairs(&env), home))
+            } else {
+                from_files()
+            };
+            let installed = loaded || logins.is_some();
+            let mut text = match (loaded, active) {
+                (false, _) if installed => {
+                    "installed, but systemd has not loaded it (systemctl --user daemon-reload)"
+                        .to_owned()
+                }
+                (false, _) => "not installed".to_owned(),
+                (true, a) => format!("{a} ({sub})"),
+            };
+            if loaded && let Some(state) = prop("UnitFileState").filter(|s| !s.is_empty()) {
+                text = format!("{state}, {text}");
+            }
+            ServiceFacts {
+                manager: Manager::Systemd,
+                name,
+                file,
+                installed,
+                state: Ok(State {
+                    loaded,
+                    enabled: enabled.filter(|_| loaded),
+                    running: loaded && active == "active" && sub == "running",
+                    pid,
+                    text,
+                }),
+                logins,
+            }
+        }
+        Err(why) => {
+            let logins = from_files();
+            ServiceFacts {
+                manager: Manager::Systemd,
+                name,
+                file,
+                installed: logins.is_some(),
+                state: Err(why),
+                logins,
+            }
+        }
+    }
+}
+
+/// The unit as its files say, when systemd cannot be asked (or has not loaded it): the user's
+/// unit (else the packaged one) and the drop-ins beside the user's, in name order, read for
+/// `ExecStart=` and `Environment=`. `None` when no unit file is there.
+fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>> {
+    let own = unit_dir.join(UNIT);
+    let main = [own.as_path(), Path::new(PACKAGED_UNIT)]
+        .into_iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())?;
+    let mut texts = vec![main];
+    let dropins = unit_dir.join(format!("{UNIT}.d"));
+    if let Ok(entries) = std::fs::read_dir(&dropins) {
+        let mut names: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        names.sort();
+        texts.extend(names.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+    }
+    let mut argv = Vec::new();
+    let mut env = Vec::new();
+    for text in &texts {
+        read_unit(text, home, &mut argv, &mut env);
+    }
+    Some(logins_of(&argv, &env_pairs(&env), home))
+}
+
+// ---------------------------------------------------------------------------------------------
+// launchd
+
+fn launchd(home: Option<&Path>) -> ServiceFacts {
+    let file = home
+        .unwrap_or(Path::new("~"))
+        .join("Library/LaunchAgents")
+        .join(format!("{LABEL}.plist"));
+    let name = format!("the launchd agent {LABEL}");
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let target = format!("gui/{}/{LABEL}", unsafe { libc::getuid() });
+    let from_file = || {
+        let text = std::fs::read_to_string(&file).ok()?;
+        let (argv, env) = read_plist(&text);
+        Some(logins_of(&argv, &env, home))
+    };
+    let state = match run_bounded("launchctl", &["print", &target]) {
+        Ok((true, out, _)) => {
+            let (argv, env) = read_print(&out);
+            let logins = logins_of(&argv, &env, home);
+            let field = |name: &str| {
+                out.lines()
+                    .map(str::trim)
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(" = ").map(str::to_owned))
+            };
+            let state = field("state").unwrap_or_else(|| "unknown".into());
+            Ok((
+                State {
+                    loaded: true,
+                    enabled: None,
+                    running: state == "running",
+                    pid: field("pid").and_then(|p| p.parse().ok()),
+                    text: format!("loaded, state = {state}"),
+                },
+                Some(logins),
+            ))
+        }
+        Ok((false, out, err)) if format!("{out}{err}").contains("Could not find service") => Ok((
+            State {
+                text: "not loaded".into(),
+                ..State::default()
+            },
+            from_file(),
+        )),
+        Ok((false, out, err)) => Err(first_line(&err)
+            .or_else(|| first_line(&out))
+            .unwrap_or("launchctl print failed")
+            .to_owned()),
+        Err(e) => Err(e),
+    };
+    match state {
+        Ok((state, logins)) => ServiceFacts {
+            manager: Manager::Launchd,
+            name,
+            installed: state.loaded || file.exists(),
+            file,
+            state: Ok(state),
+            logins,
+        },
+        Err(why) => {
+            let logins = from_file();
+            ServiceFacts {
+                manager: Manager::Launchd,
+                name,
+                installed: file.exists(),
+                file,
+                state: Err(why),
+                logins,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which logins a service keeps
+
+// ---------------------------------------------------------------------------------------------
+// Running the manager's command
+
+/// Runs `program args`, waiting at most [`ASK_TIMEOUT`]: `(success, stdout, stderr)`, or why it
+/// could not be run or did not finish.
+fn run_bounded(program: &str, args: &[&str]) -> Result<(bool, String, String), String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("there is no {program} on PATH"),
+            _ => format!("cannot run {program}: {e}"),
+        })?;
+    let pid = child.id();
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut text);
+        }
+        let status = child.wait();
+        let _ = tx.send((status, text));
+    });
+    match rx.recv_timeout(ASK_TIMEOUT) {
+        Ok((Ok(status), stdout)) => {
+            let stderr = reader.join().unwrap_or_default();
+            Ok((status.success(), stdout, stderr))
+        }
+        Ok((Err(e), _)) => Err(format!("cannot wait for {program}: {e}")),
+        Err(_) => {
+            // The waiting thread has not reaped it, so the pid is still this child's.
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            Err(format!(
+                "{program} did not answer within {}s",
+                ASK_TIMEOUT.as_secs()
+            ))
+        }
+    }
+}
+
+fn first_line(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).find(|l| !l.is_empty())
+}
