@@ -243,9 +243,24 @@ const OTHER_VARIABLES: &[(&str, &str)] = &[
          is an error (give each login its --mirror). service install carries it.",
     ),
     (
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "Claude Code's: when set, Claude Code uses that token and ignores the stored login; \
+         doctor fails on it (it is never read for its value).",
+    ),
+    (
+        "ANTHROPIC_API_KEY",
+        "Claude Code's: when set, Claude Code may use the API key instead of the stored login; \
+         doctor warns about it.",
+    ),
+    (
+        "ANTHROPIC_AUTH_TOKEN",
+        "Claude Code's: like ANTHROPIC_API_KEY, a credential that may take the stored login's \
+         place; doctor warns about it.",
+    ),
+    (
         "PATH",
-        "Where security (the Keychain store), sh (--notify-cmd) and notify-send or osascript \
-         (--notify desktop) are found.",
+        "Where security (the Keychain store), sh (--notify-cmd), notify-send or osascript \
+         (--notify desktop), and systemctl or launchctl (service, doctor) are found.",
     ),
     (
         "USER",
@@ -346,14 +361,15 @@ const EXIT_CODES: &[(&str, &str)] = &[
     (
         "0",
         "Done: a valid access token is stored, fresh or refreshed (status: a token that has not \
-         expired; logout: no login is stored now; service status: the service is running).",
+         expired; logout: no login is stored now; service status: the service is running; doctor: \
+         no check failed).",
     ),
     (
         "1",
         "status: the token has expired; other failures not listed here (a refused logout, a \
          login state mismatch, a client setting the server refuses, new tokens that could not be \
          saved; service: a step that failed, a hand-edited file, a service not installed or not \
-         running).",
+         running; doctor: a check failed).",
     ),
     (
         "2",

@@ -100,7 +100,11 @@ mod tests {
         assert_eq!(check(&facts(-59)).verdict, Verdict::Ok);
         let ahead = check(&facts(300));
         assert_eq!(ahead.verdict, Verdict::Warn);
-        assert!(ahead.detail.contains("5m 0s ahead of h"), "{}", ahead.detail);
+        assert!(
+            ahead.detail.contains("5m 0s ahead of h"),
+            "{}",
+            ahead.detail
+        );
         let behind = check(&facts(-300));
         assert!(behind.detail.contains("behind h"), "{}", behind.detail);
         let failed = Facts {
