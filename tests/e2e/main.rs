@@ -15,6 +15,7 @@ mod daemon_refused;
 mod daemon_slow_store;
 mod daemon_unsaved;
 mod daemon_watch;
+mod doctor;
 mod failures;
 mod keeper;
 mod keychain;
