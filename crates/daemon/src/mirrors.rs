@@ -56,9 +56,10 @@ pub fn configured(settings: &Settings) -> Result<Configured, u8> {
                 None if stores.len() == 1 => 0,
                 None => {
                     return Err(usage(format_args!(
-                        "{named} comes before any --config-dir or --credentials, and {} logins \
-                         are configured, so it is not clear whose copy it is: put each --mirror \
-                         after the --config-dir DIR or --credentials PATH of its login",
+                        "{named} has no --config-dir or --credentials before it on the command \
+                         line, and {} logins are configured, so it is not clear whose copy it \
+                         is: put each --mirror after the --config-dir DIR or --credentials PATH \
+                         of its login",
                         stores.len()
                     )));
                 }
