@@ -19,4 +19,5 @@ mod hostile;
 mod keychain;
 mod oneshot;
 mod refusals;
+mod review;
 mod status;

@@ -194,10 +194,11 @@ pub struct Settings {
     pub login_flags: Vec<LoginFlag>,
 
     /// Keep an access-only copy of the login (its access token, never its refresh token) in
-    /// DIR/.credentials.json, for Claude Code in a container or on another machine
-    /// (CLAUDE_CONFIG_DIR=DIR there); it belongs to the --config-dir or --credentials before
-    /// it; repeat for several. CLAUDE_TOKEND_MIRRORS (a :-separated list) gives the mirrors of
-    /// a single login.
+    /// DIR/.credentials.json, for Claude Code in a container or on another machine (mount DIR
+    /// there and point CLAUDE_CONFIG_DIR at the mount); it belongs to the --config-dir or
+    /// --credentials before it; repeat for several. Written by the daemon, --once and refresh;
+    /// status lists it. CLAUDE_TOKEND_MIRRORS (a :-separated list) gives the mirrors of a
+    /// single login.
     #[arg(long, global = true, value_name = "DIR", action = ArgAction::Append)]
     pub mirror: Vec<PathBuf>,
 
@@ -205,10 +206,11 @@ pub struct Settings {
     #[arg(skip)]
     pub mirror_flags: Vec<MirrorFlag>,
 
-    /// The daemon runs this (with sh -c) at start and after each change of a login's
-    /// access-only copy, with the copy on stdin (never in arguments or the environment), to
-    /// publish it elsewhere (ssh, a Kubernetes Secret); CLAUDE_TOKEND_EVENT is update or
-    /// logout, CLAUDE_TOKEND_LOGIN names the login.
+    /// Run this (with sh -c) with a login's access-only copy on stdin (never in arguments or
+    /// the environment), to publish it elsewhere (ssh, a Kubernetes Secret): the daemon at
+    /// start and after each change of the copy, --once and refresh after they obtained new
+    /// tokens. CLAUDE_TOKEND_EVENT is update or logout (empty stdin), CLAUDE_TOKEND_LOGIN
+    /// names the login.
     #[arg(long, global = true, value_name = "COMMAND", env = "CLAUDE_TOKEND_MIRROR_CMD",
           value_parser = non_empty)]
     pub mirror_cmd: Option<String>,

@@ -49,6 +49,9 @@ pub fn policy_for(settings: &Settings) -> Policy {
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // A blocking thread (a Keychain call, a mirror's write) is gone a second after its
+        // work: the idle daemon keeps no thread, and the next minute's check makes new ones.
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
         .expect("a current-thread runtime needs no resources that can run out")
 }
@@ -106,19 +109,39 @@ pub fn once(settings: &Settings) -> u8 {
     };
     let mut session = None;
     let mut codes = Vec::with_capacity(logins.stores.len());
+    let mut owed = Vec::new();
     for (store, mirrors) in logins.stores.iter().zip(&logins.mirrors) {
         match once_one(settings, store, &mut session) {
             Ok((code, refreshed)) => {
                 codes.push(code);
-                mirrors::after_one_shot(settings, store, mirrors, refreshed);
+                owed.extend(mirrors::after_one_shot(settings, store, mirrors, refreshed));
             }
             Err(code) => return code,
         }
     }
-    match session.as_mut().and_then(Session::pending) {
+    match run_owed_commands(settings, owed, &mut session) {
         Some(signal) => interrupt::exit_code(signal),
         None => worst(codes),
     }
+}
+
+/// The `--mirror-cmd` runs a one-shot command owes, after every login was refreshed; a signal
+/// (heard by the session's handlers, installed when anything was refreshed) stops the waiting.
+/// Returns the signal that came meanwhile, if one did (the command stops with it).
+fn run_owed_commands(
+    settings: &Settings,
+    owed: Vec<mirrors::Owed>,
+    session: &mut Option<Session>,
+) -> Option<i32> {
+    let mut caught = None;
+    if !owed.is_empty() {
+        let mut stop = || {
+            caught = caught.or_else(|| session.as_mut().and_then(Session::pending));
+            caught.is_some()
+        };
+        mirrors::run_commands(settings, owed, &mut stop);
+    }
+    caught.or_else(|| session.as_mut().and_then(Session::pending))
 }
 
 /// The logins and their mirrors, for a command that writes mirrors (the daemon, `--once`,
@@ -322,16 +345,17 @@ pub fn refresh(settings: &Settings) -> u8 {
     let many = logins.stores.len() > 1;
     let mut session = None;
     let mut codes = Vec::with_capacity(logins.stores.len());
+    let mut owed = Vec::new();
     for (store, mirrors) in logins.stores.iter().zip(&logins.mirrors) {
         match refresh_one(settings, store, many, &mut session) {
             Ok((code, refreshed)) => {
                 codes.push(code);
-                mirrors::after_one_shot(settings, store, mirrors, refreshed);
+                owed.extend(mirrors::after_one_shot(settings, store, mirrors, refreshed));
             }
             Err(code) => return code,
         }
     }
-    match session.as_mut().and_then(Session::pending) {
+    match run_owed_commands(settings, owed, &mut session) {
         Some(signal) => interrupt::exit_code(signal),
         None => worst(codes),
     }

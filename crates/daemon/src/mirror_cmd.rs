@@ -15,9 +15,15 @@ use tokend_core::mirror::Want;
 /// How long a run may take before its process group is killed.
 pub const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Runs `command` for `login` with `want`'s document, waiting up to [`RUN_LIMIT`]. `Err` says
-/// why it failed, for a log line (never with the document).
-pub fn run(command: &str, login: &str, want: &Want) -> Result<(), String> {
+/// Runs `command` for `login` with `want`'s document, waiting up to [`RUN_LIMIT`] (or until
+/// `stop` says to stop waiting: the command then goes on by itself). `Err` says why it failed,
+/// for a log line (never with the document).
+pub fn run(
+    command: &str,
+    login: &str,
+    want: &Want,
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<(), String> {
     let document = want.document();
     let event = if document.is_some() {
         "update"
@@ -38,11 +44,16 @@ pub fn run(command: &str, login: &str, want: &Want) -> Result<(), String> {
         .process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start it: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        // The document is a few hundred bytes, far below a pipe's buffer, so this write does not
-        // wait for the command to read. A command that does not read it (or exits first) is
-        // its own business: its exit status is what counts.
-        if let Some(bytes) = &document {
-            let _ = stdin.write_all(bytes);
+        // Written from a thread of its own, so a command that does not read a document larger
+        // than a pipe holds cannot stall the wait below (and its timeout): killing it ends the
+        // write with EPIPE. A command that does not read it (or exits first) is its own
+        // business: its exit status is what counts.
+        if let Some(bytes) = document {
+            let _ = std::thread::Builder::new()
+                .name("mirror-cmd stdin".into())
+                .spawn(move || {
+                    let _ = stdin.write_all(&bytes);
+                });
         }
     }
     let started = Instant::now();
@@ -60,6 +71,11 @@ pub fn run(command: &str, login: &str, want: &Want) -> Result<(), String> {
                     "it ran longer than {}s and was killed",
                     RUN_LIMIT.as_secs()
                 ));
+            }
+            Ok(None) if stop() => {
+                return Err(
+                    "stopped waiting for it (a signal came); it goes on by itself".to_owned(),
+                );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => return Err(format!("cannot wait for it: {e}")),

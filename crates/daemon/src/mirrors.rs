@@ -56,9 +56,10 @@ pub fn configured(settings: &Settings) -> Result<Configured, u8> {
                 None if stores.len() == 1 => 0,
                 None => {
                     return Err(usage(format_args!(
-                        "{named} comes before any --config-dir or --credentials, and {} logins \
-                         are configured, so it is not clear whose copy it is: put each --mirror \
-                         after the --config-dir DIR or --credentials PATH of its login",
+                        "{named} has no --config-dir or --credentials before it on the command \
+                         line, and {} logins are configured, so it is not clear whose copy it \
+                         is: put each --mirror after the --config-dir DIR or --credentials PATH \
+                         of its login",
                         stores.len()
                     )));
                 }
@@ -93,8 +94,8 @@ fn refuse_if_login_place(m: &Mirror, login: &Store) -> Result<(), u8> {
     let config_dir = login.path().parent().map(mirror::resolve);
     if config_dir.as_deref().is_some_and(|d| same_dir(d, m.dir())) {
         return Err(usage(format_args!(
-            "--mirror {}: that is the config directory of the login in {}, and a mirror there \
-             would overwrite it: choose a directory of its own (like ~/.claude-mirror)",
+            "the mirror {}: that is the config directory of the login in {}, and a mirror \
+             there would overwrite it: choose a directory of its own (like ~/.claude-mirror)",
             m.dir().display(),
             login.place()
         )));
@@ -105,7 +106,7 @@ fn refuse_if_login_place(m: &Mirror, login: &Store) -> Result<(), u8> {
         && store_dir.as_deref().is_some_and(|d| same_dir(d, m.dir()))
     {
         return Err(usage(format_args!(
-            "--mirror {}: its {} is where the login in {} is kept, and a mirror never \
+            "the mirror {}: its {} is where the login in {} is kept, and a mirror never \
              overwrites a real login: choose a directory of its own",
             m.dir().display(),
             mirror::FILE_NAME,
@@ -121,10 +122,13 @@ pub fn refuse_real_logins(configured: &Configured) -> Result<(), u8> {
     for m in configured.mirrors.iter().flatten() {
         if m.holds_real_login() {
             return Err(usage(format_args!(
-                "--mirror {}: {} holds a login with a refresh token (someone's real login), \
-                 which a mirror never overwrites: move it away (mv {} somewhere safe) or choose \
-                 another directory",
+                "the mirror {}: {} holds a login with a refresh token (a real login: Claude \
+                 Code's own there, or a consumer that signed in inside the mirror), which a \
+                 mirror never overwrites. If it is a login you use, give the mirror another \
+                 directory; if it is a consumer's sign-in that should not be there, move the \
+                 file away (mv {} {}.moved) and start again",
                 m.dir().display(),
+                m.file().display(),
                 m.file().display(),
                 m.file().display()
             )));
@@ -148,12 +152,25 @@ fn usage(message: std::fmt::Arguments<'_>) -> u8 {
     exit::USAGE
 }
 
+/// A `--mirror-cmd` run a one-shot command owes a login: run after every login's refresh
+/// (so one slow command delays no other login's), by [`run_commands`].
+pub struct Owed {
+    login: String,
+    want: Want,
+}
+
 /// After `--once` or `refresh` ran for a login (and saved what it got): brings each of its
-/// mirrors up to date (refreshed or not), and when `refreshed` runs `--mirror-cmd`. A failure
-/// is a warning on stderr; it never changes the exit code.
-pub fn after_one_shot(settings: &Settings, store: &Store, mirrors: &[Mirror], refreshed: bool) {
-    if mirrors.is_empty() && !(refreshed && settings.mirror_cmd.is_some()) {
-        return;
+/// mirrors up to date (refreshed or not). When `refreshed` and `--mirror-cmd` is set, the run
+/// it owes. A failure is a warning on stderr; it never changes the exit code.
+pub fn after_one_shot(
+    settings: &Settings,
+    store: &Store,
+    mirrors: &[Mirror],
+    refreshed: bool,
+) -> Option<Owed> {
+    let command = refreshed && settings.mirror_cmd.is_some();
+    if mirrors.is_empty() && !command {
+        return None;
     }
     let Some(want) = mirror::want_of_read(&store.read()) else {
         if !mirrors.is_empty() {
@@ -162,15 +179,31 @@ pub fn after_one_shot(settings: &Settings, store: &Store, mirrors: &[Mirror], re
                 store.place()
             ));
         }
-        return;
+        return None;
     };
     for m in mirrors {
         sync_one_shot(m, &want);
     }
-    if refreshed && let Some(command) = &settings.mirror_cmd {
-        let login = crate::show::login_id(store);
-        if let Err(why) = mirror_cmd::run(command, &login, &want) {
-            interrupt::tell(format_args!("warning: --mirror-cmd for {login}: {why}"));
+    command.then(|| Owed {
+        login: crate::show::login_id(store),
+        want,
+    })
+}
+
+/// Runs the `--mirror-cmd` runs owed, one after the other, each waited for up to its limit
+/// unless `stop` (a signal came) says to stop waiting: the command then goes on by itself.
+/// A failure is a warning on stderr (a one-shot command does not retry it: the next run that
+/// refreshes runs it again).
+pub fn run_commands(settings: &Settings, owed: Vec<Owed>, stop: &mut dyn FnMut() -> bool) {
+    let Some(command) = &settings.mirror_cmd else {
+        return;
+    };
+    for o in owed {
+        if stop() {
+            return;
+        }
+        if let Err(why) = mirror_cmd::run(command, &o.login, &o.want, stop) {
+            interrupt::tell(format_args!("warning: --mirror-cmd for {}: {why}", o.login));
         }
     }
 }
@@ -182,6 +215,10 @@ fn sync_one_shot(m: &Mirror, want: &Want) {
     if matches!(result, Ok(Synced::Unparsable)) {
         std::thread::sleep(UNPARSABLE_PAUSE);
         result = m.sync(want, true);
+    }
+    if matches!(result, Ok(Synced::Raced)) {
+        // Its consumer wrote it meanwhile: one more look, at what it wrote.
+        result = m.sync(want, false);
     }
     match result {
         Ok(Synced::Written {
@@ -195,6 +232,12 @@ fn sync_one_shot(m: &Mirror, want: &Want) {
             tracing::info!("mirror {}: written", m.dir().display())
         }
         Ok(Synced::Unchanged | Synced::Unparsable) => {}
+        Ok(Synced::Raced) => interrupt::tell(format_args!(
+            "warning: mirror {}: its consumer kept writing {} while it was being updated; the \
+             next run tries again",
+            m.dir().display(),
+            mirror::FILE_NAME
+        )),
         Ok(Synced::HoldsRefreshToken) => {
             interrupt::tell(format_args!("warning: {}", m.holds_refresh_token_text()))
         }

@@ -285,7 +285,8 @@ fn describe_mirror(m: &Mirror) -> String {
     let dir = m.dir().display();
     if m.holds_real_login() {
         return format!(
-            "{dir} (its .credentials.json holds a real login with a refresh token, so it is not              written: move that file away)"
+            "{dir} (its .credentials.json holds a real login with a refresh token, so it is \
+             not written: move that file away, or give the mirror another directory)"
         );
     }
     match m.last_written() {

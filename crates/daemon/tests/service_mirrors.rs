@@ -160,3 +160,33 @@ fn a_mirror_that_would_overwrite_the_login_is_refused_before_anything_is_written
     assert!(run.err.contains("config directory"), "{}", run.err);
     assert!(!env.unit_path().exists());
 }
+
+#[test]
+fn mirrors_the_daemon_would_refuse_are_refused_by_install_too() {
+    let env = Env::systemd();
+    let real = env.root.join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(
+        real.join(".credentials.json"),
+        r#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"sk-ant-ort01-someone"}}"#,
+    )
+    .unwrap();
+    for args in [
+        &["service", "install", "--mirror", "real"][..],
+        &["service", "install", "--mirror", "m1", "--mirror", "m1/"],
+        &[
+            "service",
+            "install",
+            "--mirror",
+            "m1",
+            "--config-dir",
+            "a",
+            "--config-dir",
+            "b",
+        ],
+    ] {
+        let run = env.run(args).code(2);
+        assert!(run.err.contains("mirror"), "{args:?}: {}", run.err);
+        assert!(!env.unit_path().exists(), "{args:?}: nothing is written");
+    }
+}

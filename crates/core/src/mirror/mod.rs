@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 pub use dir::MAX_READ;
 pub use doc::{CARRIED, Want, want_from};
 
-use dir::{Current, Dir, FILE};
+use dir::{Current, Dir, FILE, Parent, Seen};
 
 /// The mirror file's name inside its directory.
 pub const FILE_NAME: &str = ".credentials.json";
@@ -45,7 +45,8 @@ pub fn want_of_read(
     }
 }
 
-/// One mirror directory (absolute).
+/// One mirror directory: its path as fixed at start (see [`resolve`]), reached at every write
+/// from its parent, which must still be the same directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mirror {
     dir: PathBuf,
@@ -57,8 +58,11 @@ pub enum Synced {
     /// The mirror already held what it should (or there was nothing to remove).
     Unchanged,
     /// Written. `replaced` says what was there that was not a mirror document (a symlink, a
-    /// FIFO, an unparsable file...), replaced by a new regular file without being read.
+    /// FIFO, an unparsable file...), replaced by a new regular file.
     Written { replaced: Option<&'static str> },
+    /// The file changed between the look and the write (a consumer writing it): nothing was
+    /// written; look again shortly.
+    Raced,
     /// The mirror file holds a refresh token (someone signed in there): left alone.
     HoldsRefreshToken,
     /// The mirror file does not parse and `replace_unparsable` was not given: a consumer may
@@ -98,7 +102,24 @@ impl fmt::Display for MirrorError {
             self.dir.display(),
             self.stage,
             self.source
-        )
+        )?;
+        if self.source.kind() == io::ErrorKind::PermissionDenied {
+            // The usual cause: a directory Docker made (as root) for a bind source that did
+            // not exist yet.
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(meta) = std::fs::symlink_metadata(&self.dir) {
+                write!(
+                    f,
+                    " (it is owned by uid {}, and this program runs as uid {}: give it to the \
+                     user this program runs as, e.g. `sudo chown $(id -u):$(id -g) {}`)",
+                    meta.uid(),
+                    // SAFETY: geteuid has no preconditions and cannot fail.
+                    unsafe { libc::geteuid() },
+                    self.dir.display()
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -134,26 +155,36 @@ impl Mirror {
     /// Opens the directory, creating it (0700, owned like its parent) when it is missing and
     /// `create`. `None` when it is missing and not to be created.
     fn open_dir(&self, create: bool) -> Result<Option<Dir>, MirrorError> {
-        match Dir::open(&self.dir) {
+        let (Some(parent), Some(name)) = (self.dir.parent(), self.dir.file_name()) else {
+            return Err(self.error("opening the directory")(io::Error::other(
+                "a mirror directory needs a parent directory",
+            )));
+        };
+        let name = std::ffi::CString::new(name.as_encoded_bytes())
+            .map_err(|_| self.error("opening the directory")(io::Error::other("a NUL byte")))?;
+        let parent = match Parent::open(parent) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.error("creating the directory")(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "its parent directory does not exist (a missing mirror directory is \
+                     created only inside an existing one)",
+                )));
+            }
+            Err(e) => return Err(self.error("opening the directory that holds it")(e)),
+        };
+        match parent.open_dir(&name) {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let parent_there = self.dir.parent().is_some_and(Path::is_dir);
-                if !parent_there {
-                    return Err(self.error("creating the directory")(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "its parent directory does not exist (a missing mirror directory is \
-                         created only inside an existing one)",
-                    )));
-                }
-                Dir::create(&self.dir)
-                    .map(Some)
-                    .map_err(self.error("creating the directory"))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => parent
+                .create_dir(&name)
+                .map(Some)
+                .map_err(self.error("creating the directory")),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
                 Err(self.error("opening the directory")(io::Error::other(
-                    "it is a symlink or not a directory, and a mirror directory is never \
-                     written through a link",
+                    "it is a symlink or not a directory (--mirror takes a directory, and one is \
+                     never written through a link)",
                 )))
             }
             Err(e) => Err(self.error("opening the directory")(e)),
@@ -173,6 +204,7 @@ impl Mirror {
         let current = dir
             .look(FILE)
             .map_err(self.error("reading the mirror file"))?;
+        let seen = Seen::from(&current);
         let (base, replaced): (Option<Map<String, Value>>, _) = match current {
             Current::Absent if *want == Want::NoLogin => return Ok(Synced::Unchanged),
             Current::Absent => (None, None),
@@ -192,9 +224,11 @@ impl Mirror {
             },
         };
         let next = doc::merged(base.as_ref(), want);
-        dir.replace(FILE, &doc::to_bytes(&next))
-            .map_err(self.error("writing the mirror file"))?;
-        Ok(Synced::Written { replaced })
+        match dir.replace(FILE, &doc::to_bytes(&next), &seen) {
+            Ok(()) => Ok(Synced::Written { replaced }),
+            Err(e) if dir::is_raced(&e) => Ok(Synced::Raced),
+            Err(e) => Err(self.error("writing the mirror file")(e)),
+        }
     }
 
     /// Whether the mirror file holds someone's real login (a refresh token), read as carefully
@@ -258,20 +292,31 @@ impl Mirror {
     }
 }
 
-/// `dir` made absolute and, as far as it exists, with its symlinks resolved: the directory a
-/// mirror is written in is fixed at start (a link the host user made is followed once, here;
-/// one the consumer makes later is never followed).
+/// `dir` made absolute, with the symlinks of its existing ancestors resolved, and never the
+/// one at `dir` itself: the place a mirror is written in is fixed at start. A link at `dir`
+/// (the consumer's, or anyone's) is never followed, then or later; a directory that does not
+/// exist yet keeps its remaining components as written.
 pub fn resolve(dir: &Path) -> PathBuf {
     let absolute = crate::store::absolute_lexically(dir);
-    if let Ok(real) = std::fs::canonicalize(&absolute) {
-        return real;
-    }
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
-            Ok(real) => real.join(name),
-            Err(_) => absolute,
-        },
-        _ => absolute,
+    let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return absolute;
+    };
+    // The deepest ancestor that exists, resolved, and the rest as written.
+    let mut existing = parent.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out.join(name);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(up), Some(last)) => {
+                rest.push(last.to_os_string());
+                existing = up.to_path_buf();
+            }
+            _ => return absolute,
+        }
     }
 }
 

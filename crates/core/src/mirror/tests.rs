@@ -38,7 +38,7 @@ fn read(path: &Path) -> Value {
 
 fn setup() -> (Scratch, Mirror) {
     let s = Scratch::new();
-    let m = Mirror::new(s.0.join("mirror"));
+    let m = Mirror::new(resolve(&s.0.join("mirror")));
     std::fs::create_dir(m.dir()).unwrap();
     (s, m)
 }
@@ -46,7 +46,7 @@ fn setup() -> (Scratch, Mirror) {
 #[test]
 fn a_new_mirror_is_written_0600_in_a_created_0700_directory() {
     let s = Scratch::new();
-    let m = Mirror::new(s.0.join("new"));
+    let m = Mirror::new(resolve(&s.0.join("new")));
     assert_eq!(
         m.sync(&login("a1"), false).unwrap(),
         Synced::Written { replaced: None }
@@ -68,13 +68,13 @@ fn a_new_mirror_is_written_0600_in_a_created_0700_directory() {
 #[test]
 fn a_missing_parent_is_an_error_and_a_logout_creates_nothing() {
     let s = Scratch::new();
-    let deep = Mirror::new(s.0.join("no/such"));
+    let deep = Mirror::new(resolve(&s.0.join("no/such")));
     let e = deep.sync(&login("a"), false).unwrap_err();
     assert!(
         e.to_string().contains("parent directory does not exist"),
         "{e}"
     );
-    let m = Mirror::new(s.0.join("absent"));
+    let m = Mirror::new(resolve(&s.0.join("absent")));
     assert_eq!(m.sync(&Want::NoLogin, false).unwrap(), Synced::Unchanged);
     assert!(!m.dir().exists());
     let (_s2, m) = setup();
@@ -230,12 +230,74 @@ fn a_stale_temp_file_or_a_link_at_its_name_is_taken_away_not_followed() {
 }
 
 #[test]
-fn resolve_makes_absolute_and_follows_the_hosts_links_once() {
+fn resolve_follows_the_links_above_a_mirror_never_the_one_at_it() {
     let s = Scratch::new();
     let real = s.0.join("real");
     std::fs::create_dir(&real).unwrap();
     std::os::unix::fs::symlink(&real, s.0.join("link")).unwrap();
-    let canon = std::fs::canonicalize(&real).unwrap();
-    assert_eq!(resolve(&s.0.join("link")), canon);
-    assert_eq!(resolve(&s.0.join("link/../link/new")), canon.join("new"));
+    let canon = std::fs::canonicalize(&s.0).unwrap();
+    assert_eq!(resolve(&s.0.join("link")), canon.join("link"));
+    assert_eq!(
+        resolve(&s.0.join("link/../link/new")),
+        canon.join("real/new")
+    );
+    assert_eq!(resolve(&s.0.join("link/m")), canon.join("real/m"));
+    assert_eq!(
+        resolve(&s.0.join("link/not/yet/m")),
+        canon.join("real/not/yet/m"),
+        "missing ancestors keep their names"
+    );
+}
+
+#[test]
+fn an_ancestor_swapped_for_a_link_since_start_is_not_written_through() {
+    let s = Scratch::new();
+    let mirrors = s.0.join("mirrors");
+    std::fs::create_dir(&mirrors).unwrap();
+    let m = Mirror::new(resolve(&mirrors.join("claude")));
+    m.sync(&login("a"), false).unwrap();
+    // The consumer owns `mirrors` too, and swaps it for a link to a host directory.
+    let victim = s.0.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::rename(&mirrors, s.0.join("old")).unwrap();
+    std::os::unix::fs::symlink(&victim, &mirrors).unwrap();
+    let e = m.sync(&login("b"), false).unwrap_err();
+    assert!(e.to_string().contains("symlink on the way"), "{e}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+
+    // A parent missing at start and made a link later is refused alike.
+    let later = Mirror::new(resolve(&s.0.join("later/claude")));
+    std::os::unix::fs::symlink(&victim, s.0.join("later")).unwrap();
+    assert!(later.sync(&login("c"), false).is_err());
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    // Made a real directory, it is written.
+    std::fs::remove_file(s.0.join("later")).unwrap();
+    std::fs::create_dir(s.0.join("later")).unwrap();
+    assert!(later.sync(&login("c"), false).is_ok());
+}
+
+#[test]
+fn a_file_that_changed_since_the_look_is_put_back_not_overwritten() {
+    let (_s, m) = setup();
+    let dir = super::dir::Parent::open(m.dir().parent().unwrap())
+        .unwrap()
+        .open_dir(&std::ffi::CString::new("mirror").unwrap())
+        .unwrap();
+    let consumer = r#"{"claudeAiOauth":{"accessToken":"x","refreshToken":"sk-ant-ort01-theirs"}}"#;
+    std::fs::write(m.file(), consumer).unwrap();
+    // Written as if the look had seen an older file (or none): the consumer's login stays.
+    let older = super::dir::Seen::Bytes(b"{}".to_vec());
+    for seen in [older, super::dir::Seen::Absent, super::dir::Seen::Foreign] {
+        let e = dir
+            .replace(super::dir::FILE, b"{\"new\":1}", &seen)
+            .unwrap_err();
+        assert!(super::dir::is_raced(&e), "{e}");
+        assert_eq!(std::fs::read_to_string(m.file()).unwrap(), consumer);
+        assert!(!std::fs::exists(m.dir().join(".credentials.json.tokend-tmp")).unwrap());
+    }
+    // Seen as it is: written.
+    let seen = super::dir::Seen::Bytes(consumer.as_bytes().to_vec());
+    dir.replace(super::dir::FILE, b"{\"new\":1}", &seen)
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(m.file()).unwrap(), "{\"new\":1}");
 }

@@ -32,7 +32,7 @@ fn check_every() -> Duration {
 
 /// A check due within this long is done at a wake-up that happens anyway, so the minute check
 /// rides the loop's own once-a-minute wake-up instead of adding one.
-const CHECK_SLACK: Duration = Duration::from_secs(2);
+const CHECK_SLACK: Duration = Duration::from_secs(5);
 
 /// A piece of work for the blocking pool.
 pub(super) enum Job {
@@ -96,7 +96,9 @@ impl Job {
                 login,
                 want,
             } => {
-                let result = crate::mirror_cmd::run(&command, &login, &want);
+                // The daemon never stops waiting early: a run is on the pool, and the loop
+                // does not wait for it when it stops.
+                let result = crate::mirror_cmd::run(&command, &login, &want, &mut || false);
                 Done::Command { want, result }
             }
         }
@@ -237,10 +239,16 @@ impl Keeper {
     }
 
     /// The next time this module needs the loop awake for (a retry, the check).
+    ///
+    /// The minute check adds no wake-up of its own: the loop wakes at least once a minute
+    /// anyway (`plan::MAX_SLEEP`), and [`Keeper::on_timer`] does the check at the wake-up
+    /// nearest its time. Only a check more frequent than that (the test seam) asks for its own.
     pub(super) fn next_wake(&self) -> Option<Instant> {
         if self.idle() {
             return None;
         }
+        let own_check =
+            self.every < super::plan::MAX_SLEEP && self.logins.iter().any(|l| !l.slots.is_empty());
         let retries = self.logins.iter().flat_map(|l| {
             l.slots
                 .iter()
@@ -248,14 +256,7 @@ impl Keeper {
                 .filter_map(|s| s.retry.at)
                 .chain(l.command.retry.at.filter(|_| !l.command.busy))
         });
-        retries
-            .chain(
-                self.logins
-                    .iter()
-                    .any(|l| !l.slots.is_empty())
-                    .then_some(self.next_check),
-            )
-            .min()
+        retries.chain(own_check.then_some(self.next_check)).min()
     }
 
     /// The jobs to start now, as (login index, job), each marked busy.
@@ -323,8 +324,15 @@ impl Keeper {
                         s.check = true;
                         s.retry.at = Some(now + UNPARSABLE_PAUSE);
                     }
+                    Ok(Synced::Raced) => {
+                        // A consumer wrote it meanwhile: look again in a second.
+                        s.check = true;
+                        s.retry.at = Some(now + UNPARSABLE_PAUSE);
+                    }
                     Ok(Synced::HoldsRefreshToken) => {
-                        s.holds = None;
+                        // Skipped until it is gone: looked at again only at the next check or
+                        // when the source changes, never at once (which would spin).
+                        s.holds = Some(want);
                         s.replace_unparsable = false;
                         s.retry.worked();
                         let text = s.mirror.holds_refresh_token_text();
@@ -340,7 +348,7 @@ impl Keeper {
                         {
                             tracing::warn!(
                                 "mirror {dir}: replaced {what} at .credentials.json with the \
-                                 access-only copy (its old target was not read or written)"
+                                 access-only copy"
                             );
                         } else if let Synced::Written { replaced: None } = synced {
                             tracing::info!("mirror {dir}: written");
@@ -602,6 +610,50 @@ mod tests {
         );
         k.want(0, Want::NoLogin);
         assert_eq!(due(&mut k, now), [(JobKind::Command, None, false)]);
+    }
+
+    #[test]
+    fn a_consumers_login_is_looked_at_again_only_at_the_check_or_a_change_and_a_race_soon() {
+        let mut k = keeper(1, false);
+        let now = Instant::now();
+        k.want(0, login("a"));
+        due(&mut k, now);
+        synced(&mut k, 0, &login("a"), Ok(Synced::HoldsRefreshToken));
+        assert!(
+            due(&mut k, now).is_empty(),
+            "skipped: no look at once (that spun)"
+        );
+        assert_eq!(k.next_wake(), None, "and no wake-up for it");
+        k.check_all();
+        assert_eq!(due(&mut k, now).len(), 1, "the check looks again");
+        synced(&mut k, 0, &login("a"), Ok(Synced::HoldsRefreshToken));
+        k.want(0, login("b"));
+        assert_eq!(due(&mut k, now).len(), 1, "so does a change of the source");
+        synced(&mut k, 0, &login("b"), Ok(Synced::Raced));
+        assert!(due(&mut k, Instant::now()).is_empty());
+        assert_eq!(
+            due(&mut k, Instant::now() + UNPARSABLE_PAUSE),
+            [(JobKind::Sync(0), Some("b".into()), false)],
+            "a race is looked at again a second later"
+        );
+    }
+
+    #[test]
+    fn the_minute_check_rides_the_loops_own_wake_up() {
+        let mut k = keeper(1, false);
+        k.want(0, login("a"));
+        let now = Instant::now();
+        due(&mut k, now);
+        synced(&mut k, 0, &login("a"), Ok(Synced::Unchanged));
+        assert_eq!(k.next_wake(), None, "no wake-up of its own");
+        k.on_timer(now + Duration::from_secs(30));
+        assert!(due(&mut k, now).is_empty(), "not due half a minute in");
+        k.on_timer(now + Duration::from_secs(57));
+        assert_eq!(
+            due(&mut k, now).len(),
+            1,
+            "a wake-up near the minute does it"
+        );
     }
 
     #[test]

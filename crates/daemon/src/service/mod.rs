@@ -75,6 +75,9 @@ fn install(
     manager: Manager,
     home: &Home,
 ) -> Result<(), u8> {
+    // The daemon the service runs would refuse these mirrors at start (exit 2, and systemd
+    // does not restart it): refuse them now, before anything is written.
+    crate::commands::writing_mirrors(settings)?;
     let program = program_path()?;
     let env = carried_settings(settings)?;
     let login_args = carried_logins(settings)?;

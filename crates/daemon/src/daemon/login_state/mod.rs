@@ -101,6 +101,8 @@ pub(super) struct LoginState<C: Clock> {
     /// or wants to be: set by a good read until the loop starts the registration.
     pub(super) registered: bool,
     pub(super) want_register: bool,
+    /// The store was found gone once, and is looked at again before the mirrors follow.
+    gone_once: bool,
 }
 
 impl<C: Clock> LoginState<C> {
@@ -135,6 +137,7 @@ impl<C: Clock> LoginState<C> {
             mirror_want: None,
             registered: false,
             want_register: false,
+            gone_once: false,
         }
     }
 

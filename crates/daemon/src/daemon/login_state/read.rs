@@ -51,6 +51,8 @@ const MALFORMED_TRIES: u32 = 5;
 /// to [`UNAVAILABLE_RETRY_MAX`].
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(300);
+/// A store found gone is read again this much later before its mirrors lose the login.
+const GONE_RECHECK: Duration = Duration::from_millis(500);
 
 /// A cheap identity of the file for the once-a-minute check that catches changes a watch
 /// missed (network filesystems, an overflowed queue).
@@ -153,8 +155,20 @@ impl<C: Clock> LoginState<C> {
         }
         // What the mirrors should hold follows every read that says something about the
         // access token, our own write included (the read after a refresh finds known bytes).
-        if let Some(want) = tokend_core::mirror::want_of_read(&result) {
-            self.mirror_want = Some(want);
+        // A store found gone is looked at once more before the mirrors (and `--mirror-cmd`'s
+        // remote copies) lose the login: a file moved away and back (an editor's save) is not
+        // a logout.
+        let gone = matches!(result, Err(StoreError::Missing { .. }));
+        match tokend_core::mirror::want_of_read(&result) {
+            Some(_) if gone && !self.gone_once => {
+                self.gone_once = true;
+                self.reread_at = Some(Instant::now() + GONE_RECHECK);
+            }
+            Some(want) => self.mirror_want = Some(want),
+            None => {}
+        }
+        if !gone {
+            self.gone_once = false;
         }
         match result {
             Ok(snapshot) => {
