@@ -105,10 +105,11 @@ fn a_service_keeping_another_config_dir_than_claude_codes_fails() {
     );
     r.out.check(
         r.fix("claude-code-store").contains(&format!(
-            "service install --now --config-dir {}",
+            "service install --now --config-dir {} --config-dir {}",
+            other.display(),
             home.claude_dir().display()
         )),
-        "the fix names the command",
+        "the fix names the command, keeping the service's own login",
     );
     // Claude Code run with CLAUDE_CONFIG_DIR=other reads what the service keeps.
     let r = Report::run(

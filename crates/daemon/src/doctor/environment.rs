@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tokend_core::store::{self, Keychain, LocateEnv, Origin, Store};
 
 use super::service::ServiceFacts;
-use super::{Check, Findings};
+use super::{Check, Findings, login_flag, sh};
 
 /// Which of the variables that take Claude Code's login over are set (never their values).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,10 +162,14 @@ pub fn claude_code_store(shell: &ShellStore, service: &ServiceFacts) -> Check {
                     }
                 ),
                 format!(
-                    "have the service keep it too: `claude-tokend service install --now \
-                     --config-dir {}` (with a --config-dir for each login it should keep), or \
-                     run Claude Code with the config directory the service keeps",
-                    dir.display()
+                    "have the service keep it too: `claude-tokend service install --now {}` \
+                     (with the other flags it was installed with, such as --mirror), or run \
+                     Claude Code with the config directory the service keeps",
+                    kept.iter()
+                        .chain(std::iter::once(path))
+                        .map(|p| login_flag(p))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ),
             );
         }
@@ -180,10 +184,9 @@ pub fn claude_code_store(shell: &ShellStore, service: &ServiceFacts) -> Check {
                 path.display()
             ),
             format!(
-                "keep one: Claude Code on macOS uses the Keychain, so move the file away (mv {} \
-                 {}.old) unless you run Claude Code with the file on purpose",
-                path.display(),
-                path.display()
+                "keep one: Claude Code on macOS uses the Keychain, so move the file away (mv {0} \
+                 {0}.old) unless you run Claude Code with the file on purpose",
+                sh(path)
             ),
         );
     }

@@ -7,7 +7,7 @@
 use tokend_core::store::Store;
 
 use super::service::{Manager, ServiceFacts};
-use super::{Check, Findings};
+use super::{Check, Findings, login_flag};
 
 pub struct Facts<'s> {
     /// The live daemons keeping this login.
@@ -15,24 +15,28 @@ pub struct Facts<'s> {
     pub service: &'s ServiceFacts,
     /// Whether the service keeps this login (`None`: cannot tell).
     pub service_keeps: Option<bool>,
-    /// `--config-dir DIR` (or `--credentials PATH`) naming this login, for commands to paste.
+    /// `--config-dir DIR` (or `--credentials PATH`) naming this login, after those of the
+    /// logins the service keeps already, for `service install` to paste.
     pub login_flag: String,
 }
 
 impl<'s> Facts<'s> {
     pub fn gather(store: &Store, service: &'s ServiceFacts) -> Facts<'s> {
         let path = store.path();
-        let login_flag = match path.parent() {
-            Some(dir) if path.file_name() == Some(tokend_core::store::FILE_NAME.as_ref()) => {
-                format!("--config-dir {}", dir.display())
-            }
-            _ => format!("--credentials {}", path.display()),
+        // A service that keeps other logins keeps them after a reinstall too.
+        let mut flags: Vec<String> = match service.logins.as_ref().filter(|_| service.installed) {
+            Some(theirs) => theirs.iter().map(|p| login_flag(p)).collect(),
+            None => Vec::new(),
         };
+        let mine = login_flag(path);
+        if !flags.contains(&mine) {
+            flags.push(mine);
+        }
         Facts {
             keepers: store.keepers(),
             service_keeps: service.keeps(path),
             service,
-            login_flag,
+            login_flag: flags.join(" "),
         }
     }
 }

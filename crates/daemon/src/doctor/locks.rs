@@ -13,7 +13,7 @@ use tokend_core::settings::format_duration;
 use tokend_core::store::{Store, process};
 
 use super::store::user_name;
-use super::{Check, Findings};
+use super::{Check, Findings, sh};
 
 /// A lock directory that exists.
 pub struct Held {
@@ -91,7 +91,7 @@ pub fn check(f: &Facts, now: i64) -> Check {
             format!(
                 "remove it: {}rmdir {}",
                 if theirs { "sudo " } else { "" },
-                h.path.display()
+                sh(&h.path)
             ),
         );
     }

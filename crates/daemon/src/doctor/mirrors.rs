@@ -6,7 +6,7 @@
 use tokend_core::mirror::{self, Compared, Mirror};
 
 use super::store::Facts as StoreFacts;
-use super::{Check, Findings};
+use super::{Check, Findings, sh};
 
 pub struct Facts {
     /// Each mirror's directory and what it holds compared with the source; `None` for all when
@@ -65,9 +65,9 @@ pub fn check(f: &Facts) -> Check {
                      there), so it is not written"
                 ),
                 format!(
-                    "move that login away (mv {dir}/{0} somewhere safe); the next write puts \
-                     the copy there",
-                    mirror::FILE_NAME
+                    "move that login away (mv {} somewhere safe); the next write puts the copy \
+                     there",
+                    sh(&std::path::Path::new(dir).join(mirror::FILE_NAME))
                 ),
             ),
             Ok(Compared::Foreign(what)) => found.warn(

@@ -143,6 +143,31 @@ impl Findings {
     }
 }
 
+/// A path as a command to paste needs it: as it is when it holds only plain path characters,
+/// else in single quotes.
+pub fn sh(path: &std::path::Path) -> String {
+    let s = path.to_string_lossy();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@=%~".contains(c))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The flag that names the login whose credentials path is `path`: `--config-dir DIR` for
+/// `DIR/.credentials.json`, else `--credentials PATH`.
+pub fn login_flag(path: &std::path::Path) -> String {
+    match path.parent() {
+        Some(dir) if path.file_name() == Some(tokend_core::store::FILE_NAME.as_ref()) => {
+            format!("--config-dir {}", sh(dir))
+        }
+        _ => format!("--credentials {}", sh(path)),
+    }
+}
+
 /// Texts joined as sentences: `a; b; c`.
 fn sentences<'a>(parts: impl Iterator<Item = &'a str>) -> String {
     parts.collect::<Vec<_>>().join("; ")
@@ -242,6 +267,21 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Fail);
         assert_eq!(c.detail, "owned by root; mode 0644; again");
         assert_eq!(c.fix.as_deref(), Some("sudo chown; chmod 600 x"));
+    }
+
+    #[test]
+    fn paths_in_commands_are_quoted_when_they_need_it() {
+        use std::path::Path;
+        assert_eq!(sh(Path::new("/home/u/.claude")), "/home/u/.claude");
+        assert_eq!(sh(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+        assert_eq!(
+            login_flag(Path::new("/a b/.credentials.json")),
+            "--config-dir '/a b'"
+        );
+        assert_eq!(
+            login_flag(Path::new("/x/creds.json")),
+            "--credentials /x/creds.json"
+        );
     }
 
     #[test]

@@ -73,7 +73,9 @@ impl ServiceFacts {
     pub fn start_command(&self) -> String {
         match self.manager {
             Manager::Systemd => format!("systemctl --user enable --now {UNIT}"),
-            Manager::Launchd => format!("launchctl bootstrap gui/$(id -u) {}", self.file.display()),
+            Manager::Launchd => {
+                format!("launchctl bootstrap gui/$(id -u) {}", super::sh(&self.file))
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokend_core::credentials::OAuthView;
 use tokend_core::store::{FILE_MODE, Kind, Records, Snapshot, Store, StoreError};
 
-use super::{Check, Findings};
+use super::{Check, Findings, sh};
 use crate::show::{relative, when};
 
 /// How close to its end a login is worth a warning (as `status` and the notices count it).
@@ -121,7 +121,7 @@ pub fn store_check(f: &Facts) -> Check {
                 describe_user(owner),
                 describe_user(f.me)
             ),
-            format!("give it back: sudo chown $(id -un): {}", f.target.display()),
+            format!("give it back: sudo chown $(id -un): {}", sh(&f.target)),
         );
     }
     match &f.read {
@@ -134,7 +134,7 @@ pub fn store_check(f: &Facts) -> Check {
             format!(
                 "look at it (the program never rewrites a file it cannot parse); if it holds \
                  nothing you need, move it away (mv {0} {0}.broken) and sign in again",
-                f.target.display()
+                sh(&f.target)
             ),
         ),
         Err(e) if f.kind == Kind::Keychain => found.fail(
@@ -143,7 +143,7 @@ pub fn store_check(f: &Facts) -> Check {
         ),
         Err(e) if f.owner.is_none_or(|o| o == f.me) => found.fail(
             e.to_string(),
-            format!("make it readable to you: chmod 600 {}", f.target.display()),
+            format!("make it readable to you: chmod 600 {}", sh(&f.target)),
         ),
         // Someone else's file: the ownership finding above says what to do.
         Err(_) => {}
@@ -155,7 +155,7 @@ pub fn store_check(f: &Facts) -> Check {
                          (0600)",
                         snapshot.mode
                     ),
-                    format!("chmod 600 {}", f.target.display()),
+                    format!("chmod 600 {}", sh(&f.target)),
                 );
             }
         }
@@ -169,7 +169,7 @@ pub fn store_check(f: &Facts) -> Check {
             ),
             format!(
                 "make it yours and writable: sudo chown $(id -un): {0} && chmod 700 {0}",
-                f.dir.display()
+                sh(&f.dir)
             ),
         );
     }
