@@ -4,7 +4,8 @@
 # TypeScript refresh sketch run on Node (bench/seed-refresh.mjs, a faithful plain-JS port):
 #   - `--once` on a fresh token (the whole process: nothing to do but read the file),
 #   - `--once` that refreshes against a loopback token endpoint (bench/token_endpoint.py),
-#   - (claude-tokend only) `token` on a fresh token, which must be as fast as `--once`,
+#   - (claude-tokend only) `token` on a fresh token, which must be as fast as `--once`, and
+#     `status` and `doctor --offline` (one login, no service manager asked) beside it,
 # and for claude-tokend alone: the idle daemon's RSS and CPU ticks over 10 s (1 login, 8 logins,
 # and 8 logins each with a --mirror), the release binary's size. Each case is checked once before it is timed (a fresh run leaves the token, a
 # refresh run replaces it), so both programs are timed doing the same work.
@@ -87,6 +88,21 @@ write_creds 28800
 ct_true=$($T "$RUNS" -- /bin/true)
 ct_fresh=$($T "$RUNS" -- "$BIN" --once)
 ct_token=$($T "$RUNS" -- "$BIN" token)
+# `status`, and `doctor --offline` on the same login with no service manager asked: a PATH
+# without systemctl or launchctl, where doctor says it could not ask them (a warning) and exits
+# 0. doctor is checked once first: it succeeds and leaves the file as it was.
+ct_status=$($T "$RUNS" -- "$BIN" status)
+NO_MANAGER=$WORK/no-service-manager
+mkdir "$NO_MANAGER"
+before=$(cat "$CREDS")
+env PATH="$NO_MANAGER" "$BIN" doctor --offline >"$WORK/doctor.out" 2>&1 \
+    || { echo "doctor --offline failed:" >&2; cat "$WORK/doctor.out" >&2; exit 1; }
+grep -q "no systemctl on PATH\|no launchctl on PATH" "$WORK/doctor.out" \
+    || { echo "doctor --offline asked a service manager:" >&2; cat "$WORK/doctor.out" >&2; exit 1; }
+[ "$(cat "$CREDS")" = "$before" ] || { echo "doctor --offline changed the file" >&2; exit 1; }
+# The interpreter itself (a pyenv shim on PATH is a script that needs PATH).
+PY=$(python3 -c 'import sys; print(sys.executable)')
+ct_doctor=$(PATH=$NO_MANAGER "$PY" bench/time_cmd.py "$RUNS" -- "$BIN" doctor --offline)
 ct_refresh=$($T "$REFRESH_RUNS" --setup "bash bench/write_creds.sh '$CREDS' 60" -- "$BIN" --once)
 
 # --- the seed on Node -------------------------------------------------------------------------
@@ -174,6 +190,8 @@ nd() { if [ -n "$NODE" ]; then short "$1"; else echo "$1"; fi; }
 row "startup floor (median)" "$(short "$ct_true") /bin/true" "$(nd "$nd_floor")${NODE:+ node -e 0}"
 row "--once, fresh token" "$(short "$ct_fresh")" "$(nd "$nd_fresh")"
 row "token, fresh token" "$(short "$ct_token")" ""
+row "status, fresh token" "$(short "$ct_status")" ""
+row "doctor --offline, one login" "$(short "$ct_doctor")" ""
 row "--once, refresh (loopback)" "$(short "$ct_refresh")" "$(nd "$nd_refresh")"
 row "other keys kept by a refresh" "$ct_keys" "$nd_keys"
 echo "(fresh: $RUNS runs each; refresh: $REFRESH_RUNS runs each, the file rewritten untimed before each)"
@@ -186,6 +204,7 @@ if [ -n "$NODE" ]; then
 fi
 awk -v a="$fresh_ms" 'BEGIN{printf "claude-tokend --once, fresh token:       %.2f ms median (target < 5 ms: %s)\n", a, (a < 5 ? "met" : "MISSED")}'
 awk -v a="$fresh_ms" -v t="$(median "$ct_token")" 'BEGIN{printf "claude-tokend token, fresh token:        %.2f ms median (target: as fast as --once, within 10%%: %s)\n", t, (t <= a * 1.1 ? "met" : "MISSED")}'
+awk -v d="$(median "$ct_doctor")" -v s="$(median "$ct_status")" 'BEGIN{printf "claude-tokend doctor --offline, 1 login: %.2f ms median (status: %.2f ms; target well under 100 ms, < 20 ms: %s)\n", d, s, (d < 20 ? "met" : "MISSED")}'
 echo "idle daemon RSS:                         $rss KiB ($(awk -v k="$rss" 'BEGIN{printf "%.1f MiB", k/1024}'); target < 4 MiB)"
 echo "idle daemon CPU over 10 s:               $(( t1 - t0 )) ticks (target 0)"
 echo "idle daemon, 8 logins, RSS:              $rss8 KiB ($(awk -v k="$rss8" 'BEGIN{printf "%.1f MiB", k/1024}'); target < 5 MiB)"
