@@ -138,14 +138,15 @@ fn token_refreshes_a_login_whose_access_token_is_blank_and_prints_the_new_one() 
         home.write_creds(&doc);
         let server = TokenServer::for_login(&login);
         let out = Cmd::new(&home).server(&server).arg("token").run();
+        // The exit code first: a failed run then shows its output, not "no tokens issued".
+        out.expect_code(0);
         let issued = server.last_issued();
-        out.expect_code(0)
-            .check_eq(
-                format!("stdout with accessToken {blank:?}"),
-                out.stdout.as_str(),
-                &format!("{}\n", issued.access),
-            )
-            .check_eq("requests sent", server.count(), 1);
+        out.check_eq(
+            format!("stdout with accessToken {blank:?}"),
+            out.stdout.as_str(),
+            &format!("{}\n", issued.access),
+        )
+        .check_eq("requests sent", server.count(), 1);
     }
 }
 
