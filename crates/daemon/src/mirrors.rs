@@ -8,8 +8,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tokend_core::mirror::{self, Mirror, Synced, UNPARSABLE_PAUSE, Want};
-use tokend_core::store::Store;
+use tokend_core::mirror::{self, GONE_RECHECK, Mirror, Synced, UNPARSABLE_PAUSE, Want};
+use tokend_core::store::{Store, StoreError};
 
 use crate::cli::Settings;
 use crate::exit;
@@ -120,6 +120,14 @@ fn refuse_if_login_place(m: &Mirror, login: &Store) -> Result<(), u8> {
 /// that write mirrors, at start.
 pub fn refuse_real_logins(configured: &Configured) -> Result<(), u8> {
     for m in configured.mirrors.iter().flatten() {
+        if std::fs::symlink_metadata(m.dir()).is_ok_and(|md| md.file_type().is_symlink()) {
+            eprintln!(
+                "claude-tokend: warning: the mirror {} is a symlink, and a mirror is never \
+                 written through a link: it stays unwritten until it is a directory (give \
+                 --mirror the directory the link points at)",
+                m.dir().display()
+            );
+        }
         if m.holds_real_login() {
             return Err(usage(format_args!(
                 "the mirror {}: {} holds a login with a refresh token (a real login: Claude \
@@ -172,7 +180,14 @@ pub fn after_one_shot(
     if mirrors.is_empty() && !command {
         return None;
     }
-    let Some(want) = mirror::want_of_read(&store.read()) else {
+    let mut read = store.read();
+    if matches!(read, Err(StoreError::Missing { .. })) {
+        // As the daemon does: a file moved away and back for a moment (an editor's save) is
+        // not a logout for the mirrors.
+        std::thread::sleep(GONE_RECHECK);
+        read = store.read();
+    }
+    let Some(want) = mirror::want_of_read(&read) else {
         if !mirrors.is_empty() {
             interrupt::tell(format_args!(
                 "warning: {} could not be read after the run, so its mirrors were left as they are",

@@ -132,3 +132,51 @@ fn a_slow_mirror_command_of_one_login_does_not_hold_up_the_next_logins_refresh()
         format!("the second refresh waited for the first login's command ({both:?})"),
     );
 }
+
+#[test]
+fn once_reads_a_gone_source_again_before_its_mirrors_lose_the_login() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let dir = home.path().join("mirror");
+    Cmd::new(&home)
+        .args(["--once", "--mirror"])
+        .arg(&dir)
+        .run()
+        .expect_code(0);
+    assert!(mirror_access(&dir).is_some());
+    let creds = home.creds_path();
+    let aside = home.path().join("aside.json");
+    fs::rename(&creds, &aside).unwrap();
+    let run = Cmd::new(&home)
+        .args(["--once", "--mirror"])
+        .arg(&dir)
+        .spawn();
+    // Back while the run looks again (half a second after it found the file gone).
+    std::thread::sleep(Duration::from_millis(250));
+    fs::rename(&aside, &creds).unwrap();
+    let out = run.wait();
+    out.check(
+        mirror_access(&dir).is_some(),
+        "the mirror kept the login of a source that came back",
+    );
+}
+
+#[test]
+fn a_mirror_that_is_a_symlink_is_warned_about_at_start_and_never_written_through() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let real = home.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let link = home.path().join("link");
+    symlink(&real, &link).unwrap();
+    let out = Cmd::new(&home)
+        .args(["--once", "--mirror"])
+        .arg(&link)
+        .run();
+    out.expect_code(0)
+        .expect_stderr_contains("is a symlink")
+        .check(
+            fs::read_dir(&real).unwrap().next().is_none(),
+            "nothing written through the link",
+        );
+}

@@ -313,7 +313,7 @@ impl Dir {
         }
         file.write_all(bytes)?;
         file.sync_all()?;
-        match self.put_in_place(name, seen) {
+        match self.put_in_place(name, seen, bytes) {
             Ok(()) => temp.renamed = true,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) => {
                 self.write_in_place(name, bytes)?;
@@ -331,7 +331,9 @@ impl Dir {
     /// to be what was seen (the same bytes; or, for something foreign, still not a file of
     /// ours) and removed, or exchanged back when it changed. Where that is not available (an
     /// older kernel, a filesystem without it, another system), a plain rename.
-    fn put_in_place(&self, name: &CStr, seen: &Seen) -> io::Result<()> {
+    fn put_in_place(&self, name: &CStr, seen: &Seen, ours: &[u8]) -> io::Result<()> {
+        #[cfg(not(target_os = "linux"))]
+        let _ = (seen, ours);
         #[cfg(target_os = "linux")]
         {
             let dfd = self.fd.as_raw_fd();
@@ -370,8 +372,14 @@ impl Dir {
                     return Ok(());
                 }
                 // Changed since the look (a consumer signed in, say), or a directory with
-                // something in it: back as it was.
+                // something in it: back as it was. If the consumer wrote once more meanwhile
+                // (over our file, now at `name`), the exchange back moved its newest file to
+                // the temp name: exchanged once more, its newest stays and the older one it
+                // replaced itself goes with the temp name.
                 rename2(libc::RENAME_EXCHANGE)?;
+                if !matches!(self.look(TEMP), Ok(Current::Bytes(b)) if b == ours) {
+                    rename2(libc::RENAME_EXCHANGE)?;
+                }
                 return Err(match same {
                     true => io::Error::other(
                         "a directory with something in it is where the mirror file belongs",

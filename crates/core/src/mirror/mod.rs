@@ -32,6 +32,11 @@ pub const FILE_NAME: &str = ".credentials.json";
 /// replaced: its consumer may be half-way through writing it.
 pub const UNPARSABLE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A store found gone is read once more this much later before its mirrors (and
+/// `--mirror-cmd`'s copies) lose the login: a file moved away and back for a moment (an
+/// editor's save) is not a logout.
+pub const GONE_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a login's mirrors should hold, from one read of its store: `None` when the store
 /// cannot say (unreadable, malformed, a Keychain that cannot be asked), so the mirrors are
 /// left as they are; a store that is gone holds no login.
@@ -292,32 +297,94 @@ impl Mirror {
     }
 }
 
-/// `dir` made absolute, with the symlinks of its existing ancestors resolved, and never the
-/// one at `dir` itself: the place a mirror is written in is fixed at start. A link at `dir`
-/// (the consumer's, or anyone's) is never followed, then or later; a directory that does not
-/// exist yet keeps its remaining components as written.
+/// `dir` made absolute, with the symlinks among its existing ancestors resolved when they are
+/// to be trusted, and never the one at `dir` itself: the place a mirror is written in is fixed
+/// at start. A link on the way is followed only when it belongs to root or to this user and
+/// sits in a directory no one else can change (owned by root or this user, and not writable
+/// by others unless sticky): a link a consumer made in a directory it owns (when it owns more
+/// than the mirror directory) is not followed, and the path keeps it as written, which then
+/// never matches the real path of what it opens (see `dir::Parent::open`): that mirror is not
+/// written. A directory that does not exist yet keeps its remaining components as written.
 pub fn resolve(dir: &Path) -> PathBuf {
     let absolute = crate::store::absolute_lexically(dir);
     let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {
         return absolute;
     };
-    // The deepest ancestor that exists, resolved, and the rest as written.
-    let mut existing = parent.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(&existing) {
-            let mut out = real;
-            out.extend(rest.iter().rev());
-            return out.join(name);
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(up), Some(last)) => {
-                rest.push(last.to_os_string());
-                existing = up.to_path_buf();
+    match resolve_trusted(parent) {
+        Some(real) => real.join(name),
+        None => absolute,
+    }
+}
+
+/// The real path of `path` (absolute, lexically clean), following only trusted links (see
+/// [`resolve`]); components from the first missing one on are kept as written. `None` when a
+/// link on the way is not to be trusted (or there are too many).
+fn resolve_trusted(path: &Path) -> Option<PathBuf> {
+    use std::collections::VecDeque;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let ours = |uid: u32| uid == 0 || uid == euid;
+    let mut real = PathBuf::from("/");
+    let owned: Vec<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    // Components are kept as owned strings; `..` from a link target is a marker.
+    let mut queue: VecDeque<Option<std::ffi::OsString>> = owned.into_iter().map(Some).collect();
+    let mut hops = 0;
+    while let Some(part) = queue.pop_front() {
+        let Some(part) = part else {
+            real.pop();
+            continue;
+        };
+        let next = real.join(&part);
+        match std::fs::symlink_metadata(&next) {
+            Err(_) => {
+                // Missing (or not to be looked at): the rest as written.
+                real = next;
+                for p in queue.into_iter() {
+                    match p {
+                        Some(p) => real.push(p),
+                        None => {
+                            real.pop();
+                        }
+                    }
+                }
+                return Some(real);
             }
-            _ => return absolute,
+            Ok(md) if md.file_type().is_symlink() => {
+                hops += 1;
+                let holder = std::fs::metadata(&real).ok()?;
+                let holder_safe = ours(holder.uid())
+                    && (holder.mode() & 0o022 == 0 || holder.mode() & 0o1000 != 0);
+                if hops > 40 || !ours(md.uid()) || !holder_safe {
+                    return None;
+                }
+                let target = std::fs::read_link(&next).ok()?;
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                }
+                let mut parts: Vec<Option<std::ffi::OsString>> = Vec::new();
+                for c in target.components() {
+                    match c {
+                        Component::Normal(n) => parts.push(Some(n.to_os_string())),
+                        Component::ParentDir => parts.push(None),
+                        _ => {}
+                    }
+                }
+                for p in parts.into_iter().rev() {
+                    queue.push_front(p);
+                }
+            }
+            Ok(_) => real = next,
         }
     }
+    Some(real)
 }
 
 #[cfg(test)]

@@ -301,3 +301,35 @@ fn a_file_that_changed_since_the_look_is_put_back_not_overwritten() {
         .unwrap();
     assert_eq!(std::fs::read_to_string(m.file()).unwrap(), "{\"new\":1}");
 }
+
+#[test]
+fn a_link_someone_else_made_above_a_mirror_is_not_followed_at_start() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to make a link owned by another user");
+        return;
+    }
+    let s = Scratch::new();
+    let canon = std::fs::canonicalize(&s.0).unwrap();
+    let victim = s.0.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    // The consumer (uid 65534) owns `cons`, and made `cons/work` a link to the victim.
+    let cons = s.0.join("cons");
+    std::fs::create_dir(&cons).unwrap();
+    std::os::unix::fs::chown(&cons, Some(65534), Some(65534)).unwrap();
+    let work = cons.join("work");
+    std::os::unix::fs::symlink(&victim, &work).unwrap();
+    std::os::unix::fs::lchown(&work, Some(65534), Some(65534)).unwrap();
+    let m = Mirror::new(resolve(&work.join("claude")));
+    assert_eq!(m.dir(), s.0.join("cons/work/claude"), "kept as written");
+    assert!(m.sync(&login("a"), false).is_err());
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "nothing written there"
+    );
+    // The same link made by root (this user) is followed.
+    std::os::unix::fs::lchown(&work, Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(&cons, Some(0), Some(0)).unwrap();
+    assert_eq!(resolve(&work.join("claude")), canon.join("victim/claude"));
+}

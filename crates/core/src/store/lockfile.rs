@@ -92,7 +92,15 @@ fn keep_private(file: &File) {
 pub(super) fn peek(path: &Path) -> Records {
     use std::io::Read;
     let mut text = String::new();
-    if let Ok(f) = File::open(path) {
+    // Opened without blocking and read only when a regular file: a FIFO put there must not
+    // hang `status` or `doctor`.
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(f) = opened
+        && f.metadata().is_ok_and(|m| m.is_file())
+    {
         let _ = f.take(64 * 1024).read_to_string(&mut text);
     }
     Records::parse(&text)

@@ -51,8 +51,7 @@ const MALFORMED_TRIES: u32 = 5;
 /// to [`UNAVAILABLE_RETRY_MAX`].
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(300);
-/// A store found gone is read again this much later before its mirrors lose the login.
-const GONE_RECHECK: Duration = Duration::from_millis(500);
+use tokend_core::mirror::GONE_RECHECK;
 
 /// A cheap identity of the file for the once-a-minute check that catches changes a watch
 /// missed (network filesystems, an overflowed queue).
