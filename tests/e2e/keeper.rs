@@ -116,3 +116,26 @@ fn a_daemon_waiting_for_a_first_login_records_itself_once_the_login_appears() {
     );
     stop(d);
 }
+
+#[test]
+fn a_record_lost_with_the_lock_file_is_made_again_and_a_malformed_login_is_kept_too() {
+    let home = TempHome::new();
+    home.write_raw(b"{\"claudeAiOauth\": {\"accessToken\": 5}}");
+    let d = Cmd::new(&home).spawn();
+    let pid = json!(d.id());
+    assert!(
+        wait_until(Duration::from_secs(5), || lock_file(&home)
+            .contains(&format!("keeper {pid} "))),
+        "a daemon waiting for a malformed login still says it keeps it:\n{}",
+        lock_file(&home)
+    );
+    home.write_creds(&Login::fresh().doc());
+    std::fs::remove_file(home.claude_dir().join(".credentials.json.lock")).unwrap();
+    send_signal(&d, libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || keeper_pid(&home) == pid),
+        "the record came back after the lock file was removed:\n{}",
+        lock_file(&home)
+    );
+    stop(d);
+}

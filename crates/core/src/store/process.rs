@@ -1,7 +1,7 @@
 //! Is a recorded pid still claude-tokend? A pid alone can outlive its process (reused by
-//! anything), so where the system says more (Linux's `/proc`), the process must also have the
-//! recorded start time and run a program named like this one; elsewhere (macOS) `kill(pid, 0)`
-//! is all there is.
+//! anything), so the process must also have the recorded start time and run a program named
+//! like this one, as the system says: Linux's `/proc`, macOS's `proc_pidinfo` and
+//! `proc_pidpath`; elsewhere `kill(pid, 0)` is all there is.
 
 /// Whether `pid` is a live process (not a zombie) that runs claude-tokend and, when
 /// `started` is known, started then.
@@ -16,12 +16,12 @@ pub fn runs_this_program(pid: u32, started: Option<u64>) -> bool {
     if !exists {
         return false;
     }
-    linux_says(pid, started).unwrap_or(true)
+    system_says(pid, started).unwrap_or(true)
 }
 
 /// What `/proc` says: `None` where there is no `/proc` to ask (macOS: `kill` is all there is).
 #[cfg(target_os = "linux")]
-fn linux_says(pid: u32, started: Option<u64>) -> Option<bool> {
+fn system_says(pid: u32, started: Option<u64>) -> Option<bool> {
     // Unreadable (no `/proc`, or one that hides other users' processes): `kill` has spoken.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (state, start) = parse_stat(&stat)?;
@@ -34,19 +34,66 @@ fn linux_says(pid: u32, started: Option<u64>) -> Option<bool> {
     Some(program_name_of(pid).is_none_or(|name| is_our_name(&name)))
 }
 
-#[cfg(not(target_os = "linux"))]
-fn linux_says(_pid: u32, _started: Option<u64>) -> Option<bool> {
+/// What macOS says: the start time (seconds since the epoch) and the program's path.
+/// `None` when it will not say (another user's process).
+#[cfg(target_os = "macos")]
+fn system_says(pid: u32, started: Option<u64>) -> Option<bool> {
+    if started.is_some_and(|s| Some(s) != start_time(pid)) {
+        return Some(false);
+    }
+    let mut buf = vec![0u8; libc::PROC_PIDPATHINFO_MAXSIZE as usize];
+    // SAFETY: proc_pidpath writes at most `buffersize` bytes into the buffer.
+    let n = unsafe {
+        libc::proc_pidpath(
+            pid as libc::c_int,
+            buf.as_mut_ptr().cast(),
+            buf.len() as u32,
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    let path = std::path::PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&buf),
+    );
+    Some(
+        path.file_name()
+            .is_none_or(|n| is_our_name(&n.to_string_lossy())),
+    )
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn system_says(_pid: u32, _started: Option<u64>) -> Option<bool> {
     None
 }
 
-/// The start time of `pid` (clock ticks after boot), where the system says.
+/// The start time of `pid` (Linux: clock ticks after boot; macOS: seconds since the epoch),
+/// where the system says.
 pub fn start_time(pid: u32) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         parse_stat(&stat)?.1
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(target_os = "macos")]
+    {
+        // SAFETY: zeroed is a valid proc_bsdinfo to be filled in.
+        let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+        // SAFETY: proc_pidinfo writes at most `size` bytes into `info`.
+        let n = unsafe {
+            libc::proc_pidinfo(
+                pid as libc::c_int,
+                libc::PROC_PIDTBSDINFO,
+                0,
+                (&mut info as *mut libc::proc_bsdinfo).cast(),
+                size,
+            )
+        };
+        (n == size).then_some(info.pbi_start_tvsec)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     {
         let _ = pid;
         None

@@ -169,11 +169,11 @@ impl<C: Clock> LoginState<C> {
         if !gone {
             self.gone_once = false;
         }
+        self.check_registration();
         match result {
             Ok(snapshot) => {
                 self.malformed_tries = 0;
                 self.unavailable_tries = 0;
-                self.want_register = !self.registered;
                 if !how.force && Some(snapshot.fingerprint) == self.known {
                     if how.note
                         && let Ok(Some(v)) = snapshot.doc.oauth()
@@ -313,6 +313,31 @@ impl<C: Clock> LoginState<C> {
                 self.wait_for(Waiting::Unreadable(e.to_string()));
             }
         }
+    }
+
+    /// Whether this daemon should record itself as the login's keeper (again): at a read,
+    /// when the directory of the lock file is there (nothing is made for a login whose
+    /// directory does not exist), and the record is not there, or went away (the lock file or
+    /// the whole directory removed and made again: a reset of Claude Code).
+    fn check_registration(&mut self) {
+        let lock = self.store.lock_path();
+        if !lock.parent().is_some_and(std::path::Path::is_dir) {
+            return;
+        }
+        if self.registered {
+            let me = std::process::id();
+            let listed = self
+                .store
+                .peek_records()
+                .keepers
+                .iter()
+                .any(|k| k.pid == me);
+            if listed {
+                return;
+            }
+            self.registered = false;
+        }
+        self.want_register = true;
     }
 
     pub(super) fn wait_for(&mut self, why: Waiting) {
