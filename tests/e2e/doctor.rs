@@ -11,10 +11,12 @@
 //! - `service`: what systemd and launchd are asked and what doctor makes of the answers;
 //! - `keeper`: the live daemons keeping a login (one, two, none once killed);
 //! - `mirrors`: a mirror holding the source's current access token, or not;
-//! - `clock`: the one `HEAD /` and its `Date` header.
+//! - `clock`: the one `HEAD /` and its `Date` header;
+//! - `hostile`: FIFOs where files belong, a service manager that holds its pipes open.
 
 mod clock;
 mod environment;
+mod hostile;
 mod keeper;
 mod locks;
 mod mirrors;

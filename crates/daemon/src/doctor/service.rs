@@ -211,7 +211,7 @@ fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>>
     let own = unit_dir.join(UNIT);
     let main = [own.as_path(), Path::new(PACKAGED_UNIT)]
         .into_iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())?;
+        .find_map(read_small)?;
     let mut texts = vec![main];
     let dropins = unit_dir.join(format!("{UNIT}.d"));
     if let Ok(entries) = std::fs::read_dir(&dropins) {
@@ -221,7 +221,7 @@ fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>>
             .filter(|p| p.extension().is_some_and(|x| x == "conf"))
             .collect();
         names.sort();
-        texts.extend(names.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+        texts.extend(names.iter().filter_map(|p| read_small(p)));
     }
     let mut argv = Vec::new();
     let mut env = Vec::new();
@@ -243,7 +243,7 @@ fn launchd(home: Option<&Path>) -> ServiceFacts {
     // SAFETY: getuid has no preconditions and cannot fail.
     let target = format!("gui/{}/{LABEL}", unsafe { libc::getuid() });
     let from_file = || {
-        let text = std::fs::read_to_string(&file).ok()?;
+        let text = read_small(&file)?;
         let (argv, env) = read_plist(&text);
         Some(logins_of(&argv, &env, home))
     };
@@ -304,8 +304,26 @@ fn launchd(home: Option<&Path>) -> ServiceFacts {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Which logins a service keeps
+/// The most of a unit, drop-in or agent file doctor reads: real ones are a few hundred bytes.
+const FILE_CAP: u64 = 256 * 1024;
+
+/// A service file's text, when it is a regular file (links followed, as the manager does): a
+/// FIFO or a device in its place is not read (opening one non-blocking does not wait for a
+/// writer, and reading it could), and at most [`FILE_CAP`] bytes are.
+fn read_small(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(FILE_CAP).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Running the manager's command
