@@ -30,6 +30,15 @@ pub struct Facts {
     pub owner: Option<u32>,
     /// This process's effective user.
     pub me: u32,
+    /// Whom the login should belong to: this user, or, for root looking at a login in someone
+    /// else's directory (`sudo -E`, `--config-dir`), the directory's owner.
+    pub expected: u32,
+    /// What is at the credentials path (links followed).
+    pub found: Found,
+    /// Whether this user may enter the directory (search permission).
+    pub dir_enterable: bool,
+    /// The directory's owner, when it could be looked at.
+    pub dir_owner: Option<u32>,
     /// The directory new versions are written in (the target's), and whether this user may
     /// create and rename files there.
     pub dir: PathBuf,
@@ -38,21 +47,53 @@ pub struct Facts {
     pub records: Records,
 }
 
+/// What is at a credentials path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    File,
+    Directory,
+    /// A FIFO, a socket, a device.
+    Other,
+    /// Nothing, or it could not be looked at (the error says which).
+    Unknown,
+}
+
 impl Facts {
     pub fn gather(store: &Store) -> Facts {
         let target = store.target();
         let dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
         let is_file = store.kind() == Kind::File;
+        let found = match std::fs::metadata(&target) {
+            Ok(m) if m.is_file() => Found::File,
+            Ok(m) if m.is_dir() => Found::Directory,
+            Ok(_) => Found::Other,
+            Err(_) => Found::Unknown,
+        };
+        let dir_owner = std::fs::metadata(&dir).ok().map(|m| m.uid());
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let home_owner = || {
+            let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+            std::fs::metadata(home).ok().map(|m| m.uid())
+        };
+        let expected = if me == 0 {
+            dir_owner.or_else(home_owner).unwrap_or(0)
+        } else {
+            me
+        };
         Facts {
+            expected,
+            found,
+            dir_enterable: access(&dir, libc::X_OK),
+            dir_owner,
             place: store.place().to_string(),
             kind: store.kind(),
             read: read_settled(store),
             owner: is_file
                 .then(|| std::fs::metadata(&target).ok().map(|m| m.uid()))
                 .flatten(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            me: unsafe { libc::geteuid() },
-            dir_writable: !is_file || writable(&dir),
+            me,
+            dir_writable: !is_file || access(&dir, libc::W_OK | libc::X_OK),
             dir,
             target,
             records: store.peek_records(),
@@ -74,14 +115,14 @@ fn read_settled(store: &Store) -> Result<Snapshot, StoreError> {
     }
 }
 
-/// Whether this user may create files in `dir` (access(2): as the kernel would judge it,
-/// read-only mounts and immutable directories included).
-fn writable(dir: &Path) -> bool {
+/// Whether this user may do `how` (W_OK: create files in it) to `dir` (access(2): as the
+/// kernel would judge it, read-only mounts and immutable directories included).
+fn access(dir: &Path, how: libc::c_int) -> bool {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: a valid NUL-terminated path; access only checks.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    unsafe { libc::access(c.as_ptr(), how) == 0 }
 }
 
 /// A user's name for a uid, when the system knows it.
@@ -108,22 +149,114 @@ fn describe_user(uid: u32) -> String {
     }
 }
 
-/// `store`: fail when it is missing, unreadable, malformed, owned by another user or in a
-/// directory this user cannot write in; warn when its mode is not 0600.
+/// The command that gives `path` back to the login's owner, never to root: `None` when the
+/// owner is root (a chown would hand a file to root, not take one back).
+fn give_back(f: &Facts, path: &Path, recursive: bool) -> Option<String> {
+    let to = if f.expected == 0 {
+        return None;
+    } else if f.expected == f.me {
+        "$(id -un)".to_owned()
+    } else {
+        user_name(f.expected).unwrap_or_else(|| f.expected.to_string())
+    };
+    let r = if recursive { "-R " } else { "" };
+    Some(format!("sudo chown {r}{to}: {}", sh(path)))
+}
+
+/// Who the login should belong to, for messages: `you (u, uid 1000)`, or for root looking at
+/// another user's login, that user.
+fn rightful(f: &Facts) -> String {
+    if f.expected == f.me {
+        format!("you ({})", describe_user(f.me))
+    } else {
+        format!(
+            "{}, who owns {}",
+            describe_user(f.expected),
+            f.dir.display()
+        )
+    }
+}
+
+/// `store`: fail when it is missing, unreadable, malformed, not a file, owned by another user
+/// or in a directory this user cannot write in; warn when its mode is not 0600. Each fix fits
+/// what is there (a directory is named with `--config-dir`, a FIFO moved away, a directory
+/// that cannot be entered given back first).
 pub fn store_check(f: &Facts) -> Check {
     let mut found = Findings::default();
     let place = &f.place;
-    if let Some(owner) = f.owner.filter(|o| *o != f.me) {
+    let file = f.kind == Kind::File;
+    let shut_out = file && !f.dir_enterable && matches!(f.read, Err(StoreError::Unreadable { .. }));
+    if shut_out {
+        let owner = f.dir_owner.filter(|o| *o != f.expected);
         found.fail(
             format!(
-                "{place} belongs to {}, not to you ({}): a file left by `sudo claude`? Neither \
-                 Claude Code nor claude-tokend running as you can replace it",
-                describe_user(owner),
-                describe_user(f.me)
+                "you cannot enter {}{}, so {place} cannot be read or replaced",
+                f.dir.display(),
+                owner.map_or(String::new(), |o| format!(
+                    " (it belongs to {}: a directory left by `sudo claude`?)",
+                    describe_user(o)
+                ))
             ),
-            format!("give it back: sudo chown $(id -un): {}", sh(&f.target)),
+            match (owner, give_back(f, &f.dir, true)) {
+                (Some(_), Some(cmd)) => format!("give it back: {cmd}"),
+                _ => format!("let yourself in: chmod 700 {}", sh(&f.dir)),
+            },
+        );
+    } else if file && f.found == Found::Directory {
+        found.fail(
+            format!("{place} is a directory, not a credentials file"),
+            format!(
+                "name a config directory with --config-dir {} (its login is {}); \
+                 --credentials names the file itself",
+                sh(&f.target),
+                sh(&f.target.join(tokend_core::store::FILE_NAME))
+            ),
+        );
+    } else if file && f.found == Found::Other {
+        found.fail(
+            format!("{place} is not a regular file (a FIFO, socket or device)"),
+            format!(
+                "move it away (mv {0} {0}.not-a-file), then sign in again: run `claude` and \
+                 /login (or `claude-tokend login`)",
+                sh(&f.target)
+            ),
+        );
+    } else if let Some(owner) = f.owner.filter(|o| *o != f.expected) {
+        // What its rightful owner, running Claude Code or claude-tokend, runs into.
+        let who = if f.expected == f.me {
+            "you".to_owned()
+        } else {
+            user_name(f.expected).unwrap_or_else(|| format!("uid {}", f.expected))
+        };
+        let mut consequences = vec![];
+        if f.me == f.expected && matches!(f.read, Err(StoreError::Unreadable { .. })) {
+            consequences.push(format!("{who} cannot read it"));
+        }
+        consequences.push(format!("{who} cannot change its mode"));
+        consequences.push("Claude Code's writes to it in place fail".to_owned());
+        let replace = if f.dir_writable {
+            "; a new version renamed over it still replaces it, as the directory is writable"
+        } else {
+            "; as the directory is not writable either, nothing can replace it"
+        };
+        found.fail(
+            format!(
+                "{place} belongs to {}, not to {}: a file left by `sudo claude`? {}{replace}",
+                describe_user(owner),
+                rightful(f),
+                consequences.join(", ")
+            ),
+            match give_back(f, &f.target, false) {
+                Some(cmd) => format!("give it back: {cmd}"),
+                None => format!(
+                    "if the login is {}'s, run claude-tokend as that user; else move it \
+                     away and sign in again",
+                    user_name(owner).unwrap_or_else(|| format!("uid {owner}"))
+                ),
+            },
         );
     }
+    let explained = !found.is_empty();
     match &f.read {
         Err(StoreError::Missing { .. }) => found.fail(
             format!("no login is stored: {place} does not exist"),
@@ -141,18 +274,18 @@ pub fn store_check(f: &Facts) -> Check {
             e.to_string(),
             "unlock the keychain (security unlock-keychain) and run doctor again",
         ),
-        Err(e) if f.owner.is_none_or(|o| o == f.me) => found.fail(
+        // What is there (a directory, a FIFO, someone else's file) already says what to do.
+        Err(_) if explained => {}
+        Err(e) => found.fail(
             e.to_string(),
             format!("make it readable to you: chmod 600 {}", sh(&f.target)),
         ),
-        // Someone else's file: the ownership finding above says what to do.
-        Err(_) => {}
         Ok(snapshot) => {
-            if f.kind == Kind::File && snapshot.mode & 0o777 != FILE_MODE {
+            if file && snapshot.mode & 0o777 != FILE_MODE {
                 found.warn(
                     format!(
-                        "{place} has mode {:04o}; a login should be readable by you alone \
-                         (0600)",
+                        "{place} has mode {:04o}; a login should be readable by its owner \
+                         alone (0600)",
                         snapshot.mode
                     ),
                     format!("chmod 600 {}", sh(&f.target)),
@@ -160,23 +293,30 @@ pub fn store_check(f: &Facts) -> Check {
             }
         }
     }
-    if !f.dir_writable && !matches!(f.read, Err(StoreError::Missing { .. })) {
+    if !f.dir_writable && !shut_out && !matches!(f.read, Err(StoreError::Missing { .. })) {
         found.fail(
             format!(
                 "you cannot write in {}, where every new version of the login is written (a \
                  temp file, renamed over it), so no refresh can be saved",
                 f.dir.display()
             ),
-            format!(
-                "make it yours and writable: sudo chown $(id -un): {0} && chmod 700 {0}",
-                sh(&f.dir)
-            ),
+            match give_back(f, &f.dir, false) {
+                Some(cmd) => format!(
+                    "make it yours and writable: {cmd} && chmod 700 {}",
+                    sh(&f.dir)
+                ),
+                None => format!("make it writable: chmod 700 {}", sh(&f.dir)),
+            },
         );
     }
     let ok = match f.kind {
-        Kind::File => {
+        Kind::File if f.expected == f.me => {
             format!("{place}: a file of yours, mode 0600, in a directory you can write in")
         }
+        Kind::File => format!(
+            "{place}: a file of {}'s, mode 0600, in a directory of theirs",
+            user_name(f.expected).unwrap_or_else(|| format!("uid {}", f.expected))
+        ),
         Kind::Keychain => format!("{place}: readable"),
     };
     found.into_check("store", ok)
@@ -300,6 +440,124 @@ mod tests {
             subscription_type: None,
             rate_limit_tier: None,
         }
+    }
+
+    /// A login at /h/.claude/.credentials.json, read as `read`, for user 1000.
+    fn facts(read: Result<Snapshot, StoreError>) -> Facts {
+        Facts {
+            place: "/h/.claude/.credentials.json".into(),
+            kind: Kind::File,
+            target: PathBuf::from("/h/.claude/.credentials.json"),
+            read,
+            owner: Some(1000),
+            me: 1000,
+            expected: 1000,
+            found: Found::File,
+            dir_enterable: true,
+            dir_owner: Some(1000),
+            dir: PathBuf::from("/h/.claude"),
+            dir_writable: true,
+            records: Records::default(),
+        }
+    }
+
+    fn snapshot(mode: u32) -> Result<Snapshot, StoreError> {
+        let doc = tokend_core::credentials::Credentials::parse(
+            br#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r","expiresAt":1}}"#,
+        )
+        .unwrap();
+        Ok(Snapshot {
+            doc,
+            fingerprint: 0,
+            mode,
+        })
+    }
+
+    fn denied() -> Result<Snapshot, StoreError> {
+        Err(StoreError::Unreadable {
+            place: tokend_core::store::Place::File("/h/.claude/.credentials.json".into()),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        })
+    }
+
+    #[test]
+    fn a_directory_left_by_sudo_claude_is_given_back_first() {
+        let f = Facts {
+            owner: None,
+            found: Found::Unknown,
+            dir_enterable: false,
+            dir_owner: Some(0),
+            dir_writable: false,
+            ..facts(denied())
+        };
+        let c = store_check(&f);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.detail.contains("you cannot enter /h/.claude"),
+            "{}",
+            c.detail
+        );
+        assert!(c.detail.contains("`sudo claude`"), "{}", c.detail);
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("give it back: sudo chown -R $(id -un): /h/.claude")
+        );
+    }
+
+    #[test]
+    fn a_root_file_in_your_own_directory_is_still_replaceable_by_rename() {
+        let f = Facts {
+            owner: Some(0),
+            ..facts(snapshot(0o644))
+        };
+        let c = store_check(&f);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.detail.contains("`sudo claude`"), "{}", c.detail);
+        assert!(c.detail.contains("cannot change its mode"), "{}", c.detail);
+        assert!(c.detail.contains("still replaces it"), "{}", c.detail);
+        assert!(!c.detail.to_lowercase().contains("neither"), "{}", c.detail);
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap()
+                .starts_with("give it back: sudo chown $(id -un): /h/.claude/.credentials.json"),
+            "{:?}",
+            c.fix
+        );
+        // In a directory not writable either: nothing replaces it.
+        let c = store_check(&Facts {
+            dir_writable: false,
+            ..f
+        });
+        assert!(c.detail.contains("nothing can replace it"), "{}", c.detail);
+    }
+
+    #[test]
+    fn root_judges_a_login_by_its_directorys_owner_and_never_chowns_to_root() {
+        // Root (sudo -E) looking at user 1000's login: theirs, fine.
+        let theirs = Facts {
+            me: 0,
+            ..facts(snapshot(0o600))
+        };
+        assert_eq!(store_check(&theirs).verdict, Verdict::Ok);
+        // A file of root's in their directory: given back to them, not to root.
+        let c = store_check(&Facts {
+            owner: Some(0),
+            ..theirs
+        });
+        assert_eq!(c.verdict, Verdict::Fail);
+        let fix = c.fix.unwrap();
+        assert!(fix.contains("sudo chown "), "{fix}");
+        assert!(!fix.contains("$(id -un)"), "{fix}");
+        // Root's own login holding another user's file: no chown to root is offered.
+        let c = store_check(&Facts {
+            me: 0,
+            expected: 0,
+            owner: Some(1000),
+            ..facts(snapshot(0o600))
+        });
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(!c.fix.unwrap().contains("chown"));
     }
 
     #[test]
