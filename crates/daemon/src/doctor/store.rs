@@ -324,7 +324,8 @@ pub fn store_check(f: &Facts) -> Check {
 
 /// `login` (when the store could be read): fail when there is no login, it is blanked, or its
 /// refresh token's life is over; warn when it cannot be refreshed here, ends within 3 days,
-/// its access token has expired, or the server refused its refresh token.
+/// its access token has expired, or the server refused its refresh token. A refused or ended
+/// login is lost: it is never told to refresh.
 pub fn login_check(f: &Facts, now: i64) -> Option<Check> {
     let snapshot = f.read.as_ref().ok()?;
     let view = match snapshot.doc.oauth() {
@@ -372,6 +373,24 @@ fn judge(view: &OAuthView, records: &Records, now: i64) -> Check {
         _ => {}
     }
     let refresh = view.usable_refresh_token();
+    let refused = match (&records.refused, refresh) {
+        (Some(r), Some(token)) if r.refuses(token) => Some(r.at),
+        _ => None,
+    };
+    // A login the server refused, or whose life is over, is lost: no refresh brings it back.
+    let lost = refused.is_some() || ends.is_some_and(|at| at <= now);
+    if let Some(at) = refused {
+        // A warning, as CONTRACT.md's table has it (the refusal is this program's record, not
+        // the server's word today), but worded as what it almost surely is: a lost login.
+        found.warn(
+            format!(
+                "the token endpoint refused this login's refresh token {}, so this login is \
+                 lost (claude-tokend will not send it again)",
+                when(at)
+            ),
+            sign_in,
+        );
+    }
     if refresh.is_none() {
         found.warn(
             format!(
@@ -385,28 +404,21 @@ fn judge(view: &OAuthView, records: &Records, now: i64) -> Check {
         );
     }
     match view.expires_at {
+        Some(at) if at <= now && refresh.is_some() && lost => found.warn(
+            format!("the access token expired {}", relative(at)),
+            sign_in,
+        ),
         Some(at) if at <= now && refresh.is_some() => found.warn(
             format!("the access token expired {}", relative(at)),
             "nothing refreshed it in time (see the keeper check); `claude-tokend refresh` \
              refreshes it now",
         ),
+        None if lost => {}
         None => found.warn(
             "the access token's expiry is not recorded (no expiresAt)",
             "`claude-tokend refresh` stores a new token with its expiry",
         ),
         _ => {}
-    }
-    if let (Some(refused), Some(token)) = (&records.refused, refresh)
-        && refused.refuses(token)
-    {
-        found.warn(
-            format!(
-                "the token endpoint refused this login's refresh token {} \
-                 (claude-tokend will not send it again)",
-                when(refused.at)
-            ),
-            sign_in,
-        );
     }
     let mut ok = String::from("signed in");
     if let Some(at) = view.expires_at {
@@ -596,6 +608,14 @@ mod tests {
             assert_eq!(c.verdict, want, "{}", c.detail);
             assert!(c.detail.contains(word), "{word}: {}", c.detail);
         }
+        // An ended login whose access token expired too: no refresh can help.
+        let c = judge(&view("r", Some(NOW - HOUR), Some(NOW - HOUR)), &none, NOW);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            !c.fix.as_deref().unwrap().contains("claude-tokend refresh"),
+            "{:?}",
+            c.fix
+        );
         let mut blank = view("", Some(0), None);
         blank.access_token = Secret::new("");
         assert_eq!(judge(&blank, &none, NOW).verdict, Verdict::Fail);
@@ -607,6 +627,13 @@ mod tests {
         let c = judge(&ok_view, &refused, NOW);
         assert_eq!(c.verdict, Verdict::Warn);
         assert!(c.detail.contains("refused"), "{}", c.detail);
+        let c = judge(&view("r", Some(NOW - HOUR), None), &refused, NOW);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            !c.fix.as_deref().unwrap().contains("claude-tokend refresh"),
+            "{:?}",
+            c.fix
+        );
         // A refusal of an older token says nothing about this one.
         assert_eq!(
             judge(&view("r2", Some(NOW + HOUR), None), &refused, NOW).verdict,
