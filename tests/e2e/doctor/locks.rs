@@ -47,3 +47,21 @@ fn a_stale_lock_directory_is_a_warning_and_a_live_one_is_not() {
     abandoned_lock(&refresh_lock, 50);
     report(&home).expect("locks", "ok", "held");
 }
+
+/// A config directory whose entries cannot be looked at (here a link that loops, which root
+/// cannot see through either) is not "no lock held": doctor says it could not look.
+#[test]
+fn a_config_directory_that_cannot_be_looked_in_is_a_warning_not_ok() {
+    let home = TempHome::new();
+    let dir = home.claude_dir();
+    std::os::unix::fs::symlink(&dir, &dir).unwrap();
+    let r = report(&home);
+    r.expect("locks", "warn", "could not look");
+    r.out.check(
+        r.check("locks")["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&dir.display().to_string()),
+        "it names where it could not look",
+    );
+}

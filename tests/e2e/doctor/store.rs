@@ -1,6 +1,7 @@
 //! `store` (missing, malformed, another user's, in a directory you cannot write in: fail; not
 //! 0600: warn) and `login` (blanked or ended: fail; no refresh token, ending within 3 days,
-//! access token expired, refused by the server: warn), each against a healthy one.
+//! access token expired, refused by the server: warn, a refused or ended login never told to
+//! refresh), each against a healthy one.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -72,9 +73,10 @@ fn a_store_belonging_to_another_user_fails() {
     let r = report(&home);
     r.out.expect_code(1);
     r.expect("store", "fail", "uid 65534");
+    // Root's own login: the file is not handed to root, which would give a user's file away.
     r.out.check(
-        r.fix("store").contains("sudo chown"),
-        "it says how to take it back",
+        !r.fix("store").contains("chown") && r.fix("store").contains("run claude-tokend as"),
+        "it says what to do without a chown to root",
     );
 }
 
@@ -216,7 +218,7 @@ fn the_login_by_its_state() {
 }
 
 #[test]
-fn a_refresh_token_the_server_refused_is_a_warning_until_a_new_login() {
+fn a_refresh_token_the_server_refused_is_never_told_to_refresh_until_a_new_login() {
     let home = TempHome::new();
     let login = Login::fresh();
     home.write_creds(&login.doc());
@@ -234,7 +236,23 @@ fn a_refresh_token_the_server_refused_is_a_warning_until_a_new_login() {
         "the refusal is recorded"
     );
     let r = report(&home);
+    // A warning, as CONTRACT.md's table has it, but told as the lost login it is.
+    r.out.expect_code(0);
     r.expect("login", "warn", "refused this login's refresh token");
+    r.expect("login", "warn", "lost");
+    r.out.check(
+        !r.fix("login").contains("claude-tokend refresh"),
+        "a refused login is lost: no refresh is suggested",
+    );
+    // Its access token expired since: still lost, still no refresh suggested.
+    let hour_ago = now_ms() - 3_600_000;
+    home.write_creds(&with(&login, json!({"expiresAt": hour_ago})));
+    let r = report(&home);
+    r.expect("login", "warn", "refused");
+    r.out.check(
+        !r.fix("login").contains("claude-tokend refresh"),
+        format!("no refresh suggested for a lost login: {}", r.fix("login")),
+    );
     // A new login (another refresh token) is not held back by the old refusal.
     home.write_creds(&Login::fresh().doc());
     report(&home).expect("login", "ok", "signed in");

@@ -28,12 +28,33 @@ impl Facts {
             (Some(h), None) => h.to_owned(),
             (None, _) => url.to_string(),
         };
-        let probe = crate::commands::runtime().block_on(oauth::server_date(
-            &settings.token_url,
-            &settings.user_agent,
-        ));
+        let probe = bounded(
+            oauth::server_date(&settings.token_url, &settings.user_agent),
+            oauth::PROBE_TIMEOUT + GRACE,
+        )
+        .unwrap_or_else(|| {
+            Err(format!(
+                "{host} did not answer within {}s",
+                oauth::PROBE_TIMEOUT.as_secs()
+            ))
+        });
         Facts { host, probe }
     }
+}
+
+/// Time past the probe's own timeout before doctor stops waiting for it (the probe's timeout
+/// should have fired first; this only catches what it does not cover).
+const GRACE: Duration = Duration::from_millis(500);
+
+/// `work` run to its end or for `limit`, whichever comes first (`None`: the limit). The runtime
+/// is shut down without waiting for its blocking threads: a name lookup (getaddrinfo, run on
+/// one) cannot be cancelled, and a resolver that never answers would otherwise hold doctor
+/// long after the probe gave up.
+fn bounded<T>(work: impl std::future::Future<Output = T>, limit: Duration) -> Option<T> {
+    let rt = crate::commands::runtime();
+    let done = rt.block_on(async { tokio::time::timeout(limit, work).await.ok() });
+    rt.shutdown_background();
+    done
 }
 
 /// `clock`: warn when the local clock is more than 60 s off the server's `Date`, or when the
@@ -80,6 +101,36 @@ mod tests {
     use super::*;
     use crate::doctor::Verdict;
     use std::time::SystemTime;
+
+    #[test]
+    fn a_lookup_that_never_ends_does_not_hold_doctor() {
+        // A blocking thread stuck as a getaddrinfo with a silent resolver is.
+        let started = std::time::Instant::now();
+        let stuck = async {
+            let _ =
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(5))).await;
+        };
+        assert_eq!(bounded(stuck, Duration::from_millis(100)), None);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "doctor waited {:?} for a stuck lookup",
+            started.elapsed()
+        );
+        // A lookup whose thread outlives the probe's own timeout: the answer comes at once.
+        let started = std::time::Instant::now();
+        let gave_up = async {
+            let lookup = tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(5)));
+            tokio::time::timeout(Duration::from_millis(50), lookup)
+                .await
+                .is_err()
+        };
+        assert_eq!(bounded(gave_up, Duration::from_secs(3)), Some(true));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn a_minute_off_is_tolerated_more_is_not() {

@@ -71,6 +71,8 @@ pub fn check(f: &Facts) -> Check {
                     ),
                     format!("restart it: {}", restart(svc)),
                 ),
+                // Not asked: the warning below says only that.
+                None if ours => found.warn(detail, format!("keep it with {install}")),
                 _ if ours => found.warn(
                     format!("{detail}; {} is installed but not running", svc.name),
                     format!(
@@ -82,7 +84,25 @@ pub fn check(f: &Facts) -> Check {
                 _ => found.warn(detail, format!("keep it with {install}")),
             }
         }
-        [_] => {}
+        [one] => {
+            // The service runs a daemon that did not record itself (an older claude-tokend)
+            // beside a recorded one: two.
+            if let Some(p) = svc_pid.filter(|p| p != one && ours) {
+                found.warn(
+                    format!(
+                        "two claude-tokend daemons keep this login: pid {p}, {}'s (which has \
+                         not recorded itself: an older claude-tokend?), and pid {one}: safe, \
+                         since the locks take turns, but one is enough",
+                        svc.name
+                    ),
+                    format!(
+                        "stop the one started by hand: kill {one} (and restart the service \
+                         so it records itself: {})",
+                        restart(svc)
+                    ),
+                );
+            }
+        }
         many => {
             let pids: Vec<String> = many.iter().map(u32::to_string).collect();
             let others: Vec<String> = many
@@ -103,6 +123,13 @@ pub fn check(f: &Facts) -> Check {
                          kill {}",
                         others.join(" ")
                     ),
+                    // Which one is the service's is unknown: never pick one to kill blindly.
+                    None if svc.installed && svc.state.is_err() => format!(
+                        "stop the one you started by hand (kill <its pid>); {} may run one \
+                         of them and {} could not be asked which",
+                        svc.name,
+                        manager_name(svc)
+                    ),
                     None => format!("stop all but one: kill {}", pids[1..].join(" ")),
                 },
             );
@@ -116,6 +143,12 @@ pub fn check(f: &Facts) -> Check {
                 svc.name
             ),
             match svc.manager {
+                // No systemd at all: no user bus to find, no linger to enable.
+                Manager::Systemd if why.starts_with("there is no ") => {
+                    "this system has no systemd (no systemctl on PATH): keep the login another \
+                     way, e.g. a cron job running `claude-tokend --once` every 5 minutes, or \
+                     `claude-tokend` started by your init system or login script"
+                }
                 Manager::Systemd => {
                     "systemctl --user needs your user's service manager: from su, sudo or an ssh \
                      session without one, `export XDG_RUNTIME_DIR=/run/user/$(id -u)`; if none \
@@ -150,7 +183,13 @@ pub fn check(f: &Facts) -> Check {
         ),
         Ok(_) => {}
     }
-    found.into_check("keeper", ok_detail(f, svc_pid))
+    let named = ok_detail(f, svc_pid);
+    let mut check = found.into_check("keeper", named.clone());
+    // A warning never hides which process keeps the login (CONTRACT.md: doctor says it).
+    if check.fix.is_some() && f.keepers.len() == 1 && !check.detail.contains("two ") {
+        check.detail = format!("{named}; {}", check.detail);
+    }
+    check
 }
 
 fn restart(svc: &ServiceFacts) -> String {
@@ -180,7 +219,9 @@ fn ok_detail(f: &Facts, svc_pid: Option<u32>) -> String {
             svc.name
         );
     }
-    let service = if svc.installed && f.service_keeps == Some(true) {
+    let service = if svc.installed && svc.state.is_err() {
+        format!("{} is installed", svc.name)
+    } else if svc.installed && f.service_keeps == Some(true) {
         format!("{} ({state}) keeps it too", svc.name)
     } else {
         format!(
@@ -276,5 +317,60 @@ mod tests {
             "{}",
             c.detail
         );
+    }
+
+    #[test]
+    fn the_daemon_keeping_it_is_named_even_with_a_warning() {
+        // (a) a warning about the service must not hide who keeps the login.
+        let unasked = service(true, Err("Failed to connect to bus".into()));
+        let c = judge(&[7], &unasked);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.detail.contains("claude-tokend pid 7"), "{}", c.detail);
+        let stopped = service(
+            true,
+            Ok(State {
+                loaded: true,
+                ..State::default()
+            }),
+        );
+        let c = judge(&[7], &stopped);
+        assert!(c.detail.contains("claude-tokend pid 7"), "{}", c.detail);
+    }
+
+    #[test]
+    fn the_services_unrecorded_daemon_and_a_recorded_one_are_two() {
+        // (b) the service runs pid 7 (an older build that records nothing), 9 was started by
+        // hand: two daemons.
+        let svc = service(true, running(7));
+        let c = judge(&[9], &svc);
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.detail.contains("two"), "{}", c.detail);
+        assert!(c.fix.unwrap().contains("kill 9"));
+    }
+
+    #[test]
+    fn a_service_that_could_not_be_asked_is_never_killed_blindly() {
+        // (c) which of 7 and 9 is the service's is unknown: no "kill 9" picked at random.
+        let unasked = service(true, Err("Failed to connect to bus".into()));
+        let c = judge(&[7, 9], &unasked);
+        let fix = c.fix.unwrap();
+        assert!(!fix.contains("kill 9") || fix.contains("by hand"), "{fix}");
+        assert!(fix.contains("by hand"), "{fix}");
+        // (d) not asked, nothing running: no "installed but not running" beside "could not be
+        // asked".
+        let c = judge(&[], &unasked);
+        assert!(!c.detail.contains("not running"), "{}", c.detail);
+        assert!(c.detail.contains("could not be asked"), "{}", c.detail);
+    }
+
+    #[test]
+    fn no_systemctl_at_all_is_not_told_about_user_buses() {
+        // (e) Linux without systemd.
+        let none = service(false, Err("there is no systemctl on PATH".into()));
+        let c = judge(&[], &none);
+        let fix = c.fix.unwrap();
+        assert!(!fix.contains("XDG_RUNTIME_DIR"), "{fix}");
+        assert!(!fix.contains("linger"), "{fix}");
+        assert!(fix.contains("--once"), "{fix}");
     }
 }

@@ -4,7 +4,7 @@
 //! claude-tokend is spending a refresh token right now (the program's own record, peeked at).
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use tokend_core::claude_locks::{REFRESH_STALE, lock_paths};
@@ -21,10 +21,17 @@ pub struct Held {
     /// Its mtime (epoch ms): its holder touches it every 5 s.
     pub touched: i64,
     pub owner: u32,
+    /// A directory, as a lock is; a plain file there is no lock, and blocks every one.
+    pub is_dir: bool,
+    /// Whether this user may remove entries of the directory it is in (then `rmdir` works
+    /// whoever owns the lock itself).
+    pub parent_writable: bool,
 }
 
 pub struct Facts {
     pub held: Vec<Held>,
+    /// Lock paths that could not be looked at, with why (not "no lock held").
+    pub unseen: Vec<(PathBuf, String)>,
     pub me: u32,
     /// The pid of a live claude-tokend that sent a refresh token and has not saved the answer
     /// yet.
@@ -34,18 +41,30 @@ pub struct Facts {
 impl Facts {
     pub fn gather(store: &Store) -> Facts {
         let paths = lock_paths(store.path());
-        let held = [paths.oauth_refresh, paths.config, paths.storage_write]
-            .into_iter()
-            .filter_map(|path| {
-                let meta = std::fs::symlink_metadata(&path).ok()?;
-                let touched = epoch_millis(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-                Some(Held {
-                    path,
-                    touched,
-                    owner: meta.uid(),
-                })
-            })
-            .collect();
+        let mut held = Vec::new();
+        let mut unseen = Vec::new();
+        for path in [paths.oauth_refresh, paths.config, paths.storage_write] {
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                // Nothing there (or no directory to hold it): no lock.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    continue;
+                }
+                Err(e) => {
+                    unseen.push((path, e.to_string()));
+                    continue;
+                }
+            };
+            let touched = epoch_millis(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            held.push(Held {
+                is_dir: meta.is_dir(),
+                parent_writable: writable(parent),
+                path,
+                touched,
+                owner: meta.uid(),
+            });
+        }
         let spending = store
             .peek_records()
             .spent
@@ -53,6 +72,7 @@ impl Facts {
             .map(|s| s.pid);
         Facts {
             held,
+            unseen,
             // SAFETY: geteuid has no preconditions and cannot fail.
             me: unsafe { libc::geteuid() },
             spending,
@@ -60,7 +80,18 @@ impl Facts {
     }
 }
 
-/// `locks`: warn for each lock directory untouched for more than 60 s (stale).
+/// Whether this user may create and remove entries in `dir` (access(2)).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; access only checks.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// `locks`: warn for each lock directory untouched for more than 60 s (stale), for a plain
+/// file where a lock directory belongs, and for a lock path that could not be looked at.
 pub fn check(f: &Facts, now: i64) -> Check {
     let stale_after = i64::try_from(REFRESH_STALE.as_millis()).unwrap_or(i64::MAX);
     let mut found = Findings::default();
@@ -68,30 +99,58 @@ pub fn check(f: &Facts, now: i64) -> Check {
     for h in &f.held {
         let age = now.saturating_sub(h.touched);
         let ago = format_duration(Duration::from_millis(age.max(0).unsigned_abs()));
-        if age <= stale_after {
+        if h.is_dir && age <= stale_after {
             live.push(format!("{} (touched {ago} ago)", h.path.display()));
             continue;
         }
-        let theirs = h.owner != f.me;
+        // Removing an entry takes write permission on its parent, not ownership of it.
+        let sudo = if h.parent_writable { "" } else { "sudo " };
+        let parent = h.path.parent().unwrap_or(Path::new("/"));
+        if !h.is_dir {
+            found.warn(
+                format!(
+                    "{} is a file where Claude Code makes its lock directory: no refresh can \
+                     take the lock while it is there",
+                    h.path.display()
+                ),
+                format!("remove it: {sudo}rm {}", sh(&h.path)),
+            );
+            continue;
+        }
+        let whose = if h.owner == f.me {
+            String::new()
+        } else {
+            format!(
+                " (it belongs to {}: made by `sudo claude`?)",
+                user_name(h.owner).unwrap_or_else(|| format!("uid {}", h.owner))
+            )
+        };
+        let stuck = if h.parent_writable {
+            String::new()
+        } else {
+            format!(
+                ", and you cannot remove entries of {}, so only root can clear it",
+                parent.display()
+            )
+        };
         found.warn(
             format!(
                 "Claude Code's lock directory {} was last touched {ago} ago: its holder is \
-                 gone{}",
+                 gone{whose}{stuck}",
                 h.path.display(),
-                if theirs {
-                    format!(
-                        ", and it belongs to {}, so neither Claude Code nor claude-tokend can \
-                         take it over",
-                        user_name(h.owner).unwrap_or_else(|| format!("uid {}", h.owner))
-                    )
-                } else {
-                    String::new()
-                }
+            ),
+            format!("remove it: {sudo}rmdir {}", sh(&h.path)),
+        );
+    }
+    for (path, why) in &f.unseen {
+        found.warn(
+            format!(
+                "could not look for Claude Code's lock at {}: {why}",
+                path.display()
             ),
             format!(
-                "remove it: {}rmdir {}",
-                if theirs { "sudo " } else { "" },
-                sh(&h.path)
+                "check that the config directory {} is a directory you can read",
+                sh(path.parent().unwrap_or(Path::new("/")))
             ),
         );
     }
@@ -120,9 +179,12 @@ mod tests {
             path: PathBuf::from("/h/.claude/.oauth_refresh.lock"),
             touched: now - age_s * 1000,
             owner,
+            is_dir: true,
+            parent_writable: true,
         };
         let facts = |held: Vec<Held>| Facts {
             held,
+            unseen: vec![],
             me: 1000,
             spending: None,
         };
@@ -134,7 +196,35 @@ mod tests {
             c.fix.as_deref(),
             Some("remove it: rmdir /h/.claude/.oauth_refresh.lock")
         );
+        // Root's lock in a directory of yours: rmdir works without sudo.
         let c = check(&facts(vec![held(3600, 0)]), now);
+        assert!(c.detail.contains("sudo claude"), "{}", c.detail);
+        assert!(!c.detail.contains("cannot"), "{}", c.detail);
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("remove it: rmdir /h/.claude/.oauth_refresh.lock")
+        );
+        // In a directory you cannot change: sudo.
+        let c = check(
+            &facts(vec![Held {
+                parent_writable: false,
+                ..held(3600, 0)
+            }]),
+            now,
+        );
         assert!(c.fix.unwrap().contains("sudo rmdir"));
+        // A plain file is no lock directory: rm, whatever its age.
+        let c = check(
+            &facts(vec![Held {
+                is_dir: false,
+                ..held(1, 1000)
+            }]),
+            now,
+        );
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("remove it: rm /h/.claude/.oauth_refresh.lock")
+        );
     }
 }

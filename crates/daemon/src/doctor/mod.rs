@@ -118,6 +118,10 @@ impl Findings {
             .push((Verdict::Fail, detail.into(), fix.into()));
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
     /// The line: `ok_detail` when nothing was found, else the problems, worst first.
     pub fn into_check(mut self, name: &'static str, ok_detail: impl Into<String>) -> Check {
         if self.problems.is_empty() {

@@ -211,7 +211,7 @@ fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>>
     let own = unit_dir.join(UNIT);
     let main = [own.as_path(), Path::new(PACKAGED_UNIT)]
         .into_iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())?;
+        .find_map(read_small)?;
     let mut texts = vec![main];
     let dropins = unit_dir.join(format!("{UNIT}.d"));
     if let Ok(entries) = std::fs::read_dir(&dropins) {
@@ -221,7 +221,7 @@ fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>>
             .filter(|p| p.extension().is_some_and(|x| x == "conf"))
             .collect();
         names.sort();
-        texts.extend(names.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+        texts.extend(names.iter().filter_map(|p| read_small(p)));
     }
     let mut argv = Vec::new();
     let mut env = Vec::new();
@@ -243,7 +243,7 @@ fn launchd(home: Option<&Path>) -> ServiceFacts {
     // SAFETY: getuid has no preconditions and cannot fail.
     let target = format!("gui/{}/{LABEL}", unsafe { libc::getuid() });
     let from_file = || {
-        let text = std::fs::read_to_string(&file).ok()?;
+        let text = read_small(&file)?;
         let (argv, env) = read_plist(&text);
         Some(logins_of(&argv, &env, home))
     };
@@ -304,60 +304,103 @@ fn launchd(home: Option<&Path>) -> ServiceFacts {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Which logins a service keeps
+/// The most of a unit, drop-in or agent file doctor reads: real ones are a few hundred bytes.
+const FILE_CAP: u64 = 256 * 1024;
+
+/// A service file's text, when it is a regular file (links followed, as the manager does): a
+/// FIFO or a device in its place is not read (opening one non-blocking does not wait for a
+/// writer, and reading it could), and at most [`FILE_CAP`] bytes are.
+fn read_small(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(FILE_CAP).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Running the manager's command
 
 /// Runs `program args`, waiting at most [`ASK_TIMEOUT`]: `(success, stdout, stderr)`, or why it
-/// could not be run or did not finish.
+/// could not be run or did not finish. It runs in a process group of its own, and whatever is
+/// left of that group when doctor stops waiting is killed: a child it left behind holding a
+/// pipe is neither waited for past the limit nor left running.
 fn run_bounded(program: &str, args: &[&str]) -> Result<(bool, String, String), String> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    use std::time::Instant;
+    let deadline = Instant::now() + ASK_TIMEOUT;
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => format!("there is no {program} on PATH"),
             _ => format!("cannot run {program}: {e}"),
         })?;
-    let pid = child.id();
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_string(&mut text);
-        }
-        text
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
+    let group = child.id() as libc::pid_t;
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                // A manager's answer is a few KiB; more is not an answer worth waiting for.
+                let _ = p.by_ref().take(1 << 20).read_to_end(&mut bytes);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+        });
+        rx
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let (tx, exited) = channel();
     std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_string(&mut text);
-        }
-        let status = child.wait();
-        let _ = tx.send((status, text));
+        let _ = tx.send(child.wait());
     });
-    match rx.recv_timeout(ASK_TIMEOUT) {
-        Ok((Ok(status), stdout)) => {
-            let stderr = reader.join().unwrap_or_default();
-            Ok((status.success(), stdout, stderr))
+    let kill_group = || {
+        // SAFETY: kill(2) on the process group made for this run; the group's id stays
+        // reserved while any member lives, so it names no one else's processes.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    };
+    let too_slow = || format!("{program} did not answer within {}s", ASK_TIMEOUT.as_secs());
+    let status = match exited.recv_timeout(ASK_TIMEOUT) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            kill_group();
+            return Err(format!("cannot wait for {program}: {e}"));
         }
-        Ok((Err(e), _)) => Err(format!("cannot wait for {program}: {e}")),
         Err(_) => {
-            // The waiting thread has not reaped it, so the pid is still this child's.
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            Err(format!(
-                "{program} did not answer within {}s",
-                ASK_TIMEOUT.as_secs()
-            ))
+            kill_group();
+            return Err(too_slow());
         }
+    };
+    // It has exited: its pipes close at once unless something it left behind holds them.
+    let pipes_by = deadline.min(Instant::now() + PIPE_GRACE);
+    let left = || pipes_by.saturating_duration_since(Instant::now());
+    let out = stdout.recv_timeout(left());
+    let err = stderr.recv_timeout(left());
+    if matches!(out, Err(RecvTimeoutError::Timeout))
+        || matches!(err, Err(RecvTimeoutError::Timeout))
+    {
+        kill_group();
     }
+    let out = out.map_err(|_| too_slow())?;
+    Ok((status.success(), out, err.unwrap_or_default()))
 }
+
+/// How long a pipe may stay open after the manager's command exited (a child it left holds
+/// it): its answer is complete by then.
+const PIPE_GRACE: Duration = Duration::from_millis(500);
 
 fn first_line(text: &str) -> Option<&str> {
     text.lines().map(str::trim).find(|l| !l.is_empty())

@@ -30,6 +30,15 @@ pub struct Facts {
     pub owner: Option<u32>,
     /// This process's effective user.
     pub me: u32,
+    /// Whom the login should belong to: this user, or, for root looking at a login in someone
+    /// else's directory (`sudo -E`, `--config-dir`), the directory's owner.
+    pub expected: u32,
+    /// What is at the credentials path (links followed).
+    pub found: Found,
+    /// Whether this user may enter the directory (search permission).
+    pub dir_enterable: bool,
+    /// The directory's owner, when it could be looked at.
+    pub dir_owner: Option<u32>,
     /// The directory new versions are written in (the target's), and whether this user may
     /// create and rename files there.
     pub dir: PathBuf,
@@ -38,21 +47,53 @@ pub struct Facts {
     pub records: Records,
 }
 
+/// What is at a credentials path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    File,
+    Directory,
+    /// A FIFO, a socket, a device.
+    Other,
+    /// Nothing, or it could not be looked at (the error says which).
+    Unknown,
+}
+
 impl Facts {
     pub fn gather(store: &Store) -> Facts {
         let target = store.target();
         let dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
         let is_file = store.kind() == Kind::File;
+        let found = match std::fs::metadata(&target) {
+            Ok(m) if m.is_file() => Found::File,
+            Ok(m) if m.is_dir() => Found::Directory,
+            Ok(_) => Found::Other,
+            Err(_) => Found::Unknown,
+        };
+        let dir_owner = std::fs::metadata(&dir).ok().map(|m| m.uid());
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let home_owner = || {
+            let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+            std::fs::metadata(home).ok().map(|m| m.uid())
+        };
+        let expected = if me == 0 {
+            dir_owner.or_else(home_owner).unwrap_or(0)
+        } else {
+            me
+        };
         Facts {
+            expected,
+            found,
+            dir_enterable: access(&dir, libc::X_OK),
+            dir_owner,
             place: store.place().to_string(),
             kind: store.kind(),
             read: read_settled(store),
             owner: is_file
                 .then(|| std::fs::metadata(&target).ok().map(|m| m.uid()))
                 .flatten(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            me: unsafe { libc::geteuid() },
-            dir_writable: !is_file || writable(&dir),
+            me,
+            dir_writable: !is_file || access(&dir, libc::W_OK | libc::X_OK),
             dir,
             target,
             records: store.peek_records(),
@@ -74,14 +115,14 @@ fn read_settled(store: &Store) -> Result<Snapshot, StoreError> {
     }
 }
 
-/// Whether this user may create files in `dir` (access(2): as the kernel would judge it,
-/// read-only mounts and immutable directories included).
-fn writable(dir: &Path) -> bool {
+/// Whether this user may do `how` (W_OK: create files in it) to `dir` (access(2): as the
+/// kernel would judge it, read-only mounts and immutable directories included).
+fn access(dir: &Path, how: libc::c_int) -> bool {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: a valid NUL-terminated path; access only checks.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    unsafe { libc::access(c.as_ptr(), how) == 0 }
 }
 
 /// A user's name for a uid, when the system knows it.
@@ -108,22 +149,114 @@ fn describe_user(uid: u32) -> String {
     }
 }
 
-/// `store`: fail when it is missing, unreadable, malformed, owned by another user or in a
-/// directory this user cannot write in; warn when its mode is not 0600.
+/// The command that gives `path` back to the login's owner, never to root: `None` when the
+/// owner is root (a chown would hand a file to root, not take one back).
+fn give_back(f: &Facts, path: &Path, recursive: bool) -> Option<String> {
+    let to = if f.expected == 0 {
+        return None;
+    } else if f.expected == f.me {
+        "$(id -un)".to_owned()
+    } else {
+        user_name(f.expected).unwrap_or_else(|| f.expected.to_string())
+    };
+    let r = if recursive { "-R " } else { "" };
+    Some(format!("sudo chown {r}{to}: {}", sh(path)))
+}
+
+/// Who the login should belong to, for messages: `you (u, uid 1000)`, or for root looking at
+/// another user's login, that user.
+fn rightful(f: &Facts) -> String {
+    if f.expected == f.me {
+        format!("you ({})", describe_user(f.me))
+    } else {
+        format!(
+            "{}, who owns {}",
+            describe_user(f.expected),
+            f.dir.display()
+        )
+    }
+}
+
+/// `store`: fail when it is missing, unreadable, malformed, not a file, owned by another user
+/// or in a directory this user cannot write in; warn when its mode is not 0600. Each fix fits
+/// what is there (a directory is named with `--config-dir`, a FIFO moved away, a directory
+/// that cannot be entered given back first).
 pub fn store_check(f: &Facts) -> Check {
     let mut found = Findings::default();
     let place = &f.place;
-    if let Some(owner) = f.owner.filter(|o| *o != f.me) {
+    let file = f.kind == Kind::File;
+    let shut_out = file && !f.dir_enterable && matches!(f.read, Err(StoreError::Unreadable { .. }));
+    if shut_out {
+        let owner = f.dir_owner.filter(|o| *o != f.expected);
         found.fail(
             format!(
-                "{place} belongs to {}, not to you ({}): a file left by `sudo claude`? Neither \
-                 Claude Code nor claude-tokend running as you can replace it",
-                describe_user(owner),
-                describe_user(f.me)
+                "you cannot enter {}{}, so {place} cannot be read or replaced",
+                f.dir.display(),
+                owner.map_or(String::new(), |o| format!(
+                    " (it belongs to {}: a directory left by `sudo claude`?)",
+                    describe_user(o)
+                ))
             ),
-            format!("give it back: sudo chown $(id -un): {}", sh(&f.target)),
+            match (owner, give_back(f, &f.dir, true)) {
+                (Some(_), Some(cmd)) => format!("give it back: {cmd}"),
+                _ => format!("let yourself in: chmod 700 {}", sh(&f.dir)),
+            },
+        );
+    } else if file && f.found == Found::Directory {
+        found.fail(
+            format!("{place} is a directory, not a credentials file"),
+            format!(
+                "name a config directory with --config-dir {} (its login is {}); \
+                 --credentials names the file itself",
+                sh(&f.target),
+                sh(&f.target.join(tokend_core::store::FILE_NAME))
+            ),
+        );
+    } else if file && f.found == Found::Other {
+        found.fail(
+            format!("{place} is not a regular file (a FIFO, socket or device)"),
+            format!(
+                "move it away (mv {0} {0}.not-a-file), then sign in again: run `claude` and \
+                 /login (or `claude-tokend login`)",
+                sh(&f.target)
+            ),
+        );
+    } else if let Some(owner) = f.owner.filter(|o| *o != f.expected) {
+        // What its rightful owner, running Claude Code or claude-tokend, runs into.
+        let who = if f.expected == f.me {
+            "you".to_owned()
+        } else {
+            user_name(f.expected).unwrap_or_else(|| format!("uid {}", f.expected))
+        };
+        let mut consequences = vec![];
+        if f.me == f.expected && matches!(f.read, Err(StoreError::Unreadable { .. })) {
+            consequences.push(format!("{who} cannot read it"));
+        }
+        consequences.push(format!("{who} cannot change its mode"));
+        consequences.push("Claude Code's writes to it in place fail".to_owned());
+        let replace = if f.dir_writable {
+            "; a new version renamed over it still replaces it, as the directory is writable"
+        } else {
+            "; as the directory is not writable either, nothing can replace it"
+        };
+        found.fail(
+            format!(
+                "{place} belongs to {}, not to {}: a file left by `sudo claude`? {}{replace}",
+                describe_user(owner),
+                rightful(f),
+                consequences.join(", ")
+            ),
+            match give_back(f, &f.target, false) {
+                Some(cmd) => format!("give it back: {cmd}"),
+                None => format!(
+                    "if the login is {}'s, run claude-tokend as that user; else move it \
+                     away and sign in again",
+                    user_name(owner).unwrap_or_else(|| format!("uid {owner}"))
+                ),
+            },
         );
     }
+    let explained = !found.is_empty();
     match &f.read {
         Err(StoreError::Missing { .. }) => found.fail(
             format!("no login is stored: {place} does not exist"),
@@ -141,18 +274,18 @@ pub fn store_check(f: &Facts) -> Check {
             e.to_string(),
             "unlock the keychain (security unlock-keychain) and run doctor again",
         ),
-        Err(e) if f.owner.is_none_or(|o| o == f.me) => found.fail(
+        // What is there (a directory, a FIFO, someone else's file) already says what to do.
+        Err(_) if explained => {}
+        Err(e) => found.fail(
             e.to_string(),
             format!("make it readable to you: chmod 600 {}", sh(&f.target)),
         ),
-        // Someone else's file: the ownership finding above says what to do.
-        Err(_) => {}
         Ok(snapshot) => {
-            if f.kind == Kind::File && snapshot.mode & 0o777 != FILE_MODE {
+            if file && snapshot.mode & 0o777 != FILE_MODE {
                 found.warn(
                     format!(
-                        "{place} has mode {:04o}; a login should be readable by you alone \
-                         (0600)",
+                        "{place} has mode {:04o}; a login should be readable by its owner \
+                         alone (0600)",
                         snapshot.mode
                     ),
                     format!("chmod 600 {}", sh(&f.target)),
@@ -160,23 +293,30 @@ pub fn store_check(f: &Facts) -> Check {
             }
         }
     }
-    if !f.dir_writable && !matches!(f.read, Err(StoreError::Missing { .. })) {
+    if !f.dir_writable && !shut_out && !matches!(f.read, Err(StoreError::Missing { .. })) {
         found.fail(
             format!(
                 "you cannot write in {}, where every new version of the login is written (a \
                  temp file, renamed over it), so no refresh can be saved",
                 f.dir.display()
             ),
-            format!(
-                "make it yours and writable: sudo chown $(id -un): {0} && chmod 700 {0}",
-                sh(&f.dir)
-            ),
+            match give_back(f, &f.dir, false) {
+                Some(cmd) => format!(
+                    "make it yours and writable: {cmd} && chmod 700 {}",
+                    sh(&f.dir)
+                ),
+                None => format!("make it writable: chmod 700 {}", sh(&f.dir)),
+            },
         );
     }
     let ok = match f.kind {
-        Kind::File => {
+        Kind::File if f.expected == f.me => {
             format!("{place}: a file of yours, mode 0600, in a directory you can write in")
         }
+        Kind::File => format!(
+            "{place}: a file of {}'s, mode 0600, in a directory of theirs",
+            user_name(f.expected).unwrap_or_else(|| format!("uid {}", f.expected))
+        ),
         Kind::Keychain => format!("{place}: readable"),
     };
     found.into_check("store", ok)
@@ -184,7 +324,8 @@ pub fn store_check(f: &Facts) -> Check {
 
 /// `login` (when the store could be read): fail when there is no login, it is blanked, or its
 /// refresh token's life is over; warn when it cannot be refreshed here, ends within 3 days,
-/// its access token has expired, or the server refused its refresh token.
+/// its access token has expired, or the server refused its refresh token. A refused or ended
+/// login is lost: it is never told to refresh.
 pub fn login_check(f: &Facts, now: i64) -> Option<Check> {
     let snapshot = f.read.as_ref().ok()?;
     let view = match snapshot.doc.oauth() {
@@ -232,6 +373,24 @@ fn judge(view: &OAuthView, records: &Records, now: i64) -> Check {
         _ => {}
     }
     let refresh = view.usable_refresh_token();
+    let refused = match (&records.refused, refresh) {
+        (Some(r), Some(token)) if r.refuses(token) => Some(r.at),
+        _ => None,
+    };
+    // A login the server refused, or whose life is over, is lost: no refresh brings it back.
+    let lost = refused.is_some() || ends.is_some_and(|at| at <= now);
+    if let Some(at) = refused {
+        // A warning, as CONTRACT.md's table has it (the refusal is this program's record, not
+        // the server's word today), but worded as what it almost surely is: a lost login.
+        found.warn(
+            format!(
+                "the token endpoint refused this login's refresh token {}, so this login is \
+                 lost (claude-tokend will not send it again)",
+                when(at)
+            ),
+            sign_in,
+        );
+    }
     if refresh.is_none() {
         found.warn(
             format!(
@@ -245,28 +404,21 @@ fn judge(view: &OAuthView, records: &Records, now: i64) -> Check {
         );
     }
     match view.expires_at {
+        Some(at) if at <= now && refresh.is_some() && lost => found.warn(
+            format!("the access token expired {}", relative(at)),
+            sign_in,
+        ),
         Some(at) if at <= now && refresh.is_some() => found.warn(
             format!("the access token expired {}", relative(at)),
             "nothing refreshed it in time (see the keeper check); `claude-tokend refresh` \
              refreshes it now",
         ),
+        None if lost => {}
         None => found.warn(
             "the access token's expiry is not recorded (no expiresAt)",
             "`claude-tokend refresh` stores a new token with its expiry",
         ),
         _ => {}
-    }
-    if let (Some(refused), Some(token)) = (&records.refused, refresh)
-        && refused.refuses(token)
-    {
-        found.warn(
-            format!(
-                "the token endpoint refused this login's refresh token {} \
-                 (claude-tokend will not send it again)",
-                when(refused.at)
-            ),
-            sign_in,
-        );
     }
     let mut ok = String::from("signed in");
     if let Some(at) = view.expires_at {
@@ -280,79 +432,5 @@ fn judge(view: &OAuthView, records: &Records, now: i64) -> Check {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::doctor::Verdict;
-    use tokend_core::secret::Secret;
-    use tokend_core::store::RefusedRecord;
-
-    const HOUR: i64 = 3_600_000;
-    const NOW: i64 = 1_800_000_000_000;
-
-    fn view(refresh: &str, expires: Option<i64>, ends: Option<i64>) -> OAuthView {
-        OAuthView {
-            access_token: Secret::new("sk-ant-oat01-a"),
-            refresh_token: Some(Secret::new(refresh)),
-            expires_at: expires,
-            refresh_token_expires_at: ends,
-            scopes: None,
-            client_id: None,
-            subscription_type: None,
-            rate_limit_tier: None,
-        }
-    }
-
-    #[test]
-    fn the_login_by_table() {
-        let none = Records::default();
-        let cases: Vec<(OAuthView, Verdict, &str)> = vec![
-            (
-                view("r", Some(NOW + HOUR), Some(NOW + 20 * 24 * HOUR)),
-                Verdict::Ok,
-                "signed in",
-            ),
-            (
-                view("r", Some(NOW - HOUR), Some(NOW + 20 * 24 * HOUR)),
-                Verdict::Warn,
-                "expired",
-            ),
-            (
-                view("r", Some(NOW + HOUR), Some(NOW + 2 * 24 * HOUR)),
-                Verdict::Warn,
-                "ends",
-            ),
-            (
-                view("r", Some(NOW + HOUR), Some(NOW - HOUR)),
-                Verdict::Fail,
-                "ended",
-            ),
-            (
-                view("", Some(NOW + HOUR), None),
-                Verdict::Warn,
-                "no refresh token",
-            ),
-            (view("r", None, None), Verdict::Warn, "not recorded"),
-        ];
-        for (v, want, word) in cases {
-            let c = judge(&v, &none, NOW);
-            assert_eq!(c.verdict, want, "{}", c.detail);
-            assert!(c.detail.contains(word), "{word}: {}", c.detail);
-        }
-        let mut blank = view("", Some(0), None);
-        blank.access_token = Secret::new("");
-        assert_eq!(judge(&blank, &none, NOW).verdict, Verdict::Fail);
-        let refused = Records {
-            refused: Some(RefusedRecord::new(&Secret::new("r"), NOW - HOUR)),
-            ..Records::default()
-        };
-        let ok_view = view("r", Some(NOW + HOUR), None);
-        let c = judge(&ok_view, &refused, NOW);
-        assert_eq!(c.verdict, Verdict::Warn);
-        assert!(c.detail.contains("refused"), "{}", c.detail);
-        // A refusal of an older token says nothing about this one.
-        assert_eq!(
-            judge(&view("r2", Some(NOW + HOUR), None), &refused, NOW).verdict,
-            Verdict::Ok
-        );
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;
