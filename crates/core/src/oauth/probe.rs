@@ -58,8 +58,12 @@ pub async fn server_date(endpoint: &Url, user_agent: &str) -> Result<ServerDate,
     let text = date
         .to_str()
         .map_err(|_| format!("{url} answered with a Date header that is not text"))?;
-    let server = httpdate::parse_http_date(text)
-        .map_err(|_| format!("{url} answered with a Date header that is not a date: {text:?}"))?;
+    let server = httpdate::parse_http_date(text).map_err(|_| {
+        // A hostile server's header is shown, but not whole.
+        let shown: String = text.chars().take(64).collect();
+        let more = if text.chars().count() > 64 { "…" } else { "" };
+        format!("{url} answered with a Date header that is not a date: {shown:?}{more}")
+    })?;
     let half = received.duration_since(sent).unwrap_or_default() / 2;
     Ok(ServerDate {
         server,

@@ -38,19 +38,28 @@ pub fn shadowing(s: &Shadowing) -> Check {
         f.fail(
             "CLAUDE_CODE_OAUTH_TOKEN is set in this environment, so Claude Code uses that token \
              and ignores the stored login: nothing kept fresh here reaches it",
-            "remove it from your shell profile (~/.bashrc, ~/.zshrc, ~/.profile, or wherever it \
-             is exported) and run `unset CLAUDE_CODE_OAUTH_TOKEN` in open shells",
+            "remove CLAUDE_CODE_OAUTH_TOKEN from your shell profile (~/.bashrc, ~/.zshrc, \
+             ~/.profile, or wherever it is exported) and run `unset CLAUDE_CODE_OAUTH_TOKEN` in \
+             open shells",
         );
     }
-    for (set, name) in [
-        (s.api_key, "ANTHROPIC_API_KEY"),
-        (s.auth_token, "ANTHROPIC_AUTH_TOKEN"),
+    for (set, name, what) in [
+        (
+            s.api_key,
+            "ANTHROPIC_API_KEY",
+            "an API key: its use is billed to that key, not your plan",
+        ),
+        (
+            s.auth_token,
+            "ANTHROPIC_AUTH_TOKEN",
+            "a bearer token sent in place of the login's",
+        ),
     ] {
         if set {
             f.warn(
                 format!(
                     "{name} is set in this environment, so Claude Code may use it instead of \
-                     the stored login (billed to that key, not your plan)"
+                     the stored login ({what})"
                 ),
                 format!(
                     "unless you mean Claude Code to use it, remove {name} from your shell \

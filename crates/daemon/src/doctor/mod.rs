@@ -244,20 +244,49 @@ fn render_text(checks: &[Check], many: bool) -> String {
     for c in checks {
         let _ = write!(out, "{:<5} {}", c.verdict.name(), c.name);
         if let (true, Some(login)) = (many, &c.login) {
-            let _ = write!(out, " ({login})");
+            let _ = write!(out, " ({})", one_line(login));
         }
-        let _ = write!(out, ": {}", c.detail);
+        let _ = write!(out, ": {}", one_line(&c.detail));
         if let Some(fix) = &c.fix {
-            let _ = write!(out, ". Fix: {fix}");
+            let _ = write!(out, ". Fix: {}", one_line(fix));
         }
         out.push('\n');
     }
     out
 }
 
+/// A text for one line of a terminal: control characters (a newline or an escape sequence in
+/// a path or a variable) shown escaped, so one check stays one line and nothing it names can
+/// move the cursor or fake another line. JSON keeps the text as it is (it escapes them itself).
+fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_what_a_check_names_stay_on_one_line() {
+        let mut c = Check::ok("store", "/tmp/a\nfail  store: fake\u{1b}[2J");
+        c.fix = Some("rm '/x\ry'".to_owned());
+        let text = render_text(&[c], false);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            !text.chars().any(|ch| ch.is_control() && ch != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\n") && text.contains("\\u{1b}"), "{text}");
+        assert_eq!(one_line("plain ✓"), "plain ✓");
+    }
 
     #[test]
     fn findings_make_one_line_with_the_worst_verdict_first() {

@@ -322,12 +322,22 @@ pub fn store_check(f: &Facts) -> Check {
     found.into_check("store", ok)
 }
 
-/// `login` (when the store could be read): fail when there is no login, it is blanked, or its
-/// refresh token's life is over; warn when it cannot be refreshed here, ends within 3 days,
-/// its access token has expired, or the server refused its refresh token. A refused or ended
-/// login is lost: it is never told to refresh.
+/// `login`: fail when there is no login, it is blanked, or its refresh token's life is over;
+/// warn when it cannot be refreshed here, ends within 3 days, its access token has expired, or
+/// the server refused its refresh token; warn when the store cannot be read, so the login
+/// cannot be judged (the `store` line says why). A refused or ended login is lost: it is never
+/// told to refresh.
 pub fn login_check(f: &Facts, now: i64) -> Option<Check> {
-    let snapshot = f.read.as_ref().ok()?;
+    let snapshot = match f.read.as_ref() {
+        Ok(s) => s,
+        Err(_) => {
+            return Some(Check::warn(
+                "login",
+                "cannot be judged: the store cannot be read (see the store line)",
+                "fix the store first (the store line says how), then run doctor again",
+            ));
+        }
+    };
     let view = match snapshot.doc.oauth() {
         Ok(Some(v)) => v,
         // Credentials::parse checked the owned fields; a document without the key has no login.
