@@ -186,3 +186,27 @@ fn on_macos_a_login_both_in_the_keychain_and_in_a_file_is_a_warning() {
     check_eq("security runs off macOS", kc.invocations(), 0);
     assert!(Path::new(kc.db_path()).exists());
 }
+
+/// A daemon started by hand keeps `~/.claude`, while Claude Code in this shell reads another
+/// config directory: found without any service installed (the review's case).
+#[test]
+fn a_hand_started_daemon_keeping_the_default_while_this_shell_reads_another_fails() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let elsewhere = home.path().join("else");
+    write_creds_at(&elsewhere.join(".credentials.json"), &Login::fresh().doc());
+    let d = Cmd::new(&home).spawn();
+    let pid = d.id();
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(home.claude_dir().join(".credentials.json.lock"))
+            .is_ok_and(|t| t.contains(&format!("keeper {pid} ")))
+    }));
+    let r =
+        Report::run(doctor(&home, &["--json", "--offline"]).env("CLAUDE_CONFIG_DIR", &elsewhere));
+    stop(d);
+    r.out.expect_code(1);
+    r.expect("claude-code-store", "fail", &format!("pid {pid}"));
+    // From a shell without CLAUDE_CONFIG_DIR, the same daemon keeps what Claude Code reads.
+    let r = Report::run(doctor(&home, &["--json", "--offline"]));
+    r.expect("claude-code-store", "ok", "reads the login of");
+}

@@ -83,6 +83,11 @@ pub struct ShellStore {
     /// On macOS: whether the Keychain item and the file each hold a login (`None` elsewhere,
     /// or when either cannot be read).
     pub both_stores: Option<(Keychain, bool, bool)>,
+    /// The live claude-tokend daemons keeping that login, and, when it is not the home's
+    /// default login (`~/.claude`), the ones keeping that one: a daemon started by hand
+    /// without the shell's `CLAUDE_CONFIG_DIR` keeps the default instead.
+    pub keepers: Vec<u32>,
+    pub default_keepers: Option<(PathBuf, Vec<u32>)>,
 }
 
 impl ShellStore {
@@ -102,9 +107,28 @@ impl ShellStore {
             }
             _ => None,
         };
+        let keepers = located
+            .as_ref()
+            .map(|(path, _)| Store::new(path.clone()).keepers())
+            .unwrap_or_default();
+        let default = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| store::absolute_lexically(&Path::new(&h).join(".claude/.credentials.json")));
+        let default_keepers = default
+            .filter(|d| {
+                located
+                    .as_ref()
+                    .is_none_or(|(p, _)| !super::service_text::same_login(p, d))
+            })
+            .map(|d| {
+                let k = Store::new(d.clone()).keepers();
+                (d, k)
+            });
         ShellStore {
             located,
             both_stores,
+            keepers,
+            default_keepers,
         }
     }
 }
@@ -182,6 +206,37 @@ pub fn claude_code_store(shell: &ShellStore, service: &ServiceFacts) -> Check {
                 ),
             );
         }
+    }
+    // A daemon started by hand (no service, or one that could not be asked) that keeps the
+    // home's default login while this shell's Claude Code reads another.
+    let service_keeps_it = service.installed
+        && service.logins.as_ref().is_some_and(|kept| {
+            kept.iter()
+                .any(|k| super::service_text::same_login(k, path))
+        });
+    if !service_keeps_it
+        && shell.keepers.is_empty()
+        && let Some((default, pids)) = &shell.default_keepers
+        && !pids.is_empty()
+    {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        f.fail(
+            format!(
+                "Claude Code in this shell reads the login of {} ({}), but the running \
+                 claude-tokend (pid {}) keeps {}: the login Claude Code uses is not the one \
+                 kept fresh",
+                dir.display(),
+                origin_text(*origin),
+                pids.join(", "),
+                default.parent().unwrap_or(Path::new("/")).display()
+            ),
+            format!(
+                "run the daemon for this login too (`claude-tokend {}`, or `claude-tokend \
+                 service install --now` from this shell), or run Claude Code without \
+                 CLAUDE_CONFIG_DIR",
+                login_flag(path)
+            ),
+        );
     }
     if let Some((item, true, true)) = &shell.both_stores {
         f.warn(
