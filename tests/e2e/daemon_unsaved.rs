@@ -77,10 +77,6 @@ fn a_grant_in_hand_outlasts_an_unreadable_store_and_is_saved_within_2_s_of_its_r
     check_saved(&out, &home, &server, &doc);
 }
 
-/// `FS_IMMUTABLE_FL` (linux/fs.h): no entry of the directory can be made, removed or renamed,
-/// by root either.
-const FS_IMMUTABLE_FL: libc::c_long = 0x10;
-
 /// Makes a directory unwritable for the daemon, or says why it cannot be done here: a normal
 /// user takes away its write bit; root, whom modes do not stop, sets the immutable attribute.
 /// Undone when dropped.
@@ -127,27 +123,6 @@ impl Drop for Unwritable {
     fn drop(&mut self) {
         self.undo();
     }
-}
-
-fn set_immutable(dir: &Path, on: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = fs::File::open(dir)?;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS on an open directory with a pointer to a long.
-    unsafe {
-        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        flags = if on {
-            flags | FS_IMMUTABLE_FL
-        } else {
-            flags & !FS_IMMUTABLE_FL
-        };
-        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 #[test]

@@ -355,3 +355,30 @@ pub fn replace_atomically(path: &Path, doc: &Value) {
     write_creds_at(&tmp, doc);
     fs::rename(&tmp, path).expect("rename over the credentials file");
 }
+
+/// `FS_IMMUTABLE_FL` (linux/fs.h): no entry of the directory can be made, removed or renamed,
+/// by root either.
+const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+
+/// Makes `dir` immutable (or mutable again): how a test running as root, whom modes do not
+/// stop, gets a directory nothing can be written in.
+pub fn set_immutable(dir: &Path, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS on an open directory with a pointer to a long.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        flags = if on {
+            flags | FS_IMMUTABLE_FL
+        } else {
+            flags & !FS_IMMUTABLE_FL
+        };
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

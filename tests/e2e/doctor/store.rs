@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use claude_tokend_e2e::*;
 use serde_json::{Value, json};
@@ -77,31 +76,6 @@ fn a_store_belonging_to_another_user_fails() {
         !r.fix("store").contains("chown") && r.fix("store").contains("run claude-tokend as"),
         "it says what to do without a chown to root",
     );
-}
-
-/// `FS_IMMUTABLE_FL` (linux/fs.h): no entry of the directory can be made, removed or renamed,
-/// by root either.
-const FS_IMMUTABLE_FL: libc::c_long = 0x10;
-
-fn set_immutable(dir: &Path, on: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = fs::File::open(dir)?;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS on an open directory with a pointer to a long.
-    unsafe {
-        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        flags = if on {
-            flags | FS_IMMUTABLE_FL
-        } else {
-            flags & !FS_IMMUTABLE_FL
-        };
-        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// A directory no refresh can write in: a normal user takes its write bit away; root, whom
