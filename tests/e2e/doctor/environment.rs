@@ -210,3 +210,39 @@ fn a_hand_started_daemon_keeping_the_default_while_this_shell_reads_another_fail
     let r = Report::run(doctor(&home, &["--json", "--offline"]));
     r.expect("claude-code-store", "ok", "reads the login of");
 }
+
+/// On macOS the login is a Keychain item named from `CLAUDE_CONFIG_DIR` as written: the
+/// service's `…/alt` and this shell's `…/alt/` are one directory but two items (the review's
+/// case), which claude-code-store must not call the same login.
+#[test]
+fn on_macos_the_same_directory_written_otherwise_is_another_keychain_item() {
+    let home = TempHome::new();
+    let kc = FakeKeychain::new(&home);
+    let alt = home.path().join("alt");
+    fs::create_dir_all(&alt).unwrap();
+    let show = show_running(
+        &home,
+        &format!(
+            "{}Environment=CLAUDE_CONFIG_DIR={}\n",
+            exec_start(""),
+            alt.display()
+        ),
+    );
+    let run = |shell_dir: String| {
+        Report::run(
+            kc.apply(doctor(&home, &["--json", "--offline"]))
+                .env("PATH", fake_path(&[kc.bin_dir()]))
+                .env("CLAUDE_TOKEND_TEST_AUTO_AS_MACOS", "1")
+                .env("FAKE_SHOW", &show)
+                .env("CLAUDE_CONFIG_DIR", shell_dir),
+        )
+    };
+    let r = run(format!("{}/", alt.display()));
+    r.expect("claude-code-store", "fail", "Keychain item");
+    let r = run(alt.display().to_string());
+    r.expect(
+        "claude-code-store",
+        "ok",
+        "which the systemd user service claude-tokend.service keeps",
+    );
+}

@@ -171,10 +171,36 @@ pub fn claude_code_store(shell: &ShellStore, service: &ServiceFacts) -> Check {
         origin_text(*origin)
     );
     if let Some(kept) = service.logins.as_ref().filter(|_| service.installed) {
-        if kept
+        let at = kept
             .iter()
-            .any(|k| super::service_text::same_login(k, path))
-        {
+            .position(|k| super::service_text::same_login(k, path));
+        // On macOS the login is a Keychain item, named from the config directory's text as
+        // written: the same directory spelled otherwise (a trailing slash, a link) is another
+        // item, which the service does not keep.
+        let other_item = match (at, &shell.both_stores, &service.items) {
+            (Some(i), Some((item, _, _)), Some(items)) => items
+                .get(i)
+                .cloned()
+                .flatten()
+                .filter(|theirs| *theirs != item.service)
+                .map(|theirs| (item.service.clone(), theirs)),
+            _ => None,
+        };
+        if let Some((ours, theirs)) = other_item {
+            f.fail(
+                format!(
+                    "Claude Code in this shell reads the Keychain item \"{ours}\" (from the \
+                     config directory {} as written here), but {} keeps the item \"{theirs}\": \
+                     the same directory written otherwise (a trailing slash, a link) names \
+                     another item, so the login Claude Code uses is not the one kept fresh",
+                    dir.display(),
+                    service.name
+                ),
+                "write CLAUDE_CONFIG_DIR exactly as the service has it (doctor's keeper line \
+                 and `claude-tokend service status` show it), or reinstall the service from \
+                 this shell: `claude-tokend service install --now`",
+            );
+        } else if at.is_some() {
             ok.push_str(&format!(", which {} keeps", service.name));
         } else {
             let dirs: Vec<String> = kept

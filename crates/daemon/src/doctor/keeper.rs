@@ -248,6 +248,7 @@ mod tests {
             installed,
             state,
             logins: installed.then(|| vec![PathBuf::from("/h/.claude/.credentials.json")]),
+            items: None,
         }
     }
 

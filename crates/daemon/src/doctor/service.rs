@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::service_text::{
-    env_pairs, logins_of, properties, read_plist, read_print, read_unit, same_login, show_argv,
-    words,
+    env_pairs, kept_of, properties, read_plist, read_print, read_unit, same_login, show_argv, words,
 };
 
 /// The systemd unit's name and the launchd label (as `service install` writes them).
@@ -59,6 +58,20 @@ pub struct ServiceFacts {
     /// The credentials paths of the logins the service keeps (`None`: not installed, or its
     /// files could not be read).
     pub logins: Option<Vec<PathBuf>>,
+    /// For each of `logins`, the Keychain item Claude Code would keep it in (its service name,
+    /// from the config directory as written: a trailing slash or a link names another item);
+    /// `None` for a login named by its file.
+    pub items: Option<Vec<Option<String>>>,
+}
+
+/// Logins and their Keychain items, as `kept_of` gives them, split for [`ServiceFacts`].
+type Kept = (Vec<PathBuf>, Vec<Option<String>>);
+
+fn split(kept: Option<Kept>) -> (Option<Vec<PathBuf>>, Option<Vec<Option<String>>>) {
+    match kept {
+        Some((logins, items)) => (Some(logins), Some(items)),
+        None => (None, None),
+    }
 }
 
 impl ServiceFacts {
@@ -156,13 +169,13 @@ fn systemd(home: Option<&Path>) -> ServiceFacts {
             let pid = prop("MainPID")
                 .and_then(|p| p.parse().ok())
                 .filter(|p| *p != 0);
-            let logins = if loaded {
+            let (logins, items) = split(if loaded {
                 let argv = prop("ExecStart").map(show_argv).unwrap_or_default();
                 let env = prop("Environment").map(words).unwrap_or_default();
-                Some(logins_of(&argv, &env_pairs(&env), home))
+                Some(kept_of(&argv, &env_pairs(&env), home))
             } else {
                 from_files()
-            };
+            });
             let installed = loaded || logins.is_some();
             let mut text = match (loaded, active) {
                 (false, _) if installed => {
@@ -188,10 +201,11 @@ fn systemd(home: Option<&Path>) -> ServiceFacts {
                     text,
                 }),
                 logins,
+                items,
             }
         }
         Err(why) => {
-            let logins = from_files();
+            let (logins, items) = split(from_files());
             ServiceFacts {
                 manager: Manager::Systemd,
                 name,
@@ -199,6 +213,7 @@ fn systemd(home: Option<&Path>) -> ServiceFacts {
                 installed: logins.is_some(),
                 state: Err(why),
                 logins,
+                items,
             }
         }
     }
@@ -207,7 +222,7 @@ fn systemd(home: Option<&Path>) -> ServiceFacts {
 /// The unit as its files say, when systemd cannot be asked (or has not loaded it): the user's
 /// unit (else the packaged one) and the drop-ins beside the user's, in name order, read for
 /// `ExecStart=` and `Environment=`. `None` when no unit file is there.
-fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>> {
+fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Kept> {
     let own = unit_dir.join(UNIT);
     let main = [own.as_path(), Path::new(PACKAGED_UNIT)]
         .into_iter()
@@ -228,7 +243,7 @@ fn unit_from_files(unit_dir: &Path, home: Option<&Path>) -> Option<Vec<PathBuf>>
     for text in &texts {
         read_unit(text, home, &mut argv, &mut env);
     }
-    Some(logins_of(&argv, &env_pairs(&env), home))
+    Some(kept_of(&argv, &env_pairs(&env), home))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -245,12 +260,12 @@ fn launchd(home: Option<&Path>) -> ServiceFacts {
     let from_file = || {
         let text = read_small(&file)?;
         let (argv, env) = read_plist(&text);
-        Some(logins_of(&argv, &env, home))
+        Some(kept_of(&argv, &env, home))
     };
     let state = match run_bounded("launchctl", &["print", &target]) {
         Ok((true, out, _)) => {
             let (argv, env) = read_print(&out);
-            let logins = logins_of(&argv, &env, home);
+            let logins = kept_of(&argv, &env, home);
             let field = |name: &str| {
                 out.lines()
                     .map(str::trim)
@@ -282,21 +297,26 @@ fn launchd(home: Option<&Path>) -> ServiceFacts {
         Err(e) => Err(e),
     };
     match state {
-        Ok((state, logins)) => ServiceFacts {
-            manager: Manager::Launchd,
-            name,
-            installed: state.loaded || file.exists(),
-            file,
-            state: Ok(state),
-            logins,
-        },
+        Ok((state, kept)) => {
+            let (logins, items) = split(kept);
+            ServiceFacts {
+                manager: Manager::Launchd,
+                name,
+                installed: state.loaded || file.exists(),
+                file,
+                state: Ok(state),
+                logins,
+                items,
+            }
+        }
         Err(why) => {
-            let logins = from_file();
+            let (logins, items) = split(from_file());
             ServiceFacts {
                 manager: Manager::Launchd,
                 name,
                 installed: file.exists(),
                 file,
+                items,
                 state: Err(why),
                 logins,
             }

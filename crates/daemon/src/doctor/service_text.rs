@@ -241,6 +241,71 @@ pub fn logins_of(argv: &[String], env: &[(String, String)], home: Option<&Path>)
     located.map(|(p, _)| vec![p]).unwrap_or_default()
 }
 
+/// [`logins_of`], with each login's Keychain item: the service name Claude Code derives from
+/// the config directory's text as written (`None` for a login named by its file), by the same
+/// rules: the flags, else `CLAUDE_TOKEND_CONFIG_DIRS`, else `CLAUDE_TOKEND_CREDENTIALS`, else
+/// `CLAUDE_SECURESTORAGE_CONFIG_DIR` / `CLAUDE_CONFIG_DIR`.
+pub fn kept_of(
+    argv: &[String],
+    env: &[(String, String)],
+    home: Option<&Path>,
+) -> (Vec<PathBuf>, Vec<Option<String>>) {
+    let logins = logins_of(argv, env, home);
+    let var = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| OsString::from(v))
+    };
+    let item_of_dir = |dir: OsString| {
+        store::keychain_service(&LocateEnv {
+            securestorage_dir: None,
+            config_dir: Some(dir),
+            home: None,
+            user: None,
+        })
+    };
+    let mut items = Vec::new();
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        for (flag, is_dir) in [("--config-dir", true), ("--credentials", false)] {
+            let value = if a == flag {
+                args.next().cloned()
+            } else {
+                a.strip_prefix(flag)
+                    .and_then(|r| r.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            if let Some(v) = value {
+                items.push(is_dir.then(|| item_of_dir(OsString::from(v))));
+            }
+        }
+    }
+    if items.is_empty() {
+        let home = var("HOME").or_else(|| home.map(|h| h.as_os_str().to_owned()));
+        if let Some(list) = var("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
+            && let Ok(dirs) = crate::logins::config_dirs_list(&list, home.as_deref())
+        {
+            items = dirs
+                .into_iter()
+                .map(|d| Some(item_of_dir(d.into_os_string())))
+                .collect();
+        } else if var("CLAUDE_TOKEND_CREDENTIALS").is_some_and(|v| !v.is_empty()) {
+            items.push(None);
+        } else {
+            items.push(Some(store::keychain_service(&LocateEnv {
+                securestorage_dir: var("CLAUDE_SECURESTORAGE_CONFIG_DIR"),
+                config_dir: var("CLAUDE_CONFIG_DIR"),
+                home,
+                user: None,
+            })));
+        }
+    }
+    // One item per login, whatever happened above (a list that would not parse).
+    items.resize(logins.len(), None);
+    (logins, items)
+}
+
 /// Whether two credentials paths name one login: the same path, or (resolving links as far
 /// as they exist) the same file or the same place in the same directory.
 pub fn same_login(a: &Path, b: &Path) -> bool {
