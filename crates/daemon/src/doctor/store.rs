@@ -45,6 +45,9 @@ pub struct Facts {
     pub dir_writable: bool,
     /// The program's own records about this login (peeked at, not locked).
     pub records: Records,
+    /// The home of the user the login belongs to: the only place doctor suggests changing an
+    /// owner or a mode in.
+    pub home: Option<PathBuf>,
 }
 
 /// What is at a credentials path.
@@ -76,10 +79,24 @@ impl Facts {
             let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
             std::fs::metadata(home).ok().map(|m| m.uid())
         };
+        // Run as root (sudo -E) for a login in a user's home, that user is who it belongs to,
+        // even when `sudo claude` left its directory root's; elsewhere (and in root's own
+        // home), the directory's owner.
+        let in_users_home =
+            home().is_some_and(|h| inside(&dir, &h)) && home_owner().is_some_and(|o| o != 0);
         let expected = if me == 0 {
-            dir_owner.or_else(home_owner).unwrap_or(0)
+            match in_users_home {
+                true => home_owner().or(dir_owner),
+                false => dir_owner.or_else(home_owner),
+            }
+            .unwrap_or(0)
         } else {
             me
+        };
+        let login_home = if expected == me || me == 0 {
+            home()
+        } else {
+            home_of(expected)
         };
         Facts {
             expected,
@@ -97,6 +114,7 @@ impl Facts {
             dir,
             target,
             records: store.peek_records(),
+            home: login_home,
         }
     }
 }
@@ -149,9 +167,62 @@ fn describe_user(uid: u32) -> String {
     }
 }
 
-/// The command that gives `path` back to the login's owner, never to root: `None` when the
-/// owner is root (a chown would hand a file to root, not take one back).
+/// HOME, as set.
+fn home() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// Whether `path` (its links resolved as far as it exists) is inside `home` (and not `home`
+/// itself).
+fn inside(path: &Path, home: &Path) -> bool {
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (path, home) = (real(path), real(home));
+    path != home && path.starts_with(&home)
+}
+
+/// Whether doctor may suggest changing the owner or mode of `path`: only inside the home of
+/// the user the login belongs to (never `/etc`, `/root` or another user's directory, which a
+/// pasted `sudo chown` would hand over).
+fn ours_to_fix(f: &Facts, path: &Path) -> bool {
+    f.home.as_deref().is_some_and(|h| inside(path, h))
+}
+
+/// A user's home directory, when the system knows it.
+fn home_of(uid: u32) -> Option<std::path::PathBuf> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: zeroed is a valid passwd to be filled in.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer outlives the result's use.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r set pw_dir to a NUL-terminated string inside `buf`.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
+    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+        dir.to_bytes(),
+    )))
+}
+
+/// What to say instead of a chown or chmod for a directory outside the user's home.
+fn not_ours(f: &Facts) -> String {
+    format!(
+        "{} is outside your home, and may not be yours to change: keep the login in a \
+         directory of your own (--config-dir ~/.claude), or ask whoever owns it",
+        sh(&f.dir)
+    )
+}
+
+/// The command that gives `path` back to the login's owner, never to root, and only inside
+/// that user's home: `None` otherwise (a chown would hand a file to root, or hand a system
+/// directory to a user).
 fn give_back(f: &Facts, path: &Path, recursive: bool) -> Option<String> {
+    if !ours_to_fix(f, path) {
+        return None;
+    }
     let to = if f.expected == 0 {
         return None;
     } else if f.expected == f.me {
@@ -199,7 +270,10 @@ pub fn store_check(f: &Facts) -> Check {
             ),
             match (owner, give_back(f, &f.dir, true)) {
                 (Some(_), Some(cmd)) => format!("give it back: {cmd}"),
-                _ => format!("let yourself in: chmod 700 {}", sh(&f.dir)),
+                _ if ours_to_fix(f, &f.dir) => {
+                    format!("let yourself in: chmod 700 {}", sh(&f.dir))
+                }
+                _ => not_ours(f),
             },
         );
     } else if file && f.found == Found::Directory {
@@ -305,7 +379,10 @@ pub fn store_check(f: &Facts) -> Check {
                     "make it yours and writable: {cmd} && chmod 700 {}",
                     sh(&f.dir)
                 ),
-                None => format!("make it writable: chmod 700 {}", sh(&f.dir)),
+                None if ours_to_fix(f, &f.dir) => {
+                    format!("make it writable: chmod 700 {}", sh(&f.dir))
+                }
+                None => not_ours(f),
             },
         );
     }

@@ -37,6 +37,7 @@ fn facts(read: Result<Snapshot, StoreError>) -> Facts {
         dir: PathBuf::from("/h/.claude"),
         dir_writable: true,
         records: Records::default(),
+        home: Some(PathBuf::from("/h")),
     }
 }
 
@@ -206,4 +207,37 @@ fn the_login_by_table() {
         judge(&view("r2", Some(NOW + HOUR), None), &refused, NOW).verdict,
         Verdict::Ok
     );
+}
+
+#[test]
+fn no_owner_or_mode_is_suggested_for_a_directory_outside_the_users_home() {
+    // A login in /etc (a read-only mounted login, a system file): never `sudo chown … /etc`.
+    let f = Facts {
+        place: "/etc/creds.json".into(),
+        target: PathBuf::from("/etc/creds.json"),
+        dir: PathBuf::from("/etc"),
+        dir_owner: Some(0),
+        owner: Some(0),
+        dir_writable: false,
+        ..facts(snapshot(0o600))
+    };
+    let c = store_check(&f);
+    let fix = c.fix.unwrap_or_default();
+    assert!(
+        !fix.contains("chown") && !fix.contains("chmod 700"),
+        "{fix}"
+    );
+    assert!(fix.contains("outside your home"), "{fix}");
+    // A link from the home to /root resolves outside it: no `chown -R … /root` either.
+    let f = Facts {
+        dir: PathBuf::from("/root"),
+        target: PathBuf::from("/root/.credentials.json"),
+        dir_enterable: false,
+        dir_owner: Some(0),
+        owner: None,
+        found: Found::Unknown,
+        ..facts(denied())
+    };
+    let fix = store_check(&f).fix.unwrap_or_default();
+    assert!(!fix.contains("chown"), "{fix}");
 }
