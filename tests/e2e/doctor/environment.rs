@@ -246,3 +246,41 @@ fn on_macos_the_same_directory_written_otherwise_is_another_keychain_item() {
         "which the systemd user service claude-tokend.service keeps",
     );
 }
+
+/// `systemctl show` prints an Environment entry holding a space as `[unprintable]` (and joins
+/// ExecStart's arguments with plain spaces): the logins of a service whose paths have a space
+/// are read from its unit file instead (the second review's case).
+#[test]
+fn a_service_login_with_a_space_in_its_path_is_read_from_the_unit_file() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let spaced = home.path().join("My Claude");
+    write_creds_at(&spaced.join(".credentials.json"), &Login::fresh().doc());
+    let units = home.path().join(".config/systemd/user");
+    fs::create_dir_all(&units).unwrap();
+    fs::write(
+        units.join("claude-tokend.service"),
+        format!(
+            "[Service]\nExecStart=/usr/bin/claude-tokend\nEnvironment=\"CLAUDE_TOKEND_CONFIG_DIRS={}\"\n",
+            spaced.display()
+        ),
+    )
+    .unwrap();
+    let show = show_running(
+        &home,
+        &format!("{}Environment=[unprintable]\n", exec_start("")),
+    );
+    let r = Report::run(
+        doctor(&home, &["--json", "--offline"])
+            .env("FAKE_SHOW", &show)
+            .env("CLAUDE_CONFIG_DIR", &spaced),
+    );
+    r.expect(
+        "claude-code-store",
+        "ok",
+        "which the systemd user service claude-tokend.service keeps",
+    );
+    // The default login is not the one the service keeps.
+    let r = Report::run(doctor(&home, &["--json", "--offline"]).env("FAKE_SHOW", &show));
+    r.expect("claude-code-store", "fail", "My Claude");
+}

@@ -169,13 +169,16 @@ fn systemd(home: Option<&Path>) -> ServiceFacts {
             let pid = prop("MainPID")
                 .and_then(|p| p.parse().ok())
                 .filter(|p| *p != 0);
-            let (logins, items) = split(if loaded {
-                let argv = prop("ExecStart").map(show_argv).unwrap_or_default();
-                let env = prop("Environment").map(words).unwrap_or_default();
-                Some(kept_of(&argv, &env_pairs(&env), home))
-            } else {
-                from_files()
-            });
+            // The unit's files first: `systemctl show` joins ExecStart's arguments with plain
+            // spaces and prints an Environment entry holding a space as `[unprintable]`, so a
+            // login path with a space cannot be read back from it.
+            let (logins, items) = split(from_files().or_else(|| {
+                loaded.then(|| {
+                    let argv = prop("ExecStart").map(show_argv).unwrap_or_default();
+                    let env = prop("Environment").map(words).unwrap_or_default();
+                    kept_of(&argv, &env_pairs(&env), home)
+                })
+            }));
             let installed = loaded || logins.is_some();
             let mut text = match (loaded, active) {
                 (false, _) if installed => {
