@@ -107,7 +107,7 @@ pub fn check(f: &Facts) -> Check {
             let pids: Vec<String> = many.iter().map(u32::to_string).collect();
             let others: Vec<String> = many
                 .iter()
-                .filter(|p| Some(**p) != svc_pid)
+                .filter(|p| Some(**p) != svc_pid.filter(|s| ours && many.contains(s)))
                 .map(u32::to_string)
                 .collect();
             found.warn(
@@ -117,7 +117,9 @@ pub fn check(f: &Facts) -> Check {
                     many.len(),
                     pids.join(", ")
                 ),
-                match svc_pid {
+                // The service's pid counts only when it is one of these keepers (a service
+                // keeping another login runs none of them).
+                match svc_pid.filter(|p| ours && many.contains(p)) {
                     Some(p) => format!(
                         "stop the ones the service did not start (pid {p} is the service's): \
                          kill {}",
@@ -347,6 +349,22 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Warn);
         assert!(c.detail.contains("two"), "{}", c.detail);
         assert!(c.fix.unwrap().contains("kill 9"));
+    }
+
+    #[test]
+    fn a_service_keeping_another_login_is_not_taken_for_one_of_its_keepers() {
+        // The service runs pid 5 for another login; 7 and 9 were started by hand for this
+        // one: "pid 5 is the service's: kill 7 9" would leave this login with no keeper.
+        let svc = service(true, running(5));
+        let c = check(&Facts {
+            keepers: vec![7, 9],
+            service: &svc,
+            service_keeps: Some(false),
+            login_flag: "--config-dir /m1".into(),
+        });
+        let fix = c.fix.unwrap();
+        assert!(!fix.contains("kill 7 9"), "{fix}");
+        assert!(fix.contains("kill 9"), "{fix}");
     }
 
     #[test]

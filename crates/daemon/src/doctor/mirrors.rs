@@ -65,7 +65,7 @@ pub fn check(f: &Facts) -> Check {
                      there), so it is not written"
                 ),
                 format!(
-                    "move that login away (mv {} somewhere safe); the next write puts the copy \
+                    "move that login away (mv {0} {0}.moved); the next write puts the copy \
                      there",
                     sh(&std::path::Path::new(dir).join(mirror::FILE_NAME))
                 ),
