@@ -189,11 +189,17 @@ fn xml_unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// The credentials paths of the logins a daemon started with `argv` (the program first) and
-/// `env` keeps, by the contract's rules: its `--credentials`/`--config-dir` flags, else
-/// `CLAUDE_TOKEND_CONFIG_DIRS`, else `CLAUDE_TOKEND_CREDENTIALS`, else the login located from
-/// `CLAUDE_SECURESTORAGE_CONFIG_DIR`, `CLAUDE_CONFIG_DIR` and `HOME`.
-pub fn logins_of(argv: &[String], env: &[(String, String)], home: Option<&Path>) -> Vec<PathBuf> {
+/// The logins a daemon started with `argv` (the program first) and `env` keeps, by the
+/// contract's rules: its `--credentials`/`--config-dir` flags, else `CLAUDE_TOKEND_CONFIG_DIRS`,
+/// else `CLAUDE_TOKEND_CREDENTIALS`, else the login located from
+/// `CLAUDE_SECURESTORAGE_CONFIG_DIR`, `CLAUDE_CONFIG_DIR` and `HOME`. For each, its
+/// credentials path and its Keychain item: the service name Claude Code derives from the
+/// config directory's text as written (`None` for a login named by its file).
+pub fn kept_of(
+    argv: &[String],
+    env: &[(String, String)],
+    home: Option<&Path>,
+) -> (Vec<PathBuf>, Vec<Option<String>>) {
     let var = |name: &str| {
         env.iter()
             .rev()
@@ -201,71 +207,17 @@ pub fn logins_of(argv: &[String], env: &[(String, String)], home: Option<&Path>)
             .map(|(_, v)| OsString::from(v))
     };
     let home = var("HOME").or_else(|| home.map(|h| h.as_os_str().to_owned()));
-    let mut flagged = Vec::new();
-    let mut args = argv.iter().skip(1);
-    while let Some(a) = args.next() {
-        for (flag, is_dir) in [("--config-dir", true), ("--credentials", false)] {
-            let value = if a == flag {
-                args.next().cloned()
-            } else {
-                a.strip_prefix(flag)
-                    .and_then(|r| r.strip_prefix('='))
-                    .map(str::to_owned)
-            };
-            if let Some(v) = value {
-                let p = PathBuf::from(v);
-                flagged.push(if is_dir { p.join(store::FILE_NAME) } else { p });
-            }
-        }
-    }
-    if !flagged.is_empty() {
-        return flagged;
-    }
-    if let Some(list) = var("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
-        && let Ok(dirs) = crate::logins::config_dirs_list(&list, home.as_deref())
-    {
-        return dirs.into_iter().map(|d| d.join(store::FILE_NAME)).collect();
-    }
-    if let Some(path) = var("CLAUDE_TOKEND_CREDENTIALS").filter(|v| !v.is_empty()) {
-        return vec![PathBuf::from(path)];
-    }
-    let located = store::locate(
-        None,
-        &LocateEnv {
-            securestorage_dir: var("CLAUDE_SECURESTORAGE_CONFIG_DIR"),
-            config_dir: var("CLAUDE_CONFIG_DIR"),
-            home,
-            user: None,
-        },
-    );
-    located.map(|(p, _)| vec![p]).unwrap_or_default()
-}
-
-/// [`logins_of`], with each login's Keychain item: the service name Claude Code derives from
-/// the config directory's text as written (`None` for a login named by its file), by the same
-/// rules: the flags, else `CLAUDE_TOKEND_CONFIG_DIRS`, else `CLAUDE_TOKEND_CREDENTIALS`, else
-/// `CLAUDE_SECURESTORAGE_CONFIG_DIR` / `CLAUDE_CONFIG_DIR`.
-pub fn kept_of(
-    argv: &[String],
-    env: &[(String, String)],
-    home: Option<&Path>,
-) -> (Vec<PathBuf>, Vec<Option<String>>) {
-    let logins = logins_of(argv, env, home);
-    let var = |name: &str| {
-        env.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| OsString::from(v))
-    };
-    let item_of_dir = |dir: OsString| {
-        store::keychain_service(&LocateEnv {
+    // A config directory's login: its file, and its item from the text as written.
+    let of_dir = |dir: OsString| {
+        let item = store::keychain_service(&LocateEnv {
             securestorage_dir: None,
-            config_dir: Some(dir),
+            config_dir: Some(dir.clone()),
             home: None,
             user: None,
-        })
+        });
+        (PathBuf::from(dir).join(store::FILE_NAME), Some(item))
     };
-    let mut items = Vec::new();
+    let mut kept: Vec<(PathBuf, Option<String>)> = Vec::new();
     let mut args = argv.iter().skip(1);
     while let Some(a) = args.next() {
         for (flag, is_dir) in [("--config-dir", true), ("--credentials", false)] {
@@ -277,33 +229,36 @@ pub fn kept_of(
                     .map(str::to_owned)
             };
             if let Some(v) = value {
-                items.push(is_dir.then(|| item_of_dir(OsString::from(v))));
+                kept.push(match is_dir {
+                    true => of_dir(OsString::from(v)),
+                    false => (PathBuf::from(v), None),
+                });
             }
         }
     }
-    if items.is_empty() {
-        let home = var("HOME").or_else(|| home.map(|h| h.as_os_str().to_owned()));
+    if kept.is_empty() {
         if let Some(list) = var("CLAUDE_TOKEND_CONFIG_DIRS").filter(|v| !v.is_empty())
             && let Ok(dirs) = crate::logins::config_dirs_list(&list, home.as_deref())
         {
-            items = dirs
+            kept = dirs
                 .into_iter()
-                .map(|d| Some(item_of_dir(d.into_os_string())))
+                .map(|d| of_dir(d.into_os_string()))
                 .collect();
-        } else if var("CLAUDE_TOKEND_CREDENTIALS").is_some_and(|v| !v.is_empty()) {
-            items.push(None);
+        } else if let Some(path) = var("CLAUDE_TOKEND_CREDENTIALS").filter(|v| !v.is_empty()) {
+            kept.push((PathBuf::from(path), None));
         } else {
-            items.push(Some(store::keychain_service(&LocateEnv {
+            let env = LocateEnv {
                 securestorage_dir: var("CLAUDE_SECURESTORAGE_CONFIG_DIR"),
                 config_dir: var("CLAUDE_CONFIG_DIR"),
                 home,
                 user: None,
-            })));
+            };
+            if let Ok((path, _)) = store::locate(None, &env) {
+                kept.push((path, Some(store::keychain_service(&env))));
+            }
         }
     }
-    // One item per login, whatever happened above (a list that would not parse).
-    items.resize(logins.len(), None);
-    (logins, items)
+    kept.into_iter().unzip()
 }
 
 /// Whether two credentials paths name one login: the same path, or (resolving links as far
@@ -443,7 +398,7 @@ mod tests {
             ),
         ];
         for (argv, env, want) in cases {
-            assert_eq!(logins_of(&argv, &env, home), want, "{argv:?} {env:?}");
+            assert_eq!(kept_of(&argv, &env, home).0, want, "{argv:?} {env:?}");
         }
     }
 
