@@ -46,7 +46,10 @@ work=$(mktemp -d)
 installed=
 cleanup() {
   # Never leave the package installed, whatever failed on the way.
-  if [ -n "$installed" ]; then dpkg -r claude-tokend >/dev/null 2>&1 || true; fi
+  if [ -n "$installed" ]; then
+    dpkg -r claude-tokend >/dev/null 2>&1 || true
+    enable_links | while read -r link; do rm -f "$link"; done
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -74,9 +77,8 @@ versions_agree() {
   [ "$tag" = "v$version" ] || { echo "    formula tag $tag, Cargo.toml $version"; status=1; }
   grep -qF "homepage \"$repository\"" "$formula" || { echo "    formula homepage is not $repository"; status=1; }
   grep -qF "url \"$repository.git\"" "$formula" || { echo "    formula url is not $repository.git"; status=1; }
-  # shellcheck disable=SC1090 # the PKGBUILD is plain variable assignments and functions
-  pkgver=$(source "$pkgbuild" && printf '%s' "$pkgver")
-  url=$(source "$pkgbuild" && printf '%s' "$url")
+  # shellcheck disable=SC1090,SC2154 # the PKGBUILD: plain assignments and functions
+  pkgver=$(source "$pkgbuild" && printf '%s' "$pkgver") url=$(source "$pkgbuild" && printf '%s' "$url")
   [ "$pkgver" = "$version" ] || { echo "    PKGBUILD pkgver $pkgver, Cargo.toml $version"; status=1; }
   [ "$url" = "$repository" ] || { echo "    PKGBUILD url $url, Cargo.toml $repository"; status=1; }
   return "$status"
@@ -202,17 +204,23 @@ fi
 step "the .deb: install, run, verify, remove"
 
 package_paths() { awk '$1 !~ /^d/ { sub(/^\./, "", $6); print $6 }' "$work/contents"; }
+# Links that would enable the unit for every user (what `systemctl --global enable` makes).
+enable_links() { find /etc/systemd/user /usr/lib/systemd/user -path '*.wants/claude-tokend*' 2>/dev/null || true; }
 if [ -z "$deb" ]; then
   skip "installing the .deb: none was built"
 elif [ "$(id -u)" != 0 ]; then
   if [ "${CI:-}" = true ]; then bad "CI must run as root to install the .deb"; else skip "dpkg -i and dpkg -r: needs root"; fi
 elif dpkg-query -W -f='${Status}' claude-tokend 2>/dev/null | grep -q ' installed$'; then
   bad "claude-tokend is already installed on this machine (dpkg -s claude-tokend): remove it before this test, which installs and removes it"
+elif [ -n "$(enable_links)" ]; then
+  bad "the unit is already enabled globally here ($(enable_links | tr '\n' ' ')): the check that installing enables nothing cannot run"
 elif clash=$(package_paths | while read -r p; do [ -e "$p" ] && echo "$p"; done) && [ -n "$clash" ]; then
   bad "files the package would overwrite already exist (not installing): $clash"
 else
   installed=yes
   check "dpkg -i installs it" dpkg -i "$deb"
+  check "installing enabled nothing: no claude-tokend link in a .wants/ directory of the system" \
+    test -z "$(enable_links)"
   check "the installed /usr/bin/claude-tokend runs: $(/usr/bin/claude-tokend --version 2>&1)" \
     test "$(/usr/bin/claude-tokend --version 2>&1)" = "claude-tokend $version"
   listed() {
@@ -250,8 +258,14 @@ else
   installed=
   check "dpkg -s: not installed any more" \
     bash -c '! dpkg-query -W -f="\${Status}" claude-tokend 2>/dev/null | grep -q " installed$"'
-  left=$(package_paths | while read -r p; do [ -e "$p" ] && echo "$p"; done; [ -e /usr/share/doc/claude-tokend ] && echo /usr/share/doc/claude-tokend; true)
+  left=$(
+    package_paths | while read -r p; do [ -e "$p" ] && echo "$p"; done
+    [ -e /usr/share/doc/claude-tokend ] && echo /usr/share/doc/claude-tokend
+    enable_links
+  )
   check "nothing of the package is left${left:+: $left}" test -z "$left"
+  # Links a broken package made (none existed before it was installed) must not outlive the test.
+  enable_links | while read -r link; do rm -f "$link"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -288,8 +302,8 @@ PY
   bindir=$(expand bin-dir)
   check "binstall's pkg-url is this archive on the release page: $url" \
     test "$url" = "$repository/releases/download/v$version/$(basename "$archive")"
-  check "binstall's bin-dir ($bindir) is the archive's executable" \
-    bash -c 'awk -v p="$2" '"'"'$6 == p && $1 ~ /^-rwx/'"'"' "$1" | grep -q .' _ "$work/archive-list" "$bindir"
+  executable_in_archive() { awk -v p="$1" '$6 == p && $1 ~ /^-rwx/' "$work/archive-list" | grep -q .; }
+  check "binstall's bin-dir ($bindir) is the archive's executable" executable_in_archive "$bindir"
   check "binstall's pkg-fmt is tgz" test "$(expand pkg-fmt)" = tgz
 else
   bad "packaging/archive.sh made no archive"
@@ -322,7 +336,8 @@ run_pkgbuild() {
   for fn in prepare build package; do
     (
       set -euo pipefail
-      srcdir="$arch_dir/src" pkgdir="$arch_dir/pkg/claude-tokend"
+      # What makepkg gives the functions.
+      export srcdir="$arch_dir/src" pkgdir="$arch_dir/pkg/claude-tokend"
       # shellcheck disable=SC1090
       source "$root/$pkgbuild"
       cd "$srcdir"
