@@ -48,7 +48,7 @@ cleanup() {
   # Never leave the package installed, whatever failed on the way.
   if [ -n "$installed" ]; then
     dpkg -r claude-tokend >/dev/null 2>&1 || true
-    enable_links | while read -r link; do rm -f "$link"; done
+    enable_links | while read -r link; do rm -f "$link"; rmdir --ignore-fail-on-non-empty "$(dirname "$link")"; done
   fi
   rm -rf "$work"
 }
@@ -265,7 +265,7 @@ else
   )
   check "nothing of the package is left${left:+: $left}" test -z "$left"
   # Links a broken package made (none existed before it was installed) must not outlive the test.
-  enable_links | while read -r link; do rm -f "$link"; done
+  enable_links | while read -r link; do rm -f "$link"; rmdir --ignore-fail-on-non-empty "$(dirname "$link")"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
