@@ -80,6 +80,7 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     let request = LoginRequest {
         client: &policy.client,
         client_id,
+        client_id_origin: &policy.client_id_origin,
         redirect_uri: &redirect_uri,
         pkce: &pkce,
         code: &code,
@@ -128,8 +129,13 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
                 LoginError::Store(
                     StoreError::LockTimeout { .. } | StoreError::KeychainUnavailable { .. },
                 )
-                | LoginError::Unavailable(_) => stopped(exit::TEMPFAIL),
-                LoginError::Store(_) => stopped(exit::FAILURE),
+                | LoginError::Unavailable(_)
+                | LoginError::MaybeSpent(_) => stopped(exit::TEMPFAIL),
+                // A setting must change first: another login as things are fails the same way.
+                LoginError::Store(_)
+                | LoginError::ClientRefused { .. }
+                | LoginError::Endpoint(_) => stopped(exit::FAILURE),
+                // Only here does a new login (a new code) help.
                 LoginError::Refused(_) => stopped(exit::LOGIN_NEEDED),
             }
         }
