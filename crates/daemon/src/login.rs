@@ -16,7 +16,7 @@ use tokend_core::store::StoreError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::cli::{LoginArgs, Settings};
+use crate::cli::{DEFAULT_CLIENT_ID, LoginArgs, Settings};
 use crate::commands::{policy_for, runtime};
 use crate::exit;
 use crate::interrupt::{self, Ran, Session};
@@ -81,6 +81,9 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
         client: &policy.client,
         client_id,
         client_id_origin: &policy.client_id_origin,
+        // As Claude Code: a client the user chose is recorded with the login, so its refreshes
+        // use it whatever the settings say then; the built-in one is not.
+        store_client_id: client_id != DEFAULT_CLIENT_ID,
         redirect_uri: &redirect_uri,
         pkce: &pkce,
         code: &code,

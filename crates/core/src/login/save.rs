@@ -164,6 +164,10 @@ pub struct LoginRequest<'a> {
     pub client_id: &'a str,
     /// Where `client_id` came from, for the message when the server refuses it.
     pub client_id_origin: &'a str,
+    /// Whether the login records its client (`clientId`), so that its refreshes name it
+    /// whatever the settings say then. Claude Code records a client it was given, not its
+    /// built-in one.
+    pub store_client_id: bool,
     pub redirect_uri: &'a str,
     pub pkce: &'a Pkce,
     pub code: &'a Secret,
@@ -291,6 +295,7 @@ pub async fn save_login(
         tokens: grant,
         subscription_type: plan.subscription_type,
         rate_limit_tier: plan.rate_limit_tier,
+        client_id: req.store_client_id.then(|| req.client_id.to_owned()),
     };
     let change = || Change::Login {
         grant: &login,
