@@ -1,20 +1,23 @@
 //! `login` and `logout`: the terminal, browser and loopback-callback side of signing in and out.
 //! The protocol (PKCE, the authorize URL, the exchange, the lossless save) is in
 //! `tokend_core::login`; this module only talks to the user.
+//!
+//! This module runs both commands, shows the URL and opens a browser, and maps each outcome to
+//! its message and exit code; `paste` reads the code the user pastes, `loopback` serves the
+//! callback of `login --loopback`.
+
+mod loopback;
+mod paste;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use tokend_core::login::{
     self, DEFAULT_SCOPE, LONG_LIVED_SCOPE, LONG_LIVED_SECONDS, LoggedOut, LoginError, LoginRequest,
-    PasteError, Pkce, ProfileLookup, authorize_url, check_state, parse_paste,
+    Pkce, ProfileLookup, authorize_url,
 };
 use tokend_core::refresh::RunControl;
-use tokend_core::secret::Secret;
 use tokend_core::store::StoreError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use crate::cli::{DEFAULT_CLIENT_ID, LoginArgs, Settings};
 use crate::commands::{policy_for, runtime};
@@ -22,9 +25,6 @@ use crate::exit;
 use crate::interrupt::{self, Ran, Session};
 use crate::logins::one_store_for;
 use crate::show::describe_expiry;
-
-/// How long the loopback flow waits for the browser to come back.
-const LOOPBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     let store = match one_store_for(settings, "login") {
@@ -56,7 +56,9 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     }
 
     let (redirect_uri, code) = if args.loopback {
-        match rt.block_on(loopback_code(settings, args, &pkce, client_id, &scope)) {
+        match rt.block_on(loopback::loopback_code(
+            settings, args, &pkce, client_id, &scope,
+        )) {
             Ok(pair) => pair,
             Err(code) => return code,
         }
@@ -70,7 +72,7 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
             &pkce,
         );
         show_url(&url, args.no_browser);
-        match read_paste(&pkce.state) {
+        match paste::read_paste(&pkce.state) {
             Ok(code) => (redirect_uri, code),
             Err(code) => return code,
         }
@@ -145,108 +147,6 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     }
 }
 
-/// The longest paste read: a code with its state, or a whole callback URL, is a few hundred
-/// bytes; anything longer is not one, and is not read on (`login < /dev/zero`).
-const PASTE_LIMIT: usize = 64 * 1024;
-/// Answers without a code (an Enter pressed too early, a stray line) before `login` gives up:
-/// enough for a person, few enough that an endless stream of empty lines ends it.
-const PASTE_TRIES: usize = 5;
-
-/// Reads the code the sign-in page shows, asking again after an answer without one (an empty
-/// line, say), until end of input or [`PASTE_TRIES`] answers. A paste that carries another
-/// login attempt's state is refused at once: nothing is sent for it.
-fn read_paste(state: &str) -> Result<Secret, u8> {
-    let stdin = std::io::stdin();
-    let typed = stdin.is_terminal();
-    let mut input = stdin.lock();
-    eprint!(
-        "After signing in, the page shows a code. Paste it here (CODE#STATE) and press Enter: "
-    );
-    for attempt in 1..=PASTE_TRIES {
-        let _ = std::io::stderr().flush();
-        let line = match read_line_limited(&mut input, PASTE_LIMIT) {
-            Ok(Line::Text(line)) => line,
-            Ok(Line::End) => {
-                eprintln!(
-                    "\nclaude-tokend: no code was pasted before the end of input; nothing was \
-                     sent. Run `claude-tokend login` again and paste the code the page shows"
-                );
-                return Err(exit::FAILURE);
-            }
-            Ok(Line::TooLong) => {
-                eprintln!(
-                    "\nclaude-tokend: the pasted text is longer than 64 KiB, which no code is; \
-                     nothing was sent. Run `claude-tokend login` again and paste the code the \
-                     page shows"
-                );
-                return Err(exit::FAILURE);
-            }
-            Err(e) => {
-                eprintln!("\nclaude-tokend: cannot read the code from standard input: {e}");
-                return Err(exit::FAILURE);
-            }
-        };
-        // An answer that was not typed leaves the prompt's line open: end it, so what follows
-        // (an error, the result) starts a line of its own.
-        if !typed {
-            eprintln!();
-        }
-        match parse_paste(&line) {
-            Ok(pasted) => {
-                if let Err(e) = check_state(&pasted, state) {
-                    eprintln!("claude-tokend: {e}");
-                    return Err(exit::FAILURE);
-                }
-                return Ok(pasted.code);
-            }
-            Err(e @ (PasteError::Empty | PasteError::NoCode)) if attempt < PASTE_TRIES => {
-                let why = match e {
-                    PasteError::Empty => "Nothing was pasted",
-                    _ => "That has no authorization code",
-                };
-                eprint!(
-                    "{why}. Paste the code the page shows (CODE#STATE) and press Enter, or end \
-                     the input (Ctrl-D) to give up: "
-                );
-            }
-            Err(PasteError::Empty | PasteError::NoCode) => {
-                eprintln!(
-                    "claude-tokend: no code after {PASTE_TRIES} answers; nothing was sent. Run \
-                     `claude-tokend login` again and paste the code the page shows"
-                );
-                return Err(exit::FAILURE);
-            }
-            Err(e) => {
-                eprintln!("claude-tokend: {e}");
-                return Err(exit::FAILURE);
-            }
-        }
-    }
-    unreachable!("the last try returns")
-}
-
-/// One line of input, read no further than `limit` bytes.
-enum Line {
-    Text(String),
-    /// End of input before any byte.
-    End,
-    /// More than `limit` bytes without a newline.
-    TooLong,
-}
-
-fn read_line_limited(input: &mut impl BufRead, limit: usize) -> std::io::Result<Line> {
-    let mut bytes = Vec::new();
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    let n = std::io::Read::take(&mut *input, cap).read_until(b'\n', &mut bytes)?;
-    Ok(if n == 0 {
-        Line::End
-    } else if bytes.len() > limit && bytes.last() != Some(&b'\n') {
-        Line::TooLong
-    } else {
-        Line::Text(String::from_utf8_lossy(&bytes).into_owned())
-    })
-}
-
 /// The account and plan the profile gave, or why there are none. A failed lookup is no failed
 /// login: the tokens are saved, and Claude Code fills the plan in itself later.
 fn show_profile(lookup: &ProfileLookup) {
@@ -311,149 +211,6 @@ fn open_browser(url: &str) {
     }
 }
 
-/// The loopback flow: serve `/callback` on 127.0.0.1, send the browser there, and wait for the
-/// code. Returns the redirect URI used (it must be repeated in the exchange) and the code.
-async fn loopback_code(
-    settings: &Settings,
-    args: &LoginArgs,
-    pkce: &Pkce,
-    client_id: &str,
-    scope: &str,
-) -> Result<(String, Secret), u8> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(|e| {
-        eprintln!("claude-tokend: cannot listen on 127.0.0.1 for the callback: {e}");
-        exit::FAILURE
-    })?;
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    let redirect_uri = format!("http://localhost:{port}/callback");
-    let url = authorize_url(
-        &settings.authorize_url,
-        client_id,
-        &redirect_uri,
-        scope,
-        pkce,
-    );
-    show_url(&url, args.no_browser);
-    eprintln!("Waiting for the browser to come back to {redirect_uri} …");
-    let wait = async {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            if let Some(code) = answer_callback(stream, &pkce.state).await {
-                return code;
-            }
-        }
-    };
-    match tokio::time::timeout(LOOPBACK_TIMEOUT, wait).await {
-        Ok(Ok(code)) => Ok((redirect_uri, code)),
-        Ok(Err(message)) => {
-            eprintln!("claude-tokend: {message}");
-            Err(exit::FAILURE)
-        }
-        Err(_) => {
-            eprintln!(
-                "claude-tokend: no answer on {redirect_uri} within 5 minutes. If the browser runs on \
-                 another machine, use the paste flow: `claude-tokend login` without --loopback"
-            );
-            Err(exit::FAILURE)
-        }
-    }
-}
-
-/// Answers one request on the callback listener. `Some(Ok(code))` ends the wait with a code,
-/// `Some(Err(..))` ends it with the provider's refusal; `None` (a stray request, a wrong state)
-/// keeps waiting.
-async fn answer_callback(
-    mut stream: tokio::net::TcpStream,
-    state: &str,
-) -> Option<Result<Secret, String>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    // A request head is small; anything bigger, or slower than a few seconds, is not a browser.
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .is_err()
-    {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&head);
-    let target = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("GET "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or("");
-    let url = tokend_core::settings::Url::parse(&format!("http://localhost{target}")).ok();
-    let Some(url) = url.filter(|u| u.path() == "/callback") else {
-        respond(&mut stream, "404 Not Found", "Not found.").await;
-        return None;
-    };
-    let param = |name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    // The state first: any local process can reach this port, and only a callback that carries
-    // this login's state comes from the sign-in page we opened. Anything else, an error included,
-    // is ignored and the login keeps waiting.
-    if param("state").as_deref() != Some(state) {
-        respond(
-            &mut stream,
-            "400 Bad Request",
-            "This sign-in link belongs to another login attempt; it was ignored.",
-        )
-        .await;
-        tracing::warn!(
-            "ignored a callback whose state does not match this login (another login attempt, \
-             or another program); still waiting"
-        );
-        return None;
-    }
-    if let Some(error) = param("error") {
-        respond(
-            &mut stream,
-            "200 OK",
-            "Sign-in was not completed. You may close this window.",
-        )
-        .await;
-        let detail = param("error_description").unwrap_or_default();
-        return Some(Err(format!(
-            "the sign-in page reported `{}` {}; nothing was saved",
-            printable(&error),
-            printable(&detail)
-        )));
-    }
-    match param("code").filter(|c| !c.trim().is_empty()) {
-        Some(code) => {
-            respond(
-                &mut stream,
-                "200 OK",
-                "Signed in to claude-tokend. You may close this window.",
-            )
-            .await;
-            Some(Ok(Secret::new(code)))
-        }
-        None => {
-            respond(
-                &mut stream,
-                "400 Bad Request",
-                "The callback carried no code.",
-            )
-            .await;
-            None
-        }
-    }
-}
-
 /// Text from the provider, safe to print: control characters (escape sequences, newlines) are
 /// shown escaped, so a callback cannot drive the user's terminal, and it is kept short.
 fn printable(text: &str) -> String {
@@ -466,19 +223,6 @@ fn printable(text: &str) -> String {
         }
     }
     out
-}
-
-async fn respond(stream: &mut tokio::net::TcpStream, status: &str, message: &str) {
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>claude-tokend</title><p>{message}</p>\n"
-    );
-    let reply = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
-         connection: close\r\ncache-control: no-store\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(reply.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 pub fn logout(settings: &Settings, yes: bool) -> u8 {
