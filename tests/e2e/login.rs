@@ -28,6 +28,7 @@ mod client;
 mod exchange;
 mod flows;
 mod logout;
+mod loopback;
 mod paste;
 mod refused;
 
@@ -90,6 +91,12 @@ impl LoginRun {
     pub(crate) fn paste(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{text}").expect("paste");
+    }
+
+    /// Ends a run a test gave up on (it failed), so no `login` is left waiting behind it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub(crate) fn finish(mut self) -> Out {
