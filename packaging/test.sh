@@ -380,7 +380,7 @@ done
 if command -v actionlint >/dev/null 2>&1; then
   check "actionlint $workflow" actionlint "$workflow"
 else
-  skip "actionlint: no build of it from a package registry that can be trusted installs here (README: Install)"
+  skip "actionlint: no build of it from a package registry that can be trusted installs here (README: Tests)"
 fi
 
 # ---------------------------------------------------------------------------------------------
