@@ -2,7 +2,7 @@
 //! systemd (`systemctl --user`) or launchd (a LaunchAgent). This module owns the dispatch and the
 //! install plan (which files, compared with what is there, written only if all may be); the
 //! pieces live beside it: `render` fills the templates, `carry` works out the settings and paths
-//! that go into them, `files` compares and writes, `systemd` and `launchd` drive the service
+//! that go into them, `program` the path the service runs, `files` compares and writes, `systemd` and `launchd` drive the service
 //! managers through `step`, which prints every command, because a user who can see the commands
 //! can repeat, undo or debug them by hand. It never writes the credentials file.
 //!
@@ -13,6 +13,7 @@ mod carry;
 mod files;
 mod home;
 mod launchd;
+mod program;
 mod render;
 mod step;
 mod systemd;
@@ -20,9 +21,10 @@ mod systemd;
 use crate::cli::{InstallArgs, Manager, ManagerArg, ServiceAction, Settings};
 use crate::exit;
 
-use carry::{carried_logins, carried_settings, program_path, writable_dirs};
+use carry::{carried_logins, carried_settings, writable_dirs};
 use files::{Existing, Planned, Syntax, changed_lines};
 use home::Home;
+use program::program_path;
 use render::{render_agent, render_sandbox, render_unit};
 
 /// `service status` when the service manager could not be asked at all (no user bus, no
