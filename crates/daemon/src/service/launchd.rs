@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::process::{Command as Process, Stdio};
 
-use super::files::{describe_file, remove_file};
+use super::files::{Existing, create_dirs, describe_file, refuse_edited, remove_file, state_of};
 use super::home::{Home, LABEL};
 use super::step::{run_step, shell_quote};
 use crate::cli::InstallArgs;
@@ -45,7 +45,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     let logs = home.log_path();
     // launchd creates the log file but not its directory.
     if let Some(dir) = logs.parent()
-        && let Err(e) = std::fs::create_dir_all(dir)
+        && let Err(e) = create_dirs(dir)
     {
         eprintln!("claude-tokend: cannot create {}: {e}", dir.display());
         return Err(exit::FAILURE);
@@ -96,8 +96,12 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     Ok(())
 }
 
-pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
+pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let agent = home.agent_path();
+    // A hand edit is no more ours to remove than to replace (before anything is stopped).
+    if state_of(&agent)? == Existing::Edited && !force {
+        return Err(refuse_edited(&[agent.as_path()], true, false));
+    }
     let target = format!("{}/{LABEL}", gui_domain());
     let loaded = match launchctl_loaded(&target) {
         Ok(loaded) => loaded,

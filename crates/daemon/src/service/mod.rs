@@ -18,11 +18,13 @@ mod render;
 mod step;
 mod systemd;
 
+use std::path::Path;
+
 use crate::cli::{InstallArgs, Manager, ManagerArg, ServiceAction, Settings};
 use crate::exit;
 
 use carry::{carried_logins, carried_settings, writable_dirs};
-use files::{Existing, Planned, Syntax, changed_lines};
+use files::{Existing, Planned, Syntax, changed_lines, refuse_edited, warn_if_others_write};
 use home::Home;
 use program::program_path;
 use render::{render_agent, render_sandbox, render_unit};
@@ -53,10 +55,12 @@ pub fn run(settings: &Settings, action: &ServiceAction) -> u8 {
             }
             Home::from_env().and_then(|home| install(settings, args, manager, &home))
         }
-        ServiceAction::Uninstall(m) => Home::from_env().and_then(|home| match resolve(m) {
-            Manager::Systemd => systemd::uninstall(&home),
-            Manager::Launchd => launchd::uninstall(&home),
-        }),
+        ServiceAction::Uninstall(args) => {
+            Home::from_env().and_then(|home| match resolve(&args.manager) {
+                Manager::Systemd => systemd::uninstall(&home, args.force),
+                Manager::Launchd => launchd::uninstall(&home, args.force),
+            })
+        }
         ServiceAction::Status(m) => Home::from_env().and_then(|home| match resolve(m) {
             Manager::Systemd => systemd::status(&home),
             Manager::Launchd => launchd::status(&home),
@@ -91,7 +95,13 @@ fn install(
                 render_unit(&program, &login_args, &env),
                 Syntax::Hash,
             ));
-            if args.sandbox {
+            // A sandbox drop-in already there is kept and rewritten with the unit, even without
+            // --sandbox this time: it is how the user asked for the sandbox (deleting it is how
+            // they go without), and one left as it was would name the old logins' directories
+            // in ReadWritePaths=, so that ProtectSystem=strict makes every refresh of the new
+            // ones fail. Dropping it silently instead would take away hardening a reinstall for
+            // another setting never asked to lose.
+            if args.sandbox || std::fs::symlink_metadata(home.sandbox_path()).is_ok() {
                 let dirs = writable_dirs(settings)?;
                 files.push(Planned::new(
                     home.sandbox_path(),
@@ -117,22 +127,11 @@ fn install(
         .filter(|f| f.existing == Existing::Edited)
         .collect();
     if !refused.is_empty() && !args.force {
-        for f in &refused {
-            eprintln!(
-                "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
-                 not replacing it.",
-                f.path.display()
-            );
-        }
-        eprintln!(
-            "claude-tokend: to replace it with a fresh copy (your edits are lost), rerun with --force{}",
-            if manager == Manager::Systemd {
-                "; keep your own settings in a drop-in (`systemctl --user edit claude-tokend`), which survives reinstalls"
-            } else {
-                ""
-            }
-        );
-        return Err(exit::FAILURE);
+        let paths: Vec<&Path> = refused.iter().map(|f| f.path.as_path()).collect();
+        return Err(refuse_edited(&paths, false, manager == Manager::Systemd));
+    }
+    for f in &files {
+        warn_if_others_write(&f.path);
     }
 
     println!("Service program: {}", program.display());
@@ -159,6 +158,12 @@ fn install(
                     println!("  {sign} {line}");
                 }
             }
+        }
+        if f.path == home.sandbox_path() && !args.sandbox {
+            println!(
+                "  (the sandbox drop-in of an earlier install, kept in step with the unit; to go \
+                 without it, delete it and run `systemctl --user daemon-reload`)"
+            );
         }
     }
     let changed = files.iter().any(|f| f.existing != Existing::Same);

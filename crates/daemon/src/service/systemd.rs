@@ -4,19 +4,13 @@
 
 use std::ffi::OsStr;
 
-use super::files::{describe_file, remove_file};
+use super::files::{Existing, describe_file, refuse_edited, remove_file, state_of};
 use super::home::{Home, UNIT};
 use super::step::{self, Ran, run_step, step_result};
 use crate::cli::InstallArgs;
 use crate::exit;
 
 pub(super) fn finish_install(home: &Home, args: &InstallArgs, restart: bool) -> Result<(), u8> {
-    if !args.sandbox && home.sandbox_path().exists() {
-        println!(
-            "Kept: {} (the sandbox drop-in from an earlier install; `service uninstall` removes it)",
-            home.sandbox_path().display()
-        );
-    }
     let unit_path = home.unit_path();
     let hint = format!(
         "the unit file {} is in place; `systemctl --user` needs your user's systemd manager \
@@ -49,12 +43,23 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, restart: bool) -> 
     Ok(())
 }
 
-pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
+pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let unit_path = home.unit_path();
     let sandbox = home.sandbox_path();
     if !unit_path.exists() && !sandbox.exists() {
         println!("Nothing to remove: {} does not exist.", unit_path.display());
         return Ok(());
+    }
+    // A hand edit is no more ours to remove than to replace: refused before anything is
+    // stopped, so a refusal leaves the service as it was.
+    let mut edited = Vec::new();
+    for path in [&unit_path, &sandbox] {
+        if state_of(path)? == Existing::Edited {
+            edited.push(path.as_path());
+        }
+    }
+    if !edited.is_empty() && !force {
+        return Err(refuse_edited(&edited, true, true));
     }
     let mut reached = true;
     if unit_path.exists() {
