@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 
 use super::files::{Existing, describe_file, refuse_edited, remove_file, state_of};
 use super::home::{Home, UNIT};
-use super::step::{self, Ran, run_step, step_result};
+use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
 use crate::cli::InstallArgs;
 use crate::exit;
 
@@ -18,12 +18,15 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, restart: bool) -> 
         unit_path.display()
     );
     if args.now {
-        systemctl(&["daemon-reload"], &hint)?;
-        systemctl(&["enable", "--now", UNIT], &hint)?;
+        let mut steps = vec![
+            user_args(&["daemon-reload"]),
+            user_args(&["enable", "--now", UNIT]),
+        ];
         if restart {
             // `enable --now` leaves a running service alone; it must restart to run the new files.
-            systemctl(&["try-restart", UNIT], &hint)?;
+            steps.push(user_args(&["try-restart", UNIT]));
         }
+        run_steps("systemctl", &steps, &hint)?;
         println!("claude-tokend is enabled and started; it starts again at every login.");
     } else {
         println!("To start it now and at every login:");
@@ -63,14 +66,21 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     }
     let mut reached = true;
     if unit_path.exists() {
-        let hint = format!(
-            "nothing was removed; to remove it without the service manager, delete {} \
-             (and {}) and run `systemctl --user daemon-reload` when it is running",
-            unit_path.display(),
-            home.dropin_dir().display()
-        );
         let args = user_args(&["disable", "--now", UNIT]);
         let ran = step::run("systemctl", &args);
+        if matches!(ran, Ran::TimedOut(_)) {
+            // Whether it was stopped is unknown: nothing is removed, and the rest is spelled out.
+            let present: Vec<String> = [&unit_path, &sandbox]
+                .into_iter()
+                .filter(|p| std::fs::symlink_metadata(p).is_ok())
+                .map(|p| shell_quote(&p.to_string_lossy()))
+                .collect();
+            let rest = [
+                format!("rm -f {}", present.join(" ")),
+                "systemctl --user daemon-reload".to_owned(),
+            ];
+            return step_result("systemctl", &args, ran, "nothing was removed", &rest);
+        }
         if let Some(why) = unreachable(&ran) {
             // Nobody can be asked to stop it, here; the files are still ours to take back, and
             // leaving them would start the service again at the next login.
@@ -82,7 +92,11 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
             );
             reached = false;
         } else {
-            step_result("systemctl", &args, ran, &hint)?;
+            let rest = [format!(
+                "claude-tokend service uninstall{}",
+                if force { " --force" } else { "" }
+            )];
+            step_result("systemctl", &args, ran, "nothing was removed", &rest)?;
         }
     }
     for path in [&unit_path, &sandbox] {
@@ -146,8 +160,8 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
                 eprintln!("claude-tokend: the service is not running ({s} from systemctl status)");
                 Err(exit::FAILURE)
             }
-            // unreachable() has answered for it already.
-            Ran::NotRun(_) => Err(super::UNREACHABLE),
+            // unreachable() has answered for them already.
+            Ran::NotRun(_) | Ran::TimedOut(_) => Err(super::UNREACHABLE),
         }
     };
     println!("Logs:      journalctl --user -u claude-tokend -f");
@@ -161,6 +175,10 @@ fn unreachable(ran: &Ran) -> Option<String> {
     match ran {
         Ran::Success => None,
         Ran::NotRun(e) => Some(format!("cannot run systemctl: {e}")),
+        Ran::TimedOut(limit) => Some(format!(
+            "systemctl did not finish within {} (stopped)",
+            spoken(*limit)
+        )),
         Ran::Failed(_, stderr) => stderr
             .lines()
             .find(|l| {
@@ -178,5 +196,5 @@ fn user_args<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
 }
 
 fn systemctl(args: &[&str], hint: &str) -> Result<(), u8> {
-    run_step("systemctl", &user_args(args), hint)
+    run_steps("systemctl", &[user_args(args)], hint)
 }
