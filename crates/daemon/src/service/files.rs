@@ -193,36 +193,45 @@ pub(super) fn state_of(path: &Path) -> Result<Existing, u8> {
     read_state(path, None).map(|(state, _)| state)
 }
 
-/// Says that `edited` files are not replaced (`install`) or removed (`uninstall`) without
+/// Says that the edited files are not replaced (`replacing`) or removed (`removing`) without
 /// `--force`, and how to go on; the exit code to return.
-pub(super) fn refuse_edited(edited: &[&Path], removing: bool, systemd: bool) -> u8 {
-    let (not, fix) = if removing {
-        (
-            "not removing it",
-            "to remove it anyway (your edits are lost)",
-        )
-    } else {
-        (
-            "not replacing it",
-            "to replace it with a fresh copy (your edits are lost)",
-        )
-    };
-    for path in edited {
+pub(super) fn refuse_edited(replacing: &[&Path], removing: &[&Path], systemd: bool) -> u8 {
+    let not = replacing
+        .iter()
+        .map(|p| (p, "replacing"))
+        .chain(removing.iter().map(|p| (p, "removing")));
+    for (path, verb) in not {
         eprintln!(
             "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
-             {not}.",
+             not {verb} it.",
             path.display()
         );
     }
+    let fix = match (replacing.is_empty(), removing.is_empty()) {
+        (false, true) => "to replace it with a fresh copy (your edits are lost)",
+        (true, false) => "to remove it anyway (your edits are lost)",
+        _ => "to replace or remove them anyway (your edits are lost)",
+    };
     eprintln!(
         "claude-tokend: {fix}, rerun with --force{}",
-        if systemd && !removing {
+        if systemd && !replacing.is_empty() {
             "; keep your own settings in a drop-in (`systemctl --user edit claude-tokend`), which survives reinstalls"
         } else {
             ""
         }
     );
     exit::FAILURE
+}
+
+/// Whether `a` and `b` lead (through links) to one file: same device and inode.
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Whether anything (a file, a link, even a dangling one) is at `path`.
+pub(super) fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// The lines that differ between two versions of a file, comments and blank lines aside:

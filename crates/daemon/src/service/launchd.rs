@@ -99,7 +99,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let agent = home.agent_path();
     // A hand edit is no more ours to remove than to replace (before anything is stopped).
     if state_of(&agent)? == Existing::Edited && !force {
-        return Err(refuse_edited(&[agent.as_path()], true, false));
+        return Err(refuse_edited(&[], &[agent.as_path()], false));
     }
     let target = format!("{}/{LABEL}", gui_domain());
     let bootout = [OsStr::new("bootout"), OsStr::new(&target)];

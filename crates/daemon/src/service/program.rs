@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::files::same_file;
 use super::home::normalize;
 use crate::exit;
 
@@ -65,12 +66,6 @@ fn as_run(arg0: &OsStr, path: Option<&OsStr>) -> Option<PathBuf> {
 
 fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-}
-
-/// Whether `a` leads (through any links) to the very file `b` is: same device and inode.
-fn same_file(a: &Path, b: &Path) -> bool {
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]
