@@ -202,7 +202,7 @@ fn a_user_unit_that_would_shadow_the_packaged_one_is_taken_away() {
 
     // The package removed again: a unit of our own, and the drop-in (which would replace its
     // ExecStart=) goes.
-    env.unset("CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR");
+    std::fs::remove_dir_all(env.root.join("pkg")).unwrap();
     let run = env.run(&["service", "install"]).ok();
     assert!(env.unit_path().is_file(), "{}", run.out);
     assert!(!dropin_path(&env).exists(), "{}", run.out);

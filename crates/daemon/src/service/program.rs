@@ -24,13 +24,16 @@ pub(super) fn program_path() -> Result<PathBuf, u8> {
     let program = std::env::args_os()
         .next()
         .and_then(|arg0| as_run(&arg0, std::env::var_os("PATH").as_deref()))
-        .filter(|ran| same_file(ran, &running))
-        .unwrap_or(running);
-    let parts: Vec<&OsStr> = program.iter().collect();
-    let in_build_dir = parts
-        .windows(2)
-        .any(|w| w[0] == "target" && (w[1] == "debug" || w[1] == "release"));
-    if in_build_dir {
+        .filter(|ran| !fleeting(ran) && same_file(ran, &running))
+        .unwrap_or_else(|| running.clone());
+    let in_build_dir = |path: &Path| {
+        let parts: Vec<&OsStr> = path.iter().collect();
+        parts
+            .windows(2)
+            .any(|w| w[0] == "target" && (w[1] == "debug" || w[1] == "release"))
+    };
+    // A link into the build directory moves (dangles) with it just the same.
+    if in_build_dir(&program) || in_build_dir(&running) {
         eprintln!(
             "claude-tokend: note: the service will run {}, inside a cargo build directory; for a path that \
              stays put, `cargo install --locked --path crates/daemon` and run `~/.cargo/bin/claude-tokend service install`",
@@ -64,6 +67,12 @@ fn as_run(arg0: &OsStr, path: Option<&OsStr>) -> Option<PathBuf> {
         .find(|candidate| is_executable_file(candidate))
 }
 
+/// A path that names the running file only for this process (`/proc/self/exe`, a descriptor
+/// the program was started from): the same file now, nothing once the process is gone.
+fn fleeting(path: &Path) -> bool {
+    path.starts_with("/proc") || path.starts_with("/dev/fd")
+}
+
 fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
 }
@@ -82,6 +91,8 @@ mod tests {
         let path = OsString::from("relative:/nonexistent:/bin");
         assert_eq!(as_run(OsStr::new("sh"), Some(&path)), Some(sh.into()));
         assert_eq!(as_run(OsStr::new("sh"), None), None);
+        assert!(fleeting(Path::new("/proc/self/exe")) && fleeting(Path::new("/dev/fd/3")));
+        assert!(!fleeting(Path::new("/usr/bin/claude-tokend")));
         assert!(same_file(sh, sh));
         assert!(!same_file(sh, Path::new("/nonexistent")));
     }

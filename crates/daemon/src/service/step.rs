@@ -70,30 +70,32 @@ pub(super) fn shown(program: &str, args: &[&OsStr]) -> String {
 }
 
 /// Runs one command, printing it first. Its stdout goes straight to ours; its stderr is
-/// collected, then written to ours as it was, and returned.
+/// collected, then written to ours as it was (`systemctl enable` says there which links it
+/// made), and returned when it failed.
 pub(super) fn run(program: &str, args: &[&OsStr]) -> Ran {
     println!("Running `{}`", shown(program, args));
-    let ran = bounded(program, args, Stdio::inherit());
-    if let Ran::Failed(_, stderr) = &ran {
-        let _ = io::stderr().write_all(stderr.as_bytes());
-    }
-    ran
+    bounded(program, args, true)
 }
 
 /// Runs one command quietly (a question whose answer is its exit status), bounded too.
 pub(super) fn ask(program: &str, args: &[&OsStr]) -> Ran {
-    bounded(program, args, Stdio::null())
+    bounded(program, args, false)
 }
 
 /// Runs `program args` in a process group of its own and waits at most [`call_limit`]; past
 /// it, the group is killed, so neither the command nor anything it started is left hanging.
-fn bounded(program: &str, args: &[&OsStr], stdout: Stdio) -> Ran {
+/// `shown`: its stdout is ours and its stderr is written to ours; else both are kept quiet.
+fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
     let limit = call_limit();
     let deadline = Instant::now() + limit;
     let mut child = match Process::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(stdout)
+        .stdout(if shown {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
@@ -142,6 +144,9 @@ fn bounded(program: &str, args: &[&OsStr], stdout: Stdio) -> Ran {
             .recv_timeout(Duration::from_millis(200))
             .unwrap_or_default()
     });
+    if shown {
+        let _ = io::stderr().write_all(stderr.as_bytes());
+    }
     if status.success() {
         Ran::Success
     } else {

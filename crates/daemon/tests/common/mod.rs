@@ -50,6 +50,9 @@ if [ "$name" = launchctl ] && [ "$1" = print ]; then
   [ -n "$FAKE_RUNNING" ] && { echo "state = running"; exit 0; }
   echo "Could not find service" >&2; exit 113
 fi
+if [ "$name" = systemctl ] && [ "$2" = enable ]; then
+  echo "Created symlink (fake) -> claude-tokend.service." >&2
+fi
 if [ "$name" = systemctl ] && [ "$2" = status ]; then
   [ -n "$FAKE_RUNNING" ] && { echo "Active: active (running)"; exit 0; }
   echo "Active: inactive (dead)"; exit 3
@@ -102,6 +105,11 @@ impl Env {
         env.set("HOME", &home);
         env.set("FAKE_LOG", &log);
         env.set("CLAUDE_TOKEND_SERVICE_MANAGER", manager);
+        // No package's unit, whatever this machine has in /usr/lib/systemd/user (a .deb test
+        // may install one meanwhile): with it, `service install` writes only a drop-in. The
+        // tests of that case point this at a unit of their own.
+        let no_package = env.root.join("no-package").display().to_string();
+        env.set("CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR", &no_package);
         env
     }
 
