@@ -24,9 +24,11 @@ const AUTHORIZE_URL: &str = "https://claude.com/cai/oauth/authorize";
 pub(crate) const CC_SCOPES: &str = "org:create_api_key user:profile user:inference \
                                     user:sessions:claude_code user:mcp_servers user:file_upload";
 
+mod client;
 mod exchange;
 mod flows;
 mod logout;
+mod loopback;
 mod paste;
 mod refused;
 
@@ -91,6 +93,12 @@ impl LoginRun {
         writeln!(stdin, "{text}").expect("paste");
     }
 
+    /// Ends a run a test gave up on (it failed), so no `login` is left waiting behind it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn finish(mut self) -> Out {
         drop(self.child.stdin.take());
         let mut stdout = String::new();
@@ -144,12 +152,23 @@ pub(crate) fn authorize(
     scope: &str,
     redirect: &str,
 ) -> (String, String) {
+    authorize_for(run, server, scope, redirect, CLIENT_ID)
+}
+
+/// [`authorize`] for a login made with `client_id` (`--client-id`, `ANTHROPIC_CLIENT_ID`).
+pub(crate) fn authorize_for(
+    run: &mut LoginRun,
+    server: &TokenServer,
+    scope: &str,
+    redirect: &str,
+    client_id: &str,
+) -> (String, String) {
     let (url, q) = run.url();
     assert!(
         url.starts_with(&format!("{AUTHORIZE_URL}?code=true&")),
         "{url}"
     );
-    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["client_id"], client_id);
     assert_eq!(q["response_type"], "code");
     assert_eq!(q["redirect_uri"], redirect);
     assert_eq!(q["scope"], scope);
@@ -167,7 +186,7 @@ pub(crate) fn authorize(
         challenge: q["code_challenge"].clone(),
         state: q["state"].clone(),
         redirect_uri: redirect.to_owned(),
-        client_id: CLIENT_ID.to_owned(),
+        client_id: client_id.to_owned(),
     });
     (code, q["state"].clone())
 }

@@ -25,6 +25,7 @@ mod login_profile;
 mod many;
 mod mirror;
 mod notify;
+mod odd_values;
 mod one_store;
 mod papercuts;
 mod refresh;

@@ -168,9 +168,14 @@ fn a_tilde_that_cannot_be_expanded_is_a_usage_error_saying_why() {
 
 /// The daemon with `--notify desktop` and a PATH without `notify-send`: a warning at start, not
 /// silence until the day a notice is lost. Waits for READY=1 on a notify socket, then stops it.
+/// The warning names the setting as it was given (the variable, in a service's environment).
 #[test]
 fn notify_desktop_without_notify_send_warns_at_start() {
-    for (with_program, warned) in [(false, true), (true, false)] {
+    for (with_program, by_env, warned) in [
+        (false, false, true),
+        (false, true, true),
+        (true, false, false),
+    ] {
         let (home, _login, server) = fresh_home();
         let bin = home.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
@@ -185,12 +190,15 @@ fn notify_desktop_without_notify_send_warns_at_start() {
         let sock = UnixDatagram::bind(&sock_path).expect("bind NOTIFY_SOCKET");
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let d = Cmd::new(&home)
+        let cmd = Cmd::new(&home)
             .server(&server)
             .env("PATH", &bin)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .args(["--notify", "desktop"])
-            .spawn();
+            .env("NOTIFY_SOCKET", &sock_path);
+        let d = if by_env {
+            cmd.env("CLAUDE_TOKEND_NOTIFY", "desktop").spawn()
+        } else {
+            cmd.args(["--notify", "desktop"]).spawn()
+        };
         let deadline = Instant::now() + SOON;
         let mut seen = String::new();
         let mut buf = [0u8; 4096];
@@ -206,6 +214,14 @@ fn notify_desktop_without_notify_send_warns_at_start() {
             out.stderr.contains("notify-send"),
             warned,
         );
+        if warned {
+            let named = if by_env {
+                "CLAUDE_TOKEND_NOTIFY=desktop"
+            } else {
+                "--notify desktop"
+            };
+            out.expect_stderr_contains(named);
+        }
     }
 }
 

@@ -88,7 +88,8 @@ pub struct TokenUpdate {
     pub scopes: Option<Vec<String>>,
 }
 
-/// A new login: the token response, and the plan the account's profile gave (when it was read).
+/// A new login: the token response, the plan the account's profile gave (when it was read), and
+/// the client it was made with when that is not the built-in one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoginGrant {
     pub tokens: TokenUpdate,
@@ -96,6 +97,8 @@ pub struct LoginGrant {
     pub subscription_type: Option<String>,
     /// `rateLimitTier`.
     pub rate_limit_tier: Option<String>,
+    /// `clientId`: the tokens belong to this client, so its refreshes must name it.
+    pub client_id: Option<String>,
 }
 
 /// Why a document cannot be used. Never carries file content (it may hold tokens).
@@ -217,8 +220,8 @@ impl Credentials {
     /// Writes a new login: `claudeAiOauth` is replaced whole by the grant's fields. A new login
     /// is a new identity: nothing of the old one (its refresh token, `clientId`, plan, account)
     /// may survive inside it. Top-level keys stay, and `claudeAiOauth` keeps its place. The plan
-    /// the new login's profile gave is written after the tokens, where Claude Code puts it; a
-    /// plan not known is left out, for Claude Code to fill in.
+    /// the new login's profile gave is written after the tokens, then the login's `clientId`,
+    /// where Claude Code puts them; a plan not known is left out, for Claude Code to fill in.
     pub fn replace_login(&mut self, login: &LoginGrant) {
         self.root
             .insert(OAUTH_KEY.into(), Value::Object(Map::new()));
@@ -229,6 +232,7 @@ impl Credentials {
         let plan = [
             ("subscriptionType", &login.subscription_type),
             ("rateLimitTier", &login.rate_limit_tier),
+            ("clientId", &login.client_id),
         ];
         for (key, value) in plan {
             if let Some(v) = value {
@@ -420,6 +424,7 @@ mod tests {
             },
             subscription_type: None,
             rate_limit_tier: None,
+            client_id: None,
         });
         let o = doc.oauth().unwrap().unwrap();
         assert!(
@@ -454,6 +459,7 @@ mod tests {
             tokens: update(),
             subscription_type: Some("pro".into()),
             rate_limit_tier: Some("default_claude_ai".into()),
+            client_id: None,
         });
         let o = doc.oauth().unwrap().unwrap();
         assert_eq!(o.subscription_type.as_deref(), Some("pro"));
@@ -477,6 +483,20 @@ mod tests {
             keys(&Value::Object(doc.root.clone())),
             ["first", "claudeAiOauth", "mcpOAuth", "zeta"]
         );
+    }
+
+    #[test]
+    fn login_writes_its_client_after_the_plan() {
+        let mut doc = Credentials::parse(SAMPLE.as_bytes()).unwrap();
+        doc.replace_login(&LoginGrant {
+            tokens: update(),
+            subscription_type: Some("pro".into()),
+            rate_limit_tier: None,
+            client_id: Some("client-of-the-login".into()),
+        });
+        let o = doc.oauth().unwrap().unwrap();
+        assert_eq!(o.client_id.as_deref(), Some("client-of-the-login"));
+        assert_eq!(keys(&doc.root[OAUTH_KEY]).last(), Some(&"clientId"));
     }
 
     fn keys(v: &Value) -> Vec<&str> {

@@ -55,7 +55,23 @@ pub fn mask(token: &str) -> String {
         ""
     };
     let tail: String = chars[chars.len() - TAIL..].iter().collect();
-    format!("{prefix}…{tail}")
+    format!("{}…{}", printable(prefix), printable(&tail))
+}
+
+/// The text with control characters (an escape sequence a server planted in a token would
+/// otherwise reach the terminal) and the bidirectional overrides that reorder what a terminal
+/// shows written as escapes: `\u{1b}`, `\n`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || reorders {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `sk-ant-oat01-` for `sk-ant-oat01-…`: the part of an Anthropic token that names its kind
@@ -104,6 +120,11 @@ mod tests {
             ("plain-opaque-token-0123456789", "…6789"),
             // Too short for the prefix to be shown without revealing most of the token.
             ("sk-ant-oat01-abcdefgh", "…efgh"),
+            // A server's control characters and bidi overrides are shown escaped, never sent
+            // to the terminal.
+            ("plain-opaque-token-012345\u{1b}[2J", "…\\u{1b}[2J"),
+            ("plain-opaque-token-01234ab\n\r", "…ab\\n\\r"),
+            ("plain-opaque-token-0123\u{202e}abc", "…\\u{202e}abc"),
         ];
         for (token, want) in cases {
             assert_eq!(mask(token), want, "mask({token:?})");

@@ -194,6 +194,23 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Formats a duration exactly, in the largest unit that holds it whole, the way `parse_duration`
+/// reads it back: `500ms`, `90s`, `4m`, `1h`. For messages about a setting the user gave, where
+/// rounding `500ms` to `0s` would name a value they never wrote.
+pub fn format_duration_exact(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    match secs {
+        s if s != 0 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s != 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s != 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Checks an endpoint URL: `https`, or `http` only when the host is loopback (the tests' own
 /// endpoint). The body of every request carries a secret, so plain http anywhere else is refused.
 pub fn parse_endpoint_url(text: &str) -> Result<Url, String> {
@@ -359,7 +376,30 @@ mod tests {
             .sum()
     }
 
+    #[test]
+    fn exact_durations_by_table() {
+        for (d, text) in [
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(240), "4m"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(5400), "90m"),
+            (Duration::from_secs(86_400 * 2), "2d"),
+        ] {
+            assert_eq!(format_duration_exact(d), text);
+        }
+    }
+
     proptest! {
+        /// What `format_duration_exact` writes reads back as the same duration.
+        #[test]
+        fn exact_durations_read_back(ms in 0u64..(400 * 86_400_000)) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration(&format_duration_exact(d)), Ok(d));
+        }
+
         /// Any text at all: a duration or a message, never a panic.
         #[test]
         fn parse_duration_never_panics(text in any::<String>()) {

@@ -264,7 +264,7 @@ pub struct Settings {
 
     /// The User-Agent header sent to the endpoints.
     #[arg(long, global = true, value_name = "STRING", env = "CLAUDE_TOKEND_USER_AGENT",
-          default_value = DEFAULT_USER_AGENT, value_parser = non_empty)]
+          default_value = DEFAULT_USER_AGENT, value_parser = header_value)]
     pub user_agent: String,
 
     /// How long --once and refresh keep retrying temporary failures before exiting 75 (at most 1d).
@@ -297,6 +297,43 @@ pub struct Settings {
     /// Less log output (-q warnings and errors only, -qq errors only).
     #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
+
+    /// Where each setting read from a variable got its value this run (see [`Settings::origin`]).
+    #[arg(skip)]
+    pub origins: Vec<(String, Origin)>,
+}
+
+/// Where a setting's value came from, so a message names it the way the user gave it: a warning
+/// about `CLAUDE_TOKEND_REFRESH_BEFORE=500ms` in a unit file must not send them looking for a
+/// `--refresh-before` flag they never wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The flag, on the command line (its `--name`).
+    Flag(String),
+    /// The environment variable of that name.
+    Variable(String),
+    /// The built-in default (the flag's `--name`, for a message that says how to change it).
+    Default(String),
+}
+
+impl Origin {
+    /// The name to put in a message: `--refresh-before` or `CLAUDE_TOKEND_REFRESH_BEFORE`.
+    pub fn name(&self) -> &str {
+        match self {
+            Origin::Flag(n) | Origin::Variable(n) | Origin::Default(n) => n,
+        }
+    }
+}
+
+impl Settings {
+    /// Where the setting with clap id `id` (`refresh_before`, `client_id`, …) got its value.
+    pub fn origin(&self, id: &str) -> Origin {
+        self.origins
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| Origin::Default(format!("--{}", id.replace('_', "-"))))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +446,7 @@ pub fn parse() -> Cli {
         }
     }
     let (flags, mirrors) = login_flags(&matches);
+    let origins = origins(&cmd, &matches);
     let mut cli =
         Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.format(&mut cmd).exit());
     cli.settings.mirror_flags = mirrors;
@@ -419,7 +457,30 @@ pub fn parse() -> Cli {
         None
     };
     cli.settings.login_flags = flags;
+    cli.settings.origins = origins;
     cli
+}
+
+/// Where each global setting that has a variable got its value, read off the innermost matches
+/// (a global flag given after the command is recorded there).
+fn origins(cmd: &clap::Command, matches: &ArgMatches) -> Vec<(String, Origin)> {
+    let mut leaf = matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    env_settings(cmd, &[])
+        .into_iter()
+        .filter(|var| var.path.is_empty())
+        .filter_map(|var| {
+            let flag = format!("--{}", find_arg(cmd, &[], &var.id)?.get_long()?);
+            let origin = match leaf.value_source(&var.id) {
+                Some(ValueSource::CommandLine) => Origin::Flag(flag),
+                Some(ValueSource::EnvVariable) => Origin::Variable(var.name),
+                _ => Origin::Default(flag),
+            };
+            Some((var.id, origin))
+        })
+        .collect()
 }
 
 /// The `--credentials` and `--config-dir` flags given on the command line, in the order given,
@@ -555,6 +616,19 @@ fn matches_at<'m>(matches: &'m ArgMatches, path: &[String]) -> Option<&'m ArgMat
     match path.split_first() {
         None => Some(matches),
         Some((first, rest)) => matches_at(matches.subcommand_matches(first)?, rest),
+    }
+}
+
+/// A value sent as an HTTP header (the User-Agent): not empty, and no control character but tab.
+/// A newline or a NUL would make every request fail to build, and the daemon would give up
+/// refreshing hours later instead of refusing the setting now.
+fn header_value(s: &str) -> Result<String, String> {
+    let t = non_empty(s)?;
+    match t.chars().find(|c| c.is_control() && *c != '\t') {
+        Some(c) => Err(format!(
+            "contains the control character {c:?}; an HTTP header cannot carry it"
+        )),
+        None => Ok(t),
     }
 }
 

@@ -428,12 +428,19 @@ pub fn daemon(settings: &Settings) -> u8 {
     let user = crate::daemon::notify_user::UserNotifier::new(
         settings.notify_cmd.clone(),
         settings.notify == Some(crate::cli::NotifyChoice::Desktop),
+        crate::daemon::notify_user::Named {
+            command: settings.origin("notify_cmd").name().to_owned(),
+            desktop: match settings.origin("notify") {
+                crate::cli::Origin::Variable(v) => format!("{v}=desktop"),
+                _ => "--notify desktop".to_owned(),
+            },
+        },
     );
     let runtime = runtime();
     let code = runtime.block_on(async {
         match crate::daemon::Signals::new() {
             Ok(signals) => {
-                let mirrors = (logins.mirrors, settings.mirror_cmd.clone());
+                let mirrors = (logins.mirrors, crate::mirrors::command_of(settings));
                 crate::daemon::Daemon::new(
                     logins.stores,
                     mirrors,

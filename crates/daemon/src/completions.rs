@@ -122,6 +122,17 @@ pub fn man(dir: Option<&Path>) -> u8 {
     let Some(dir) = dir else {
         return emit(&main);
     };
+    // create_dir_all on a file says only "File exists": say what --dir wants instead.
+    if let Ok(meta) = std::fs::metadata(dir)
+        && !meta.is_dir()
+    {
+        eprintln!(
+            "claude-tokend: {} is not a directory: man --dir takes the directory to write the \
+             pages into (it is created when missing); without --dir the page goes to stdout",
+            dir.display()
+        );
+        return exit::FAILURE;
+    }
     let written = std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(dir.join(format!("{BIN}.1")), &main))
         .and_then(|()| {

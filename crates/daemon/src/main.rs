@@ -42,9 +42,10 @@ fn main() -> ExitCode {
     logging::init(silent, s.verbose, s.quiet, is_daemon);
     if s.refresh_before < tokend_core::settings::CLAUDE_CODE_MARGIN {
         tracing::warn!(
-            "--refresh-before {}s is shorter than Claude Code's own 5-minute margin; \
+            "{} {} is shorter than Claude Code's own 5-minute margin; \
              Claude Code may refresh first and race this program",
-            s.refresh_before.as_secs()
+            s.origin("refresh_before").name(),
+            tokend_core::settings::format_duration_exact(s.refresh_before)
         );
     }
     let code = match (&cli.command, cli.once) {

@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 use tokend_core::mirror::Want;
 
+/// The command, and the name it was set by (`--mirror-cmd`, or `CLAUDE_TOKEND_MIRROR_CMD` when
+/// the variable set it), for messages that name the setting the way it was given.
+#[derive(Clone, Debug)]
+pub struct MirrorCmd {
+    pub command: String,
+    pub named: String,
+}
+
 /// How long a run may take before its process group is killed.
 pub const RUN_LIMIT: Duration = Duration::from_secs(30);
 

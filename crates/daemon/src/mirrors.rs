@@ -207,18 +207,29 @@ pub fn after_one_shot(
 
 /// Runs the `--mirror-cmd` runs owed, one after the other, each waited for up to its limit
 /// unless `stop` (a signal came) says to stop waiting: the command then goes on by itself.
+/// The `--mirror-cmd` setting, with the name it was given by.
+pub fn command_of(settings: &Settings) -> Option<mirror_cmd::MirrorCmd> {
+    Some(mirror_cmd::MirrorCmd {
+        command: settings.mirror_cmd.clone()?,
+        named: settings.origin("mirror_cmd").name().to_owned(),
+    })
+}
+
 /// A failure is a warning on stderr (a one-shot command does not retry it: the next run that
 /// refreshes runs it again).
 pub fn run_commands(settings: &Settings, owed: Vec<Owed>, stop: &mut dyn FnMut() -> bool) {
-    let Some(command) = &settings.mirror_cmd else {
+    let Some(command) = command_of(settings) else {
         return;
     };
     for o in owed {
         if stop() {
             return;
         }
-        if let Err(why) = mirror_cmd::run(command, &o.login, &o.want, stop) {
-            interrupt::tell(format_args!("warning: --mirror-cmd for {}: {why}", o.login));
+        if let Err(why) = mirror_cmd::run(&command.command, &o.login, &o.want, stop) {
+            interrupt::tell(format_args!(
+                "warning: {} for {}: {why}",
+                command.named, o.login
+            ));
         }
     }
 }

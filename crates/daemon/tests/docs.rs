@@ -197,6 +197,19 @@ fn man_page_is_roff_from_the_cli_definition() {
         page,
         "`man` and `man --dir` write the same main page"
     );
+
+    // A file where the directory should be: said plainly, not "File exists (os error 17)".
+    let file = env.root.join("not-a-dir");
+    std::fs::write(&file, "keep me").unwrap();
+    let run = env
+        .run(&["man", "--dir", &file.display().to_string()])
+        .code(1);
+    assert!(
+        run.err.contains("is not a directory") && run.err.contains("--dir"),
+        "{}",
+        run.err
+    );
+    assert_eq!(read(&file), "keep me", "the file is left alone");
 }
 
 /// The section `name` of a roff page: from its `.SH` line to the next one.

@@ -1,5 +1,6 @@
 //! The code exchange failing: a 429 is retried (the code is unspent), a 500 is not, and an
-//! unreachable endpoint is retried until the budget, then exit 75.
+//! unreachable endpoint is retried until the budget, then exit 75. A refusal exits 77 only when
+//! a new login can help; a redirect or a refused client exits 1 and says what to change.
 
 use super::*;
 
@@ -30,7 +31,8 @@ fn an_exchange_refused_with_429_is_retried_but_a_500_is_not() {
     let (code, state) = authorize(&mut run, &server, CC_SCOPES, MANUAL_REDIRECT);
     run.paste(&format!("{code}#{state}"));
     let out = run.finish();
-    out.check(out.code != 0, "the login fails");
+    out.expect_code(75);
+    out.expect_stderr_contains("HTTP 500");
     out.check_eq("one request only", server.count(), 1);
     out.check(!home.creds_path().exists(), "nothing saved");
     out.expect_only_files(&home.claude_dir(), &allowed_siblings(".credentials.json"));
@@ -70,4 +72,142 @@ fn an_unreachable_endpoint_is_retried_until_the_budget_then_exits_75() {
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("retrying"), "it retried: {stderr}");
     assert!(!home.creds_path().exists());
+}
+
+/// A login whose code exchange `reply` answers, as the user would run it: `args` and `vars`
+/// added, the code pasted. The client id is the one the login's URL carries.
+fn login_answered(reply: Reply, args: &[&str], vars: &[(&str, &str)]) -> (TempHome, Out) {
+    let home = TempHome::new();
+    let server = TokenServer::start();
+    server.push(reply);
+    let vars: Vec<(&str, &std::path::Path)> = vars
+        .iter()
+        .map(|(k, v)| (*k, std::path::Path::new(*v)))
+        .collect();
+    let mut run = start_login_with(&home, &server, args, &vars);
+    let (_, q) = run.url();
+    run.paste(&format!("code-{}#{}", random_alnum(16), q["state"]));
+    let out = run.finish();
+    out.check_eq("one exchange, never repeated", server.count(), 1);
+    out.check(!home.creds_path().exists(), "nothing saved");
+    (home, out)
+}
+
+#[test]
+fn a_failed_exchange_exits_77_only_when_a_new_login_can_help() {
+    let moved = "https://auth.example.test/v2/oauth/token";
+    let cases = [
+        // The code expired, was used, or belongs to another attempt: a new login helps.
+        (
+            Reply::json(
+                400,
+                &json!({"error": "invalid_grant", "error_description": "Invalid authorization code"}),
+            ),
+            77,
+        ),
+        (Reply::json(400, &json!({"error": "invalid_request"})), 77),
+        (
+            Reply::json(
+                403,
+                &json!({"type": "error", "error": {"type": "permission_error"}}),
+            ),
+            77,
+        ),
+        // Not the code: the endpoint moved. Only a setting can fix it.
+        (Reply::raw(307, "").header("Location", moved), 1),
+        (Reply::raw(308, ""), 1),
+        // Not the code: the client. Only a setting can fix it.
+        (Reply::json(400, &json!({"error": "invalid_client"})), 1),
+        (
+            Reply::json(
+                401,
+                &json!({"error": "invalid_client", "error_description": "Client authentication failed"}),
+            ),
+            1,
+        ),
+        (
+            Reply::json(400, &json!({"error": "unauthorized_client"})),
+            1,
+        ),
+        // The server failed after the code was sent: temporary, and the code may be spent.
+        (Reply::error(503), 75),
+        (Reply::json(200, &json!({"token_type": "Bearer"})), 75),
+    ];
+    for (reply, want) in cases {
+        let status = reply.status;
+        let (_, out) = login_answered(reply.clone(), &[], &[]);
+        out.check_eq(
+            format!("HTTP {status} {}: exit code", reply.body),
+            out.code,
+            want,
+        );
+        let again = out.stderr.contains("`claude-tokend login` again");
+        match want {
+            77 => out.check(again, "says to run login again for a new code"),
+            75 => out.check(
+                again && out.stderr.contains("may"),
+                "says the code may be spent and to run login again",
+            ),
+            _ => out.check(!out.stderr.contains("work once"), "does not blame the code"),
+        };
+    }
+    // A redirect is named, so --token-url can be pointed at it.
+    let (_, out) = login_answered(Reply::raw(307, "").header("Location", moved), &[], &[]);
+    out.expect_code(1)
+        .expect_stderr_contains(moved)
+        .expect_stderr_contains("--token-url");
+}
+
+/// How a client id was set for a login: its `login` arguments and environment, the id, and the
+/// words that name where it came from.
+struct ClientSetting {
+    args: &'static [&'static str],
+    vars: &'static [(&'static str, &'static str)],
+    id: &'static str,
+    origin: &'static str,
+}
+
+#[test]
+fn invalid_client_names_the_client_id_and_where_it_came_from() {
+    let refused = || {
+        Reply::json(
+            401,
+            &json!({"error": "invalid_client", "error_description": "Client authentication failed"}),
+        )
+    };
+    let cases = [
+        ClientSetting {
+            args: &[],
+            vars: &[],
+            id: CLIENT_ID,
+            origin: "default",
+        },
+        ClientSetting {
+            args: &["--client-id", "flag-client-0001"],
+            vars: &[],
+            id: "flag-client-0001",
+            origin: "--client-id",
+        },
+        ClientSetting {
+            args: &[],
+            vars: &[("ANTHROPIC_CLIENT_ID", "env-client-0002")],
+            id: "env-client-0002",
+            origin: "ANTHROPIC_CLIENT_ID",
+        },
+    ];
+    for c in cases {
+        let (_, out) = login_answered(refused(), c.args, c.vars);
+        out.expect_code(1)
+            .expect_stderr_contains("invalid_client")
+            .expect_stderr_contains(&format!("`{}`", c.id))
+            .expect_stderr_contains(c.origin)
+            .check(
+                !out.stderr.contains("`claude-tokend login` again")
+                    && !out.stderr.contains("work once"),
+                "a new login with the same client cannot help, and is not suggested",
+            );
+        if c.origin != "default" {
+            out.check(!out.stderr.contains("default"), "not blamed on the default");
+        }
+    }
 }

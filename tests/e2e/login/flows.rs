@@ -1,5 +1,6 @@
 //! Logins made end to end: a first login and one over an existing file, the pasted code (with
-//! a wrong state, bare, or as a callback URL), a long-lived login, and the loopback callback.
+//! a wrong state, bare, or as a callback URL) and a long-lived login. The loopback flow is in
+//! `loopback`.
 
 use super::*;
 
@@ -156,62 +157,5 @@ fn long_lived_asks_for_a_year_and_the_narrow_scope() {
     out.check(
         out.stdout.contains("cannot be renewed"),
         "says it cannot be renewed",
-    );
-}
-
-#[test]
-fn loopback_login_receives_the_code_on_the_callback() {
-    let home = TempHome::new();
-    let server = TokenServer::start();
-    let mut run = start_login(&home, &server, &["--loopback"]);
-    let (url, q) = run.url();
-    let redirect = q["redirect_uri"].clone();
-    assert!(
-        redirect.starts_with("http://localhost:") && redirect.ends_with("/callback"),
-        "{url}"
-    );
-    let port: u16 = redirect
-        .trim_start_matches("http://localhost:")
-        .trim_end_matches("/callback")
-        .parse()
-        .unwrap();
-    let code = format!("code-{}", random_alnum(24));
-    server.allow_code(AuthCode {
-        code: code.clone(),
-        challenge: q["code_challenge"].clone(),
-        state: q["state"].clone(),
-        redirect_uri: redirect.clone(),
-        client_id: CLIENT_ID.to_owned(),
-    });
-    let get = |path: &str| -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the callback");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        reply
-    };
-    assert!(
-        get("/favicon.ico").starts_with("HTTP/1.1 404"),
-        "only /callback is served"
-    );
-    assert!(
-        get("/callback?code=x&state=wrong").starts_with("HTTP/1.1 400"),
-        "a wrong state is refused and ignored"
-    );
-    let reply = get(&format!("/callback?code={code}&state={}", q["state"]));
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains("close this window"), "{reply}");
-    let out = run.finish();
-    out.expect_code(0);
-    out.check_eq("one exchange", server.count(), 1);
-    out.check_eq(
-        "redirect_uri repeated in the exchange",
-        server.requests()[0].body["redirect_uri"].as_str(),
-        Some(redirect.as_str()),
-    );
-    out.check_eq(
-        "saved",
-        home.read_creds()["claudeAiOauth"]["accessToken"].as_str(),
-        Some(server.last_issued().access.as_str()),
     );
 }

@@ -22,19 +22,60 @@ use crate::secret::Secret;
 use crate::settings::Url;
 use crate::store::{AccountRecord, Store, StoreError};
 
-/// Why a login could not be saved.
+/// Why a login could not be saved. Each says whether running `login` again can help: only
+/// after [`Refused`](Self::Refused) (a new code), [`MaybeSpent`](Self::MaybeSpent) and
+/// [`Unavailable`](Self::Unavailable) (later); never after a refused client or a misdirected
+/// endpoint, where a setting must change first.
 #[derive(Debug)]
 pub enum LoginError {
     /// The existing file cannot be merged into (malformed, unreadable), or the lock could not
     /// be taken; nothing was sent.
     Store(StoreError),
-    /// The server refused the code, or a failure after which the code may be spent.
+    /// The server refused the code (`invalid_grant`: expired, used, or another attempt's; or
+    /// another 4xx about the request): a new login, with a new code, can help.
     Refused(OAuthError),
+    /// The server refused the client (`invalid_client`, `unauthorized_client`) or the scopes
+    /// asked for (`invalid_scope`): a setting is wrong, and a new login with it fails the same.
+    ClientRefused {
+        client_id: String,
+        /// Where the client id came from (a flag, a variable, the built-in default).
+        origin: String,
+        /// The scopes asked for, named when the server refused them.
+        scope: String,
+        error: OAuthError,
+    },
+    /// The endpoint redirected (never followed: the body carries the code), or the HTTP client
+    /// could not be set up: a setting must change.
+    Endpoint(OAuthError),
+    /// A transient failure after the code was sent (5xx, a dropped connection, a timeout, a 200
+    /// without a token): the server may have used the code, so it was not sent again.
+    MaybeSpent(OAuthError),
     /// Transient failures that left the code unspent, until the budget ran out.
     Unavailable(OAuthError),
     /// The server issued the login, but it could not be saved, retried for a while: the code
     /// is spent, so the login is lost.
     SaveFailed(StoreError),
+}
+
+impl LoginError {
+    /// Sorts a failed exchange, the code possibly spent, by what the user must do next.
+    fn of_exchange(error: OAuthError, req: &LoginRequest<'_>) -> LoginError {
+        match &error {
+            OAuthError::Transient { .. } => LoginError::MaybeSpent(error),
+            OAuthError::Misdirected { .. } => LoginError::Endpoint(error),
+            OAuthError::Permanent { code, .. } => match code.as_deref() {
+                Some("invalid_client" | "unauthorized_client" | "invalid_scope") => {
+                    LoginError::ClientRefused {
+                        client_id: req.client_id.to_owned(),
+                        origin: req.client_id_origin.to_owned(),
+                        scope: req.scope.to_owned(),
+                        error,
+                    }
+                }
+                _ => LoginError::Refused(error),
+            },
+        }
+    }
 }
 
 impl fmt::Display for LoginError {
@@ -43,7 +84,44 @@ impl fmt::Display for LoginError {
             LoginError::Store(e) => e.fmt(f),
             LoginError::Refused(e) => write!(
                 f,
-                "{e}. Authorization codes work once: run `claude-tokend login` again for a new one"
+                "{e}. Nothing was saved. Authorization codes expire within minutes and work once: \
+                 run `claude-tokend login` again for a new one"
+            ),
+            LoginError::ClientRefused {
+                client_id,
+                origin,
+                scope,
+                error,
+            } if matches!(error, OAuthError::Permanent { code: Some(c), .. } if c == "invalid_scope") =>
+            {
+                write!(
+                    f,
+                    "{error}. The server refused the scopes asked for (`{scope}`) for the OAuth \
+                     client `{client_id}` (from {origin}), not the code, and nothing was saved: \
+                     check --scope (or the client id); signing in with the same settings fails \
+                     the same way"
+                )
+            }
+            LoginError::ClientRefused {
+                client_id,
+                origin,
+                error,
+                ..
+            } => write!(
+                f,
+                "{error}. The server refused the OAuth client `{client_id}` (from {origin}), \
+                 not the code, and nothing was saved: check that client id, or pass the right \
+                 one with --client-id; signing in with the same client fails the same way"
+            ),
+            LoginError::Endpoint(e) => write!(
+                f,
+                "{e}. Nothing was saved: once the setting is fixed, run `claude-tokend login` again"
+            ),
+            LoginError::MaybeSpent(e) => write!(
+                f,
+                "{e}. The server may have used the authorization code, so it was not sent again, \
+                 and nothing was saved: run `claude-tokend login` again for a new one (later, if \
+                 the server is having trouble)"
             ),
             LoginError::Unavailable(e) => write!(f, "{e}; try `claude-tokend login` again later"),
             LoginError::SaveFailed(e) => write!(
@@ -84,6 +162,12 @@ pub enum ProfileLookup {
 pub struct LoginRequest<'a> {
     pub client: &'a ClientConfig,
     pub client_id: &'a str,
+    /// Where `client_id` came from, for the message when the server refuses it.
+    pub client_id_origin: &'a str,
+    /// Whether the login records its client (`clientId`), so that its refreshes name it
+    /// whatever the settings say then. Claude Code records a client it was given, not its
+    /// built-in one.
+    pub store_client_id: bool,
     pub redirect_uri: &'a str,
     pub pkce: &'a Pkce,
     pub code: &'a Secret,
@@ -146,7 +230,7 @@ pub async fn save_login(
         store.check_room(doc).map_err(LoginError::Store)?;
     }
     let mut pending = Some(store.begin_write().map_err(LoginError::Store)?);
-    let client = TokenClient::new(req.client).map_err(LoginError::Refused)?;
+    let client = TokenClient::new(req.client).map_err(LoginError::Endpoint)?;
     let exchange = CodeExchange {
         code: req.code,
         state: &req.pkce.state,
@@ -187,7 +271,7 @@ pub async fn save_login(
                     _ = control.stopped() => return Err(LoginError::Unavailable(error)),
                 }
             }
-            Err(ExchangeError { error, .. }) => return Err(LoginError::Refused(error)),
+            Err(ExchangeError { error, .. }) => return Err(LoginError::of_exchange(error, req)),
         }
     };
     // The login is in hand from here: a stop skips what is left of the profile lookup, never
@@ -211,6 +295,7 @@ pub async fn save_login(
         tokens: grant,
         subscription_type: plan.subscription_type,
         rate_limit_tier: plan.rate_limit_tier,
+        client_id: req.store_client_id.then(|| req.client_id.to_owned()),
     };
     let change = || Change::Login {
         grant: &login,

@@ -101,8 +101,23 @@ pub(crate) fn http_client(user_agent: &str) -> Result<reqwest::Client, reqwest::
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(user_agent)
+        .user_agent(header_value(user_agent))
         .build()
+}
+
+/// The User-Agent as a header value. From bytes, not `&str`: `HeaderValue::from_str` takes
+/// visible ASCII only, and a User-Agent in UTF-8 is a setting the user may fairly give. Control
+/// characters are refused when the setting is read; any that reach here (a library caller)
+/// become spaces, rather than making every request fail to build.
+fn header_value(text: &str) -> reqwest::header::HeaderValue {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect();
+    // Every byte is now tab, >= 0x20 and not DEL (non-ASCII UTF-8 bytes are >= 0x80): exactly
+    // what `from_bytes` accepts.
+    reqwest::header::HeaderValue::from_bytes(clean.as_bytes())
+        .expect("control characters were replaced")
 }
 
 /// A refresh request.

@@ -129,8 +129,18 @@ fn millis(secs: u64) -> i64 {
         .saturating_mul(1000)
 }
 
-/// A lifetime in seconds: a JSON number (whole or not) or a numeric string, never negative.
+/// The longest lifetime a server can mean: a long-lived login asks for a year (31536000 s), so a
+/// year and a day. A larger `expires_in` (`1e300`) would otherwise be saved as a date so far off
+/// that the login is never refreshed again.
+pub const MAX_LIFETIME_SECS: u64 = 366 * 86_400;
+
+/// A lifetime in seconds: a JSON number (whole or not) or a numeric string, never negative, at
+/// most [`MAX_LIFETIME_SECS`].
 fn seconds(v: Option<&Value>) -> Option<u64> {
+    any_seconds(v).map(|s| s.min(MAX_LIFETIME_SECS))
+}
+
+fn any_seconds(v: Option<&Value>) -> Option<u64> {
     match v? {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64()

@@ -51,6 +51,34 @@ fn minimal_response_uses_defaults() {
 }
 
 #[test]
+fn absurd_lifetimes_are_capped_at_a_year_and_a_day() {
+    let cap = i64::try_from(super::response::MAX_LIFETIME_SECS * 1000).unwrap();
+    for body in [
+        r#"{"access_token":"a","expires_in":1e300,"refresh_token_expires_in":1e300}"#,
+        r#"{"access_token":"a","expires_in":18446744073709551615,"refresh_token_expires_in":"99999999999"}"#,
+    ] {
+        let g = answer(200, body).unwrap();
+        assert_eq!(g.expires_at, 1_000_000 + cap, "{body}");
+        assert_eq!(g.refresh_token_expires_at, Some(1_000_000 + cap), "{body}");
+    }
+    // A year, as a long-lived login asks for, is kept whole.
+    let g = answer(200, r#"{"access_token":"a","expires_in":31536000}"#).unwrap();
+    assert_eq!(g.expires_at, 1_000_000 + 31_536_000_000);
+}
+
+#[test]
+fn header_values_keep_utf8_and_lose_control_characters() {
+    assert_eq!(
+        super::header_value("tökend/1").as_bytes(),
+        "tökend/1".as_bytes()
+    );
+    assert_eq!(
+        super::header_value("a\nb\u{7f}c\td").as_bytes(),
+        b"a b c\td"
+    );
+}
+
+#[test]
 fn statuses_sort_into_transient_and_permanent() {
     let cases: &[(u16, &str, bool)] = &[
         (200, r#"{"token_type":"bearer"}"#, true),

@@ -154,7 +154,10 @@ impl<C: Clock> Daemon<C> {
     /// `clock`.
     pub fn new(
         stores: Vec<Store>,
-        mirrors: (Vec<Vec<tokend_core::mirror::Mirror>>, Option<String>),
+        mirrors: (
+            Vec<Vec<tokend_core::mirror::Mirror>>,
+            Option<crate::mirror_cmd::MirrorCmd>,
+        ),
         policy: Policy,
         clock: C,
         user: UserNotifier,

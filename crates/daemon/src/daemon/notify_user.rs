@@ -47,9 +47,31 @@ pub struct Notice {
 }
 
 /// Where notices go.
+/// The names the notification settings were given by, for messages.
+#[derive(Clone, Debug)]
+pub struct Named {
+    /// `--notify-cmd`, or `CLAUDE_TOKEND_NOTIFY_CMD` when the variable set it.
+    pub command: String,
+    /// `--notify desktop`, or `CLAUDE_TOKEND_NOTIFY=desktop`.
+    pub desktop: String,
+}
+
+impl Default for Named {
+    fn default() -> Self {
+        Named {
+            command: "--notify-cmd".into(),
+            desktop: "--notify desktop".into(),
+        }
+    }
+}
+
 pub struct UserNotifier {
     command: Option<String>,
     desktop: bool,
+    /// How the user set the command and desktop notices (`--notify-cmd` or
+    /// `CLAUDE_TOKEND_NOTIFY_CMD`; `--notify desktop` or `CLAUDE_TOKEND_NOTIFY=desktop`), for
+    /// messages that name the setting the way it was given.
+    named: Named,
     /// (login, event) pairs whose failure was already logged.
     failed: Arc<Mutex<HashSet<(String, UserEvent)>>>,
 }
@@ -57,11 +79,12 @@ pub struct UserNotifier {
 impl UserNotifier {
     /// With `desktop`, warns at once when this system's notification program is not on PATH:
     /// the user hears it when starting the daemon, not on the day a notice goes nowhere.
-    pub fn new(command: Option<String>, desktop: bool) -> Self {
+    pub fn new(command: Option<String>, desktop: bool, named: Named) -> Self {
         if desktop && on_path(desktop_program()).is_none() {
             tracing::warn!(
-                "--notify desktop: {} is not on PATH ({}), so desktop notifications cannot be \
+                "{}: {} is not on PATH ({}), so desktop notifications cannot be \
                  shown; install it (Debian/Ubuntu: libnotify-bin), or use --notify-cmd",
+                named.desktop,
                 desktop_program(),
                 std::env::var("PATH").unwrap_or_default()
             );
@@ -69,6 +92,7 @@ impl UserNotifier {
         UserNotifier {
             command: command.filter(|c| !c.trim().is_empty()),
             desktop,
+            named,
             failed: Arc::default(),
         }
     }
@@ -90,14 +114,14 @@ impl UserNotifier {
                 Some(d) => cmd.env("CLAUDE_TOKEND_DEADLINE", d),
                 None => cmd.env_remove("CLAUDE_TOKEND_DEADLINE"),
             };
-            self.run(cmd, notice, "--notify-cmd");
+            self.run(cmd, notice, &self.named.command);
         }
         if self.desktop {
             match desktop_command(notice) {
-                Some(cmd) => self.run(cmd, notice, "--notify desktop"),
+                Some(cmd) => self.run(cmd, notice, &self.named.desktop),
                 None => self.failed_once(
                     notice,
-                    "--notify desktop",
+                    &self.named.desktop,
                     format!("{} is not on PATH", desktop_program()),
                 ),
             }
@@ -116,7 +140,8 @@ impl UserNotifier {
         }
     }
 
-    fn run(&self, mut cmd: Command, notice: &Notice, what: &'static str) {
+    fn run(&self, mut cmd: Command, notice: &Notice, what: &str) {
+        let named = what.to_owned();
         // Its own process group: a timeout kills the command and whatever it started, and the
         // daemon's own signals (a Ctrl-C in a terminal) do not reach it.
         // No pipe of ours stays open in it: a command that outlives the daemon must not keep
@@ -130,7 +155,7 @@ impl UserNotifier {
         let fail = move |why: String| {
             let mut seen = failed.lock().unwrap_or_else(|e| e.into_inner());
             if seen.insert(key.clone()) {
-                tracing::warn!("{what} for {} ({}) failed: {why}", key.1.name(), key.0);
+                tracing::warn!("{named} for {} ({}) failed: {why}", key.1.name(), key.0);
             }
         };
         let mut child = match cmd.spawn() {

@@ -167,14 +167,17 @@ struct LoginMirrors {
 /// Every login's mirrors and `--mirror-cmd`.
 pub(super) struct Keeper {
     logins: Vec<LoginMirrors>,
-    command: Option<String>,
+    command: Option<crate::mirror_cmd::MirrorCmd>,
     every: Duration,
     next_check: Instant,
 }
 
 impl Keeper {
     /// The keeper of `mirrors` (one list per login, in the logins' order) and `command`.
-    pub(super) fn new(mirrors: Vec<Vec<Mirror>>, command: Option<String>) -> Keeper {
+    pub(super) fn new(
+        mirrors: Vec<Vec<Mirror>>,
+        command: Option<crate::mirror_cmd::MirrorCmd>,
+    ) -> Keeper {
         let every = check_every();
         Keeper {
             logins: mirrors
@@ -297,7 +300,7 @@ impl Keeper {
                 jobs.push((
                     index,
                     Job::Command {
-                        command: command.clone(),
+                        command: command.command.clone(),
                         login: login_id(index),
                         want: want.clone(),
                     },
@@ -376,12 +379,13 @@ impl Keeper {
                 }
             }
             Done::Command { want, result } => {
+                let named = self.command.as_ref().map_or("--mirror-cmd", |c| &c.named);
                 let c = &mut login.command;
                 c.busy = false;
                 match result {
                     Ok(()) => {
                         if std::mem::take(&mut c.said) {
-                            tracing::info!("--mirror-cmd for {login_id} works again");
+                            tracing::info!("{named} for {login_id} works again");
                         }
                         c.sent = Some(want);
                         c.retry.worked();
@@ -390,7 +394,7 @@ impl Keeper {
                         let pause = c.retry.failed(now);
                         if !std::mem::replace(&mut c.said, true) {
                             tracing::warn!(
-                                "--mirror-cmd for {login_id} failed: {why}; trying again in \
+                                "{named} for {login_id} failed: {why}; trying again in \
                                  {:.1}s, and logging it again only once it works",
                                 pause.as_secs_f64()
                             );

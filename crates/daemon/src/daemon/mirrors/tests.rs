@@ -12,7 +12,11 @@ fn keeper(mirrors: usize, command: bool) -> Keeper {
     let list = (0..mirrors)
         .map(|i| Mirror::new(PathBuf::from(format!("/m{i}"))))
         .collect();
-    Keeper::new(vec![list], command.then(|| "true".to_owned()))
+    let command = command.then(|| crate::mirror_cmd::MirrorCmd {
+        command: "true".to_owned(),
+        named: "--mirror-cmd".to_owned(),
+    });
+    Keeper::new(vec![list], command)
 }
 
 /// The jobs due now, as (slot or command, the token they carry, replace_unparsable).
