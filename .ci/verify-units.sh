@@ -8,6 +8,10 @@
 #   bash .ci/verify-units.sh FILE.service…   verify these unit files instead (same zero-output rule)
 #
 # CLAUDE_TOKEND_BIN names the binary to install from (default: build target/debug/claude-tokend).
+# The drop-in `service install` writes beside a package's unit is rendered by a debug build with
+# the test seams (CLAUDE_TOKEND_SEAM_BIN, default target/debug/claude-tokend, built with
+# `cargo build --workspace` when it has none): /usr/lib cannot be written here. The package's unit
+# is CLAUDE_TOKEND_PACKAGED_UNIT, default the shipped unit running /usr/bin/claude-tokend.
 # Works as root in a container with no systemd running and no user manager: systemd-analyze
 # runs its own manager in test mode, which needs nothing but a runtime directory.
 set -euo pipefail
@@ -142,6 +146,51 @@ ln -s "$bin" "$work/shipped/home/.cargo/bin/claude-tokend"
 cp systemd/claude-tokend.service "$work/shipped/config/systemd/user/"
 cp systemd/claude-tokend-sandbox.conf "$work/shipped/config/systemd/user/claude-tokend.service.d/sandbox.conf"
 check "systemd/ as shipped, with the drop-in" "$work/shipped/config/systemd/user/claude-tokend.service"
+
+# 4. Beside a package's unit (CONTRACT.md "Packages"), `service install` writes only a drop-in
+#    (claude-tokend.service.d/install.conf); systemd reads the two together. The package's unit
+#    runs /usr/bin/claude-tokend, which need not exist here: the drop-in's ExecStart= replaces it,
+#    so verification also proves the replacement took (a second ExecStart= is refused).
+seam_bin=${CLAUDE_TOKEND_SEAM_BIN:-target/debug/claude-tokend}
+if ! grep -aqF CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR "$seam_bin" 2>/dev/null; then
+  cargo build --locked --quiet --workspace
+  seam_bin=target/debug/claude-tokend
+fi
+grep -aqF CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR "$seam_bin" \
+  || { say "$seam_bin has no test seams: cannot render the drop-in for a packaged unit" >&2; exit 1; }
+pkg="$work/packaged"
+mkdir -p "$pkg/usr-lib" "$pkg/home"
+if [ -n "${CLAUDE_TOKEND_PACKAGED_UNIT:-}" ]; then
+  cp "$CLAUDE_TOKEND_PACKAGED_UNIT" "$pkg/usr-lib/claude-tokend.service"
+else
+  sed 's|^ExecStart=%h/.cargo/bin/claude-tokend$|ExecStart=/usr/bin/claude-tokend|' \
+    systemd/claude-tokend.service >"$pkg/usr-lib/claude-tokend.service"
+fi
+grep -qx 'ExecStart=/usr/bin/claude-tokend' "$pkg/usr-lib/claude-tokend.service" \
+  || { say "the packaged unit does not run /usr/bin/claude-tokend" >&2; exit 1; }
+mkdir -p "$work/odd/packaged 50%"
+HOME="$pkg/home" XDG_CONFIG_HOME="$pkg/config" CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR="$pkg/usr-lib" \
+  CLAUDE_TOKEND_SERVICE_MANAGER=systemd "$(cd "$(dirname "$seam_bin")" && pwd)/$(basename "$seam_bin")" \
+  service install --sandbox --credentials "$work/odd/packaged 50%/a.json" --config-dir "$work/odd/b\$x" \
+  --refresh-before 20m >/dev/null 2>"$work/packaged.err" \
+  || { cat "$work/packaged.err" >&2; say "service install beside a packaged unit failed" >&2; exit 1; }
+dropin="$pkg/config/systemd/user/claude-tokend.service.d/install.conf"
+[ -f "$dropin" ] && [ ! -e "$pkg/config/systemd/user/claude-tokend.service" ] \
+  || { say "service install beside a packaged unit did not write only a drop-in" >&2; exit 1; }
+# Self-test: without the line that empties ExecStart=, the pair must fail to verify.
+cp "$dropin" "$work/install.conf.good"
+sed '/^ExecStart=$/d' "$work/install.conf.good" >"$dropin"
+if HOME="$pkg/home" XDG_CONFIG_HOME="$pkg/config" verify "$pkg/usr-lib/claude-tokend.service" >/dev/null; then
+  say "self-test FAILED: a drop-in adding a second ExecStart= passed verification" >&2
+  exit 1
+fi
+cp "$work/install.conf.good" "$dropin"
+if HOME="$pkg/home" XDG_CONFIG_HOME="$pkg/config" verify "$pkg/usr-lib/claude-tokend.service"; then
+  say "ok: the packaged unit with service install's drop-ins (settings, sandbox)"
+else
+  say "FAILED: the packaged unit with service install's drop-ins ($dropin)"
+  failures=$((failures + 1))
+fi
 
 if [ "$failures" -ne 0 ]; then
   say "$failures unit check(s) failed: systemd-analyze printed the lines above"

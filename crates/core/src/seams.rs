@@ -70,6 +70,23 @@ mod active {
             .map_or(floor, Duration::from_millis)
     }
 
+    /// `CLAUDE_TOKEND_TEST_SERVICE_CALL_MS=N`: `service` waits N ms for a `systemctl` or
+    /// `launchctl` call instead of `limit` (30 s is too long for a test of a hung manager).
+    pub fn service_call_limit(limit: Duration) -> Duration {
+        std::env::var("CLAUDE_TOKEND_TEST_SERVICE_CALL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(limit, Duration::from_millis)
+    }
+
+    /// `CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR=DIR`: `service` looks for a package's systemd user
+    /// unit in DIR instead of `/usr/lib/systemd/user`, which a test cannot write.
+    pub fn packaged_unit_dir() -> Option<std::path::PathBuf> {
+        std::env::var_os("CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    }
+
     /// `CLAUDE_TOKEND_TEST_RENAME_ERRNO=N`: the rename fails with errno N (16 EBUSY, 18 EXDEV,
     /// 13 EACCES). With `CLAUDE_TOKEND_TEST_RENAME_FAIL_WHILE=PATH`, only while PATH exists, so
     /// a test can let a failing save succeed later.
@@ -110,6 +127,14 @@ mod inert {
     #[inline(always)]
     pub fn auto_as_macos() -> bool {
         false
+    }
+    #[inline(always)]
+    pub fn service_call_limit(limit: std::time::Duration) -> std::time::Duration {
+        limit
+    }
+    #[inline(always)]
+    pub fn packaged_unit_dir() -> Option<std::path::PathBuf> {
+        None
     }
     #[inline(always)]
     pub fn rename_error() -> Option<std::io::Error> {

@@ -346,7 +346,10 @@ pub enum ServiceAction {
     /// their defaults. A file edited by hand is not replaced without --force.
     Install(InstallArgs),
     /// Stop and disable the service, then remove the files `install` wrote.
-    Uninstall(ManagerArg),
+    ///
+    /// A file edited by hand is not removed without --force; a link is removed, never the file
+    /// it points at.
+    Uninstall(UninstallArgs),
     /// Show whether the service is installed and running.
     ///
     /// Exits 0 when it is running, 1 when it is not installed or not running, and 69 when the
@@ -368,6 +371,16 @@ pub struct InstallArgs {
     /// ProtectHome=read-only, PrivateTmp; needs unprivileged user namespaces).
     #[arg(long)]
     pub sandbox: bool,
+
+    #[command(flatten)]
+    pub manager: ManagerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Also remove service files that were edited by hand or not written by `service install`.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub manager: ManagerArg,

@@ -182,6 +182,11 @@ fn systemd_install_now_reloads_enables_and_restarts_only_after_a_change() {
         "each step is printed:\n{}",
         run.out
     );
+    assert!(
+        run.err.contains("Created symlink (fake)"),
+        "what systemctl says on stderr is shown:\n{}",
+        run.err
+    );
 
     // The same again: nothing to write, nothing to restart.
     let run = env.run(&["service", "install", "--now"]).ok();

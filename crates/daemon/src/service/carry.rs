@@ -1,9 +1,8 @@
-//! What the service must be told to do what this command line would do: the running binary's
-//! path, the settings that differ from their defaults (as environment variables), and, for the
-//! sandbox drop-in, the directories the daemon writes in. It reads the environment and follows
-//! symlinks of the credentials file; it writes nothing.
+//! What the service must be told to do what this command line would do: the settings that
+//! differ from their defaults (as environment variables), the logins, and, for the sandbox
+//! drop-in, the directories the daemon writes in (the program's path is `program`'s). It
+//! reads the environment and follows symlinks of the credentials file; it writes nothing.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,33 +20,6 @@ use crate::logins::dir_list_var;
 
 /// What `--refresh-before` defaults to in `cli.rs`; a unit test keeps the two in step.
 const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(15 * 60);
-
-/// The running binary, which is what the service will run. A path inside a cargo build directory
-/// works but moves with the next `cargo clean`, so it earns a note.
-pub(super) fn program_path() -> Result<PathBuf, u8> {
-    let program = std::env::current_exe().map_err(|e| {
-        eprintln!("claude-tokend: cannot tell where this program is: {e}");
-        exit::FAILURE
-    })?;
-    let parts: Vec<&OsStr> = program.iter().collect();
-    let in_build_dir = parts
-        .windows(2)
-        .any(|w| w[0] == "target" && (w[1] == "debug" || w[1] == "release"));
-    if in_build_dir {
-        eprintln!(
-            "claude-tokend: note: the service will run {}, inside a cargo build directory; for a path that \
-             stays put, `cargo install --locked --path crates/daemon` and run `~/.cargo/bin/claude-tokend service install`",
-            program.display()
-        );
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!(
-            "claude-tokend: note: running as root installs the service for root, not for your own user"
-        );
-    }
-    Ok(program)
-}
 
 /// The settings the service must see to do what this command line would do: the credentials
 /// location (made absolute: the service does not run in this directory), and every setting the

@@ -1,13 +1,24 @@
 //! The service files on disk: a digest line that tells this command's own unedited output from a
 //! hand edit, the comparison with what is there (absent, the same, ours, edited), writing
-//! through a temp file and a rename, and removing. It never decides which files to write.
+//! through a temp file and a rename (through a link, to the file it points at), in modes that
+//! do not follow the umask, and removing. It never decides which files to write.
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use tokend_core::store::resolve_symlinks;
 
 use super::home::parent;
 use crate::exit;
+
+/// A service file's mode: the service manager reads it, only its owner may change it (any other
+/// writer could change what the service runs, as that user).
+const FILE_MODE: u32 = 0o644;
+/// A directory this command creates: 0755, less what the umask takes away from group and
+/// others (0700 under umask 077), never writable by them whatever the umask.
+const DIR_MODE: u32 = 0o755;
 
 /// Marks files this command wrote, with a digest of the rest of the file, so a reinstall can
 /// replace its own earlier output (after an upgrade, or a moved binary) but never a hand edit.
@@ -55,44 +66,172 @@ impl Planned {
     }
 
     pub(super) fn compare(mut self) -> Result<Planned, u8> {
-        self.existing = match std::fs::read_to_string(&self.path) {
-            Ok(old) if old == self.content => Existing::Same,
-            Ok(old) => {
-                let state = digest_state(&old);
-                self.old = Some(old);
-                state
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Existing::Absent,
-            // Not UTF-8: certainly not ours.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Existing::Edited,
-            Err(e) => {
-                eprintln!("claude-tokend: cannot read {}: {e}", self.path.display());
-                return Err(exit::FAILURE);
-            }
-        };
+        let (existing, old) = read_state(&self.path, Some(&self.content))?;
+        self.existing = existing;
+        self.old = old;
         Ok(self)
     }
 
     /// Writes through a temp file and a rename, so the service manager never reads half a file.
+    /// A link at the path (a unit kept in a dotfiles repository) stays: the file it points at
+    /// gets the new content, as the credentials file does.
     pub(super) fn write(&self) -> Result<(), u8> {
         let fail = |what: &str, e: io::Error| {
             eprintln!("claude-tokend: cannot {what} {}: {e}", self.path.display());
             exit::FAILURE
         };
-        let dir = parent(&self.path);
-        std::fs::create_dir_all(&dir).map_err(|e| fail("create the directory of", e))?;
+        let target = resolve_symlinks(&self.path).map_err(|e| fail("follow the links of", e))?;
+        let dir = parent(&target);
+        create_dirs(&dir).map_err(|e| fail("create the directory of", e))?;
         let mut name = OsString::from(".");
-        name.push(self.path.file_name().unwrap_or_default());
+        name.push(target.file_name().unwrap_or_default());
         name.push(format!(".tmp{}", std::process::id()));
         let tmp = dir.join(name);
         let result =
-            std::fs::write(&tmp, &self.content).and_then(|()| std::fs::rename(&tmp, &self.path));
+            write_new(&tmp, self.content.as_bytes()).and_then(|()| std::fs::rename(&tmp, &target));
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
             return Err(fail("write", e));
         }
         Ok(())
     }
+}
+
+/// A new file at `tmp` holding `bytes`, [`FILE_MODE`] whatever the umask (which only takes
+/// bits away, so the mode is set again once the file is there), on disk before it is renamed.
+fn write_new(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let _ = std::fs::remove_file(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Creates `dir` and whatever of its parents is missing, each [`DIR_MODE`] less the umask's
+/// group and other bits, never less than the owner's own `rwx` (a umask of 0277 would leave a
+/// directory nobody can write the file into). Directories that are there are left as they are.
+pub(super) fn create_dirs(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| std::fs::symlink_metadata(d).is_err())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => {}
+            // Made meanwhile by someone else: theirs, left as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let mode = std::fs::metadata(d)?.mode() & DIR_MODE | 0o700;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Warns when the directory holding `path` (and, for a link, the one holding the file it
+/// points at) lets group or others write in it: whoever can write there can put another unit
+/// or drop-in in place, and so run what they like as this user. A warning and not a fix: the
+/// directory was there before this command, made by the user or another tool, perhaps shared
+/// on purpose, and a mode changed behind their back is a surprise of its own.
+pub(super) fn warn_if_others_write(path: &Path) {
+    let mut dirs = vec![parent(path)];
+    if let Ok(target) = resolve_symlinks(path)
+        && parent(&target) != dirs[0]
+    {
+        dirs.push(parent(&target));
+    }
+    for dir in dirs {
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && meta.mode() & 0o022 != 0
+        {
+            eprintln!(
+                "claude-tokend: warning: {} is writable by {} (mode {:o}): whoever can write there \
+                 can change what the service runs. Unless that is what you want: chmod go-w {}",
+                dir.display(),
+                if meta.mode() & 0o002 != 0 {
+                    "everyone"
+                } else {
+                    "its group"
+                },
+                meta.mode() & 0o7777,
+                super::step::shell_quote(&dir.to_string_lossy()),
+            );
+        }
+    }
+}
+
+/// What is at `path` compared with `content` (`None`: only whether it is ours), and the text
+/// it held when that differs. Links are followed, as the service manager follows them; what is
+/// not a regular file (a FIFO, a device) is never read, and is not ours.
+fn read_state(path: &Path, content: Option<&str>) -> Result<(Existing, Option<String>), u8> {
+    let fail = |e: io::Error| {
+        eprintln!("claude-tokend: cannot read {}: {e}", path.display());
+        exit::FAILURE
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Ok((Existing::Edited, None)),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Existing::Absent, None)),
+        Err(e) => return Err(fail(e)),
+    }
+    Ok(match std::fs::read_to_string(path) {
+        Ok(old) if Some(old.as_str()) == content => (Existing::Same, None),
+        Ok(old) => (digest_state(&old), Some(old)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (Existing::Absent, None),
+        // Not UTF-8: certainly not ours.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => (Existing::Edited, None),
+        Err(e) => return Err(fail(e)),
+    })
+}
+
+/// Whether the file at `path` is absent, our own unedited output, or edited (or not ours).
+pub(super) fn state_of(path: &Path) -> Result<Existing, u8> {
+    read_state(path, None).map(|(state, _)| state)
+}
+
+/// Says that the edited files are not replaced (`replacing`) or removed (`removing`) without
+/// `--force`, and how to go on; the exit code to return.
+pub(super) fn refuse_edited(replacing: &[&Path], removing: &[&Path], systemd: bool) -> u8 {
+    let not = replacing
+        .iter()
+        .map(|p| (p, "replacing"))
+        .chain(removing.iter().map(|p| (p, "removing")));
+    for (path, verb) in not {
+        eprintln!(
+            "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
+             not {verb} it.",
+            path.display()
+        );
+    }
+    let fix = match (replacing.is_empty(), removing.is_empty()) {
+        (false, true) => "to replace it with a fresh copy (your edits are lost)",
+        (true, false) => "to remove it anyway (your edits are lost)",
+        _ => "to replace or remove them anyway (your edits are lost)",
+    };
+    eprintln!(
+        "claude-tokend: {fix}, rerun with --force{}",
+        if systemd && !replacing.is_empty() {
+            "; keep your own settings in a drop-in (`systemctl --user edit claude-tokend`), which survives reinstalls"
+        } else {
+            ""
+        }
+    );
+    exit::FAILURE
+}
+
+/// Whether `a` and `b` lead (through links) to one file: same device and inode.
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Whether anything (a file, a link, even a dangling one) is at `path`.
+pub(super) fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// The lines that differ between two versions of a file, comments and blank lines aside:
@@ -110,10 +249,23 @@ pub(super) fn changed_lines<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a st
     gone.chain(came).collect()
 }
 
+/// Removes the file at `path`; a link there is removed, never the file it points at (that one
+/// is the user's, in a dotfiles repository say, and may be tracked there).
 pub(super) fn remove_file(path: &Path) -> Result<(), u8> {
+    let target = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_symlink())
+        .then(|| std::fs::read_link(path).ok())
+        .flatten();
     match std::fs::remove_file(path) {
         Ok(()) => {
-            println!("Removed: {}", path.display());
+            match target {
+                Some(t) => println!(
+                    "Removed: {} (a link; what it pointed at, {}, is kept)",
+                    path.display(),
+                    t.display()
+                ),
+                None => println!("Removed: {}", path.display()),
+            }
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

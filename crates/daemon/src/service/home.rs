@@ -1,6 +1,6 @@
-//! Where the service files go: the unit and its drop-in under `$XDG_CONFIG_HOME/systemd/user`,
-//! the agent and its log under `~/Library`, all from `HOME` and `XDG_CONFIG_HOME`; and the
-//! lexical path helpers the other pieces share. It reads the environment, never the disk.
+//! Where the service files go: the unit and its drop-ins under `$XDG_CONFIG_HOME/systemd/user`,
+//! the agent and its log under `~/Library`, all from `HOME` and `XDG_CONFIG_HOME`, and where a
+//! package's unit would be; and the lexical path helpers the other pieces share. It reads the environment, never the disk.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -12,6 +12,12 @@ pub(super) const UNIT: &str = "claude-tokend.service";
 pub(super) const LABEL: &str = "io.github.claude-tokend";
 /// The drop-in's file name inside `claude-tokend.service.d/`.
 pub(super) const SANDBOX_FILE: &str = "sandbox.conf";
+/// The drop-in carrying the settings onto a package's unit. Drop-ins are read in name order,
+/// and this one sorts before `override.conf` (what `systemctl --user edit` writes), so the
+/// user's own settings still win over it.
+pub(super) const INSTALL_FILE: &str = "install.conf";
+/// Where a package puts the user unit (CONTRACT.md "Packages").
+const PACKAGED_UNIT_DIR: &str = "/usr/lib/systemd/user";
 
 /// Where the service files go, from `HOME` and `XDG_CONFIG_HOME`.
 pub(super) struct Home {
@@ -53,6 +59,18 @@ impl Home {
 
     pub(super) fn sandbox_path(&self) -> PathBuf {
         self.dropin_dir().join(SANDBOX_FILE)
+    }
+
+    pub(super) fn install_path(&self) -> PathBuf {
+        self.dropin_dir().join(INSTALL_FILE)
+    }
+
+    /// The unit a package installed, where it would be (a debug-build test seam moves it:
+    /// a test cannot write /usr/lib).
+    pub(super) fn packaged_unit(&self) -> PathBuf {
+        tokend_core::seams::packaged_unit_dir()
+            .unwrap_or_else(|| PathBuf::from(PACKAGED_UNIT_DIR))
+            .join(UNIT)
     }
 
     pub(super) fn agent_path(&self) -> PathBuf {

@@ -3,11 +3,10 @@
 //! all through `launchctl` in the `gui/<uid>` domain.
 
 use std::ffi::OsStr;
-use std::process::{Command as Process, Stdio};
 
-use super::files::{describe_file, remove_file};
+use super::files::{Existing, create_dirs, describe_file, refuse_edited, remove_file, state_of};
 use super::home::{Home, LABEL};
-use super::step::{run_step, shell_quote};
+use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
 use crate::cli::InstallArgs;
 use crate::exit;
 
@@ -17,35 +16,28 @@ fn gui_domain() -> String {
     format!("gui/{}", unsafe { libc::getuid() })
 }
 
-fn launchctl(args: &[&OsStr], hint: &str) -> Result<(), u8> {
-    run_step("launchctl", args, hint)
+/// Asks launchd whether the agent is loaded (`launchctl print` succeeds), quietly and bounded.
+fn launchctl_loaded(target: &str) -> Ran {
+    step::ask("launchctl", &[OsStr::new("print"), OsStr::new(target)])
 }
 
-/// Whether launchd has the agent loaded (`launchctl print` succeeds), asked quietly; the error
-/// when `launchctl` cannot be run at all.
-fn launchctl_loaded(target: &str) -> std::io::Result<bool> {
-    Process::new("launchctl")
-        .args(["print", target])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-}
-
-/// [`launchctl_loaded`] for a step that cannot go on without the answer.
-fn launchctl_probe(target: &str) -> Result<bool, u8> {
-    launchctl_loaded(target).map_err(|e| {
-        eprintln!("claude-tokend: cannot run launchctl: {e} (is this macOS?)");
-        exit::FAILURE
-    })
+/// Says that the question whether the agent is loaded got no answer in time, what was (not)
+/// done, and what to run by hand; the exit code.
+fn probe_hung(target: &str, limit: std::time::Duration, done: &str, rest: Vec<String>) -> u8 {
+    eprintln!(
+        "claude-tokend: `launchctl print {target}` did not finish within {} and was stopped; \
+         {done}. (The bootout below fails harmlessly when the agent is not loaded.)",
+        spoken(limit)
+    );
+    by_hand(rest);
+    exit::FAILURE
 }
 
 pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> Result<(), u8> {
     let logs = home.log_path();
     // launchd creates the log file but not its directory.
     if let Some(dir) = logs.parent()
-        && let Err(e) = std::fs::create_dir_all(dir)
+        && let Err(e) = create_dirs(dir)
     {
         eprintln!("claude-tokend: cannot create {}: {e}", dir.display());
         return Err(exit::FAILURE);
@@ -59,25 +51,32 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
         agent.display()
     );
     if args.now {
-        let agent_arg = agent.as_os_str();
-        if launchctl_probe(&target)? {
-            if changed {
-                // launchd keeps the definition it loaded; only a bootout and a bootstrap read the new one.
-                launchctl(&[OsStr::new("bootout"), OsStr::new(&target)], &hint)?;
-                launchctl(
-                    &[OsStr::new("bootstrap"), OsStr::new(&domain), agent_arg],
-                    &hint,
-                )?;
-            } else {
-                // Loaded already; start it if it is not running (no -k: a running one is left alone).
-                launchctl(&[OsStr::new("kickstart"), OsStr::new(&target)], &hint)?;
+        let bootout = vec![OsStr::new("bootout"), OsStr::new(&target)];
+        let bootstrap = vec![
+            OsStr::new("bootstrap"),
+            OsStr::new(&domain),
+            agent.as_os_str(),
+        ];
+        let loaded = match launchctl_loaded(&target) {
+            Ran::Success => true,
+            Ran::Failed(..) => false,
+            Ran::NotRun(e) => {
+                eprintln!("claude-tokend: cannot run launchctl: {e} (is this macOS?)");
+                return Err(exit::FAILURE);
             }
-        } else {
-            launchctl(
-                &[OsStr::new("bootstrap"), OsStr::new(&domain), agent_arg],
-                &hint,
-            )?;
-        }
+            Ran::TimedOut(limit) => {
+                let rest = [&bootout, &bootstrap].map(|a| shown("launchctl", a));
+                return Err(probe_hung(&target, limit, &hint, rest.into()));
+            }
+        };
+        let steps = match (loaded, changed) {
+            // launchd keeps the definition it loaded; only a bootout and a bootstrap read the new one.
+            (true, true) => vec![bootout, bootstrap],
+            // Loaded already; start it if it is not running (no -k: a running one is left alone).
+            (true, false) => vec![vec![OsStr::new("kickstart"), OsStr::new(&target)]],
+            (false, _) => vec![bootstrap],
+        };
+        run_steps("launchctl", &steps, &hint)?;
         println!("claude-tokend is loaded and started; it starts again at every login.");
     } else {
         println!("To start it now (it starts by itself at every login from now on):");
@@ -96,14 +95,26 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     Ok(())
 }
 
-pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
+pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let agent = home.agent_path();
+    // A hand edit is no more ours to remove than to replace (before anything is stopped).
+    if state_of(&agent)? == Existing::Edited && !force {
+        return Err(refuse_edited(&[], &[agent.as_path()], false));
+    }
     let target = format!("{}/{LABEL}", gui_domain());
+    let bootout = [OsStr::new("bootout"), OsStr::new(&target)];
+    let rm = format!("rm -f {}", shell_quote(&agent.to_string_lossy()));
     let loaded = match launchctl_loaded(&target) {
-        Ok(loaded) => loaded,
+        Ran::Success => true,
+        Ran::Failed(..) => false,
+        // Whether it runs is unknown: nothing is removed, and the rest is spelled out.
+        Ran::TimedOut(limit) => {
+            let rest = vec![shown("launchctl", &bootout), rm];
+            return Err(probe_hung(&target, limit, "nothing was removed", rest));
+        }
         // Nobody can be asked to stop it, here; the file is still ours to take back, and
         // leaving it would load the agent again at the next login (as systemd's uninstall does).
-        Err(e) if agent.exists() => {
+        Ran::NotRun(e) if agent.exists() => {
             eprintln!(
                 "claude-tokend: warning: could not ask launchd to stop the agent (cannot run \
                  launchctl: {e}); removing its file anyway. An agent already loaded runs until \
@@ -113,15 +124,15 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
             println!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
             return Ok(());
         }
-        Err(_) => false,
+        Ran::NotRun(_) => false,
     };
     if !agent.exists() && !loaded {
         println!("Nothing to remove: {} does not exist.", agent.display());
         return Ok(());
     }
     if loaded {
-        let hint = format!("nothing was removed; the agent file is {}", agent.display());
-        launchctl(&[OsStr::new("bootout"), OsStr::new(&target)], &hint)?;
+        let ran = step::run("launchctl", &bootout);
+        step_result("launchctl", &bootout, ran, "nothing was removed", &[rm])?;
     }
     remove_file(&agent)?;
     println!(
@@ -140,18 +151,25 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     };
     println!("Agent file: {} ({state})", agent.display());
     let target = format!("{}/{LABEL}", gui_domain());
-    println!("Running `launchctl print {target}`");
-    let result = match Process::new("launchctl").args(["print", &target]).status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => {
+    let result = match step::run("launchctl", &[OsStr::new("print"), OsStr::new(&target)]) {
+        Ran::Success => Ok(()),
+        Ran::Failed(s, _) => {
             eprintln!("claude-tokend: the agent is not loaded ({s} from launchctl print)");
             Err(exit::FAILURE)
         }
         // Whether it runs is unknown, which is not "not loaded".
-        Err(e) => {
+        Ran::NotRun(e) => {
             eprintln!(
                 "claude-tokend: could not ask launchd whether the agent is loaded: cannot run \
                  launchctl: {e} (it comes with macOS, in /bin)"
+            );
+            Err(super::UNREACHABLE)
+        }
+        Ran::TimedOut(limit) => {
+            eprintln!(
+                "claude-tokend: could not ask launchd whether the agent is loaded: \
+                 `launchctl print {target}` did not finish within {} (stopped)",
+                spoken(limit)
             );
             Err(super::UNREACHABLE)
         }

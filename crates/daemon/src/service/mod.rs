@@ -1,10 +1,11 @@
 //! `claude-tokend service install|uninstall|status`: the daemon as a per-user service, under
-//! systemd (`systemctl --user`) or launchd (a LaunchAgent). This module owns the dispatch and the
-//! install plan (which files, compared with what is there, written only if all may be); the
-//! pieces live beside it: `render` fills the templates, `carry` works out the settings and paths
-//! that go into them, `files` compares and writes, `systemd` and `launchd` drive the service
-//! managers through `step`, which prints every command, because a user who can see the commands
-//! can repeat, undo or debug them by hand. It never writes the credentials file.
+//! systemd (`systemctl --user`) or launchd (a LaunchAgent). This module owns the dispatch; the
+//! pieces live beside it: `install` plans an install (which files, compared with what is
+//! there, written only if all may be), `render` fills the templates, `carry` works out the
+//! settings and paths that go into them, `program` the path the service runs, `files` compares
+//! and writes, `systemd` and `launchd` drive the service managers through `step`, which prints
+//! every command, because a user who can see the commands can repeat, undo or debug them by
+//! hand. It never writes the credentials file.
 //!
 //! The manager is chosen by the target OS; `CLAUDE_TOKEND_SERVICE_MANAGER` (or the hidden
 //! `--manager`) overrides it, so both code paths run, and are tested, on any Unix.
@@ -12,18 +13,18 @@
 mod carry;
 mod files;
 mod home;
+mod install;
 mod launchd;
+mod program;
 mod render;
 mod step;
 mod systemd;
 
-use crate::cli::{InstallArgs, Manager, ManagerArg, ServiceAction, Settings};
+use crate::cli::{Manager, ManagerArg, ServiceAction, Settings};
 use crate::exit;
 
-use carry::{carried_logins, carried_settings, program_path, writable_dirs};
-use files::{Existing, Planned, Syntax, changed_lines};
 use home::Home;
-use render::{render_agent, render_sandbox, render_unit};
+use install::install;
 
 /// `service status` when the service manager could not be asked at all (no user bus, no
 /// `systemctl`/`launchctl`): sysexits' EX_UNAVAILABLE, so a script can tell "I could not find
@@ -51,10 +52,12 @@ pub fn run(settings: &Settings, action: &ServiceAction) -> u8 {
             }
             Home::from_env().and_then(|home| install(settings, args, manager, &home))
         }
-        ServiceAction::Uninstall(m) => Home::from_env().and_then(|home| match resolve(m) {
-            Manager::Systemd => systemd::uninstall(&home),
-            Manager::Launchd => launchd::uninstall(&home),
-        }),
+        ServiceAction::Uninstall(args) => {
+            Home::from_env().and_then(|home| match resolve(&args.manager) {
+                Manager::Systemd => systemd::uninstall(&home, args.force),
+                Manager::Launchd => launchd::uninstall(&home, args.force),
+            })
+        }
         ServiceAction::Status(m) => Home::from_env().and_then(|home| match resolve(m) {
             Manager::Systemd => systemd::status(&home),
             Manager::Launchd => launchd::status(&home),
@@ -63,107 +66,5 @@ pub fn run(settings: &Settings, action: &ServiceAction) -> u8 {
     match result {
         Ok(()) => exit::OK,
         Err(code) => code,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// install
-
-fn install(
-    settings: &Settings,
-    args: &InstallArgs,
-    manager: Manager,
-    home: &Home,
-) -> Result<(), u8> {
-    // The daemon the service runs would refuse these mirrors at start (exit 2, and systemd
-    // does not restart it): refuse them now, before anything is written.
-    crate::commands::writing_mirrors(settings)?;
-    let program = program_path()?;
-    let env = carried_settings(settings)?;
-    let login_args = carried_logins(settings)?;
-    let mut files = Vec::new();
-    match manager {
-        Manager::Systemd => {
-            files.push(Planned::new(
-                home.unit_path(),
-                render_unit(&program, &login_args, &env),
-                Syntax::Hash,
-            ));
-            if args.sandbox {
-                let dirs = writable_dirs(settings)?;
-                files.push(Planned::new(
-                    home.sandbox_path(),
-                    render_sandbox(&dirs),
-                    Syntax::Hash,
-                ));
-            }
-        }
-        Manager::Launchd => files.push(Planned::new(
-            home.agent_path(),
-            render_agent(&program, &login_args, &home.home, &env),
-            Syntax::Xml,
-        )),
-    }
-    let files: Vec<Planned> = files
-        .into_iter()
-        .map(|f| f.and_then(|f| f.compare()))
-        .collect::<Result<_, _>>()?;
-
-    // Nothing is written unless everything may be: a half-done install is harder to reason about.
-    let refused: Vec<&Planned> = files
-        .iter()
-        .filter(|f| f.existing == Existing::Edited)
-        .collect();
-    if !refused.is_empty() && !args.force {
-        for f in &refused {
-            eprintln!(
-                "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
-                 not replacing it.",
-                f.path.display()
-            );
-        }
-        eprintln!(
-            "claude-tokend: to replace it with a fresh copy (your edits are lost), rerun with --force{}",
-            if manager == Manager::Systemd {
-                "; keep your own settings in a drop-in (`systemctl --user edit claude-tokend`), which survives reinstalls"
-            } else {
-                ""
-            }
-        );
-        return Err(exit::FAILURE);
-    }
-
-    println!("Service program: {}", program.display());
-    if env.is_empty() {
-        println!("Settings: the defaults (no flags or variables to carry into the service)");
-    } else {
-        for (k, v) in &env {
-            println!("Setting:  {k}={v}");
-        }
-    }
-    for f in &files {
-        match f.existing {
-            Existing::Same => println!("Unchanged: {}", f.path.display()),
-            Existing::Absent => {
-                f.write()?;
-                println!("Wrote: {}", f.path.display());
-            }
-            Existing::Ours | Existing::Edited => {
-                f.write()?;
-                println!("Replaced: {}", f.path.display());
-                // A reinstall without the flags of the first one drops its settings: show it.
-                let old = f.old.as_deref().unwrap_or_default();
-                for (sign, line) in changed_lines(old, &f.content) {
-                    println!("  {sign} {line}");
-                }
-            }
-        }
-    }
-    let changed = files.iter().any(|f| f.existing != Existing::Same);
-    // A service installed before may be running on the old files; a first install's is not.
-    let restart = changed && files.iter().any(|f| f.existing != Existing::Absent);
-    match manager {
-        Manager::Systemd => systemd::finish_install(home, args, restart),
-        Manager::Launchd => launchd::finish_install(home, args, changed),
     }
 }

@@ -1,7 +1,7 @@
 //! Rendering the service files from the templates shipped in `systemd/` and `launchd/`, which
 //! are embedded at build time so the repository's files are the one source of truth: the unit's
-//! `ExecStart=` and `Environment=` lines, the sandbox drop-in's `ReadWritePaths=`, the agent's
-//! program, home and environment. Pure text in, text out; it never touches the disk. Every
+//! `ExecStart=` and `Environment=` lines (in the unit, or in a drop-in on a package's unit), the
+//! sandbox drop-in's `ReadWritePaths=`, the agent's program, home and environment. Pure text in, text out; it never touches the disk. Every
 //! value is carried exactly (systemd's quoting and specifier rules, XML escaping), and one that
 //! neither format can carry (a newline, say) is refused rather than escaped halfway.
 
@@ -36,31 +36,66 @@ pub(super) fn render_unit(
     args: &[String],
     env: &[(&str, String)],
 ) -> Result<String, u8> {
-    let program = utf8(program)?;
-    check_value("the program's path", &program)?;
-    for a in args {
-        check_value("a login's path", a)?;
-    }
+    let exec = exec_start(program, args)?;
     let mut out = String::with_capacity(UNIT_TEMPLATE.len() + 256);
     for line in UNIT_TEMPLATE.lines() {
         if line == UNIT_EXEC_LINE {
-            // The program itself is a literal path to systemd (no variables there, only
-            // specifiers), so its `$` stays one; the arguments after it are expanded.
-            let mut words = vec![systemd_word(&program, Dollar::Plain)];
-            words.extend(args.iter().map(|a| systemd_word(a, Dollar::Expanded)));
-            writeln!(out, "ExecStart={}", words.join(" ")).expect("String");
+            out.push_str(&exec);
             continue;
         }
         out.push_str(line);
         out.push('\n');
         if line.starts_with(UNIT_ENV_MARK) {
-            for (k, v) in env {
-                let word = systemd_word(&format!("{k}={v}"), Dollar::Plain);
-                writeln!(out, "Environment={word}").expect("String");
-            }
+            out.push_str(&environment(env));
         }
     }
     Ok(out)
+}
+
+/// The drop-in that carries the same program, logins and settings onto a unit a package
+/// installed: `ExecStart=` emptied first (a second one would be added to the package's, which
+/// `Type=notify` refuses, instead of replacing it), then the unit's own `ExecStart=` and
+/// `Environment=` lines. Everything else is the package's.
+pub(super) fn render_dropin(
+    program: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+) -> Result<String, u8> {
+    let mut out = String::from(
+        "# claude-tokend's program, logins and settings from `claude-tokend service install`, on\n\
+         # the unit a package installed (which stays as the package has it). `service install`\n\
+         # rewrites this file and `service uninstall` removes it; keep your own settings in\n\
+         # override.conf (`systemctl --user edit claude-tokend`), which is read after it.\n\
+         [Service]\n\
+         ExecStart=\n",
+    );
+    out.push_str(&exec_start(program, args)?);
+    out.push_str(&environment(env));
+    Ok(out)
+}
+
+/// The `ExecStart=` line (with its newline) running `program` with `args`.
+fn exec_start(program: &Path, args: &[String]) -> Result<String, u8> {
+    let program = utf8(program)?;
+    check_value("the program's path", &program)?;
+    for a in args {
+        check_value("a login's path", a)?;
+    }
+    // The program itself is a literal path to systemd (no variables there, only specifiers),
+    // so its `$` stays one; the arguments after it are expanded.
+    let mut words = vec![systemd_word(&program, Dollar::Plain)];
+    words.extend(args.iter().map(|a| systemd_word(a, Dollar::Expanded)));
+    Ok(format!("ExecStart={}\n", words.join(" ")))
+}
+
+/// One `Environment=` line per setting.
+fn environment(env: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in env {
+        let word = systemd_word(&format!("{k}={v}"), Dollar::Plain);
+        writeln!(out, "Environment={word}").expect("String");
+    }
+    out
 }
 
 /// The sandbox drop-in with `ReadWritePaths=` listing `dirs`. Each is prefixed with `-`, so a
@@ -310,6 +345,24 @@ mod tests {
         let plain = render_unit(Path::new("/usr/bin/claude-tokend"), &[], &[]).unwrap();
         assert!(plain.contains("\nExecStart=/usr/bin/claude-tokend\n"));
         assert!(!plain.contains("Environment="));
+    }
+
+    #[test]
+    fn renders_the_drop_in_for_a_packaged_unit() {
+        let env = vec![("CLAUDE_CONFIG_DIR", "/home/u/50%".to_owned())];
+        let args = ["--credentials".to_owned(), "/d$x/c.json".to_owned()];
+        let dropin = render_dropin(Path::new("/usr/bin/claude-tokend"), &args, &env).unwrap();
+        assert!(
+            dropin.ends_with(
+                "[Service]\nExecStart=\nExecStart=/usr/bin/claude-tokend --credentials \"/d$$x/c.json\"\n\
+                 Environment=CLAUDE_CONFIG_DIR=/home/u/50%%\n"
+            ),
+            "{dropin}"
+        );
+        assert_eq!(
+            render_dropin(Path::new("/x\ny"), &[], &[]),
+            Err(exit::USAGE)
+        );
     }
 
     #[test]

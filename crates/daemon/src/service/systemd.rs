@@ -1,35 +1,33 @@
 //! The systemd side of `service`: finishing an install (`daemon-reload`, `enable --now`,
-//! `try-restart` after a change), uninstalling, and asking for the status, all through
-//! `systemctl --user`.
+//! `try-restart` after a change), uninstalling (the unit, or the drop-in on a package's unit,
+//! never the package's unit itself), and asking for the status, all through `systemctl --user`.
 
 use std::ffi::OsStr;
+use std::path::Path;
 
-use super::files::{describe_file, remove_file};
+use super::files::{Existing, describe_file, present, refuse_edited, remove_file, state_of};
 use super::home::{Home, UNIT};
-use super::step::{self, Ran, run_step, step_result};
+use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
 use crate::cli::InstallArgs;
 use crate::exit;
 
-pub(super) fn finish_install(home: &Home, args: &InstallArgs, restart: bool) -> Result<(), u8> {
-    if !args.sandbox && home.sandbox_path().exists() {
-        println!(
-            "Kept: {} (the sandbox drop-in from an earlier install; `service uninstall` removes it)",
-            home.sandbox_path().display()
-        );
-    }
-    let unit_path = home.unit_path();
+/// After the files are written: `in_place` is the unit (or the drop-in on a package's unit).
+pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool) -> Result<(), u8> {
     let hint = format!(
-        "the unit file {} is in place; `systemctl --user` needs your user's systemd manager \
+        "{} is in place; `systemctl --user` needs your user's systemd manager \
          (over ssh or in a container it may not be running: `loginctl enable-linger $USER`, then log in again)",
-        unit_path.display()
+        in_place.display()
     );
     if args.now {
-        systemctl(&["daemon-reload"], &hint)?;
-        systemctl(&["enable", "--now", UNIT], &hint)?;
+        let mut steps = vec![
+            user_args(&["daemon-reload"]),
+            user_args(&["enable", "--now", UNIT]),
+        ];
         if restart {
             // `enable --now` leaves a running service alone; it must restart to run the new files.
-            systemctl(&["try-restart", UNIT], &hint)?;
+            steps.push(user_args(&["try-restart", UNIT]));
         }
+        run_steps("systemctl", &steps, &hint)?;
         println!("claude-tokend is enabled and started; it starts again at every login.");
     } else {
         println!("To start it now and at every login:");
@@ -49,23 +47,51 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, restart: bool) -> 
     Ok(())
 }
 
-pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
+pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let unit_path = home.unit_path();
-    let sandbox = home.sandbox_path();
-    if !unit_path.exists() && !sandbox.exists() {
+    // Ours, all of them: the unit, the drop-in on a package's unit, the sandbox drop-in.
+    let ours = [unit_path.clone(), home.install_path(), home.sandbox_path()];
+    if !ours.iter().any(|p| present(p)) {
         println!("Nothing to remove: {} does not exist.", unit_path.display());
+        let packaged = home.packaged_unit();
+        if packaged.is_file() {
+            println!(
+                "The unit {} is the package's; `systemctl --user disable --now claude-tokend` stops it.",
+                packaged.display()
+            );
+        }
         return Ok(());
     }
+    // A hand edit is no more ours to remove than to replace: refused before anything is
+    // stopped, so a refusal leaves the service as it was.
+    let mut edited = Vec::new();
+    for path in &ours {
+        if state_of(path)? == Existing::Edited {
+            edited.push(path.as_path());
+        }
+    }
+    if !edited.is_empty() && !force {
+        return Err(refuse_edited(&[], &edited, true));
+    }
     let mut reached = true;
-    if unit_path.exists() {
-        let hint = format!(
-            "nothing was removed; to remove it without the service manager, delete {} \
-             (and {}) and run `systemctl --user daemon-reload` when it is running",
-            unit_path.display(),
-            home.dropin_dir().display()
-        );
+    // The unit is ours, or the package's with our settings on it: either way `install` enabled
+    // it (or said to), so uninstalling stops and disables it.
+    if present(&unit_path) || present(&home.install_path()) {
         let args = user_args(&["disable", "--now", UNIT]);
         let ran = step::run("systemctl", &args);
+        if matches!(ran, Ran::TimedOut(_)) {
+            // Whether it was stopped is unknown: nothing is removed, and the rest is spelled out.
+            let there: Vec<String> = ours
+                .iter()
+                .filter(|p| present(p))
+                .map(|p| shell_quote(&p.to_string_lossy()))
+                .collect();
+            let rest = [
+                format!("rm -f {}", there.join(" ")),
+                "systemctl --user daemon-reload".to_owned(),
+            ];
+            return step_result("systemctl", &args, ran, "nothing was removed", &rest);
+        }
         if let Some(why) = unreachable(&ran) {
             // Nobody can be asked to stop it, here; the files are still ours to take back, and
             // leaving them would start the service again at the next login.
@@ -77,13 +103,17 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
             );
             reached = false;
         } else {
-            step_result("systemctl", &args, ran, &hint)?;
+            let rest = [format!(
+                "claude-tokend service uninstall{}",
+                if force { " --force" } else { "" }
+            )];
+            step_result("systemctl", &args, ran, "nothing was removed", &rest)?;
         }
     }
-    for path in [&unit_path, &sandbox] {
+    for path in &ours {
         remove_file(path)?;
     }
-    // Only our own drop-in is ours to remove; `systemctl --user edit` ones are the user's.
+    // Only our own drop-ins are ours to remove; `systemctl --user edit` ones are the user's.
     let dropins = home.dropin_dir();
     if std::fs::remove_dir(&dropins).is_err() && dropins.exists() {
         println!(
@@ -92,12 +122,8 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
         );
     }
     if !reached {
-        // What `disable` would have removed: the link `enable` made, dangling now. Only a link
-        // to our own unit is taken.
-        let link = home.unit_dir().join("default.target.wants").join(UNIT);
-        if std::fs::read_link(&link).is_ok_and(|target| target == unit_path) {
-            remove_file(&link)?;
-        }
+        // What `disable` would have removed: the link `enable` made, dangling now.
+        forget_enable_link(home)?;
         println!("claude-tokend's files are removed; systemd was not asked to stop it.");
         return Ok(());
     }
@@ -109,14 +135,34 @@ pub(super) fn uninstall(home: &Home) -> Result<(), u8> {
     Ok(())
 }
 
+/// Removes the link `systemctl --user enable` made to the user's unit, once that unit is gone
+/// (it would dangle, and stand in the way of enabling a package's unit of the same name). Only
+/// a link to the user's own unit is taken.
+pub(super) fn forget_enable_link(home: &Home) -> Result<(), u8> {
+    let link = home.unit_dir().join("default.target.wants").join(UNIT);
+    if std::fs::read_link(&link).is_ok_and(|target| target == home.unit_path()) {
+        remove_file(&link)?;
+    }
+    Ok(())
+}
+
 pub(super) fn status(home: &Home) -> Result<(), u8> {
     let unit_path = home.unit_path();
-    let Some(state) = describe_file(&unit_path)? else {
-        println!("Unit file: {} (not installed)", unit_path.display());
-        println!("Install:   claude-tokend service install --now");
-        return Err(exit::FAILURE);
-    };
-    println!("Unit file: {} ({state})", unit_path.display());
+    let packaged = home.packaged_unit();
+    match describe_file(&unit_path)? {
+        Some(state) => println!("Unit file: {} ({state})", unit_path.display()),
+        None if packaged.is_file() => {
+            println!("Unit file: {} (installed by a package)", packaged.display());
+        }
+        None => {
+            println!("Unit file: {} (not installed)", unit_path.display());
+            println!("Install:   claude-tokend service install --now");
+            return Err(exit::FAILURE);
+        }
+    }
+    if let Some(state) = describe_file(&home.install_path())? {
+        println!("Settings:  {} ({state})", home.install_path().display());
+    }
     if let Some(state) = describe_file(&home.sandbox_path())? {
         println!("Sandbox:   {} ({state})", home.sandbox_path().display());
     }
@@ -141,8 +187,8 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
                 eprintln!("claude-tokend: the service is not running ({s} from systemctl status)");
                 Err(exit::FAILURE)
             }
-            // unreachable() has answered for it already.
-            Ran::NotRun(_) => Err(super::UNREACHABLE),
+            // unreachable() has answered for them already.
+            Ran::NotRun(_) | Ran::TimedOut(_) => Err(super::UNREACHABLE),
         }
     };
     println!("Logs:      journalctl --user -u claude-tokend -f");
@@ -156,6 +202,10 @@ fn unreachable(ran: &Ran) -> Option<String> {
     match ran {
         Ran::Success => None,
         Ran::NotRun(e) => Some(format!("cannot run systemctl: {e}")),
+        Ran::TimedOut(limit) => Some(format!(
+            "systemctl did not finish within {} (stopped)",
+            spoken(*limit)
+        )),
         Ran::Failed(_, stderr) => stderr
             .lines()
             .find(|l| {
@@ -173,5 +223,5 @@ fn user_args<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
 }
 
 fn systemctl(args: &[&str], hint: &str) -> Result<(), u8> {
-    run_step("systemctl", &user_args(args), hint)
+    run_steps("systemctl", &[user_args(args)], hint)
 }

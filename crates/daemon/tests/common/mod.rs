@@ -7,17 +7,23 @@
 #![allow(dead_code)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_claude-tokend");
 pub const UNIT: &str = "claude-tokend.service";
 pub const LABEL: &str = "io.github.claude-tokend";
+/// The longest one run of the binary may take before the test fails.
+pub const RUN_LIMIT: Duration = Duration::from_secs(10);
 
 /// One fake for both managers: it appends `<name> <args>` to `$FAKE_LOG`, fails (exit 1) when
-/// an argument equals `$FAKE_FAIL`, and answers the status questions from `$FAKE_RUNNING`.
+/// an argument equals `$FAKE_FAIL`, hangs (a `sleep` child, its pid appended to
+/// `$FAKE_LOG.hung`) when one equals `$FAKE_HANG`, and answers the status questions from
+/// `$FAKE_RUNNING`.
 /// With `$FAKE_NO_BUS` set, systemctl fails every call as it does where there is no user
 /// session bus (su, sudo, ssh without lingering, containers): exit 1, systemd 254's message.
 pub const FAKE: &str = r#"#!/bin/sh
@@ -28,6 +34,13 @@ if [ "$name" = systemctl ] && [ -n "$FAKE_NO_BUS" ]; then
   exit 1
 fi
 for a in "$@"; do
+  if [ -n "$FAKE_HANG" ] && [ "$a" = "$FAKE_HANG" ]; then
+    # Hung, as a manager waiting on a stuck bus is: a child that never ends holds our stderr.
+    sleep 1000 &
+    printf '%s\n' "$!" >> "$FAKE_LOG.hung"
+    wait
+    exit 0
+  fi
   if [ -n "$FAKE_FAIL" ] && [ "$a" = "$FAKE_FAIL" ]; then
     echo "$name: simulated failure" >&2
     exit 1
@@ -36,6 +49,9 @@ done
 if [ "$name" = launchctl ] && [ "$1" = print ]; then
   [ -n "$FAKE_RUNNING" ] && { echo "state = running"; exit 0; }
   echo "Could not find service" >&2; exit 113
+fi
+if [ "$name" = systemctl ] && [ "$2" = enable ]; then
+  echo "Created symlink (fake) -> claude-tokend.service." >&2
 fi
 if [ "$name" = systemctl ] && [ "$2" = status ]; then
   [ -n "$FAKE_RUNNING" ] && { echo "Active: active (running)"; exit 0; }
@@ -89,6 +105,11 @@ impl Env {
         env.set("HOME", &home);
         env.set("FAKE_LOG", &log);
         env.set("CLAUDE_TOKEND_SERVICE_MANAGER", manager);
+        // No package's unit, whatever this machine has in /usr/lib/systemd/user (a .deb test
+        // may install one meanwhile): with it, `service install` writes only a drop-in. The
+        // tests of that case point this at a unit of their own.
+        let no_package = env.root.join("no-package").display().to_string();
+        env.set("CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR", &no_package);
         env
     }
 
@@ -108,14 +129,64 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(BIN)
+        self.finish(Command::new(BIN), args)
+    }
+
+    /// Runs the binary as `program` (a link to it, say, or a bare name `PATH` finds), with
+    /// `argv[0]` set to `arg0` when given (what a shell passes is the name it ran).
+    pub fn run_as(&self, program: &Path, arg0: Option<&str>, args: &[&str]) -> Run {
+        let mut cmd = Command::new(program);
+        if let Some(a) = arg0 {
+            cmd.arg0(a);
+        }
+        self.finish(cmd, args)
+    }
+
+    /// Runs the binary under umask `mask` (set by a shell that then execs it).
+    pub fn run_umask(&self, mask: &str, args: &[&str]) -> Run {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+            .arg(BIN);
+        self.finish(cmd, args)
+    }
+
+    /// Runs `cmd args` in this environment, in a process group of its own, for at most
+    /// [`RUN_LIMIT`]: past it the whole group is killed and the test fails (a hang is a
+    /// failure here, not a test that never ends).
+    fn finish(&self, mut cmd: Command, args: &[&str]) -> Run {
+        let started = Instant::now();
+        let child = cmd
             .args(args)
             .env_clear()
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.root)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
             .expect("run claude-tokend");
-        Run::from(out)
+        let group = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(RUN_LIMIT) {
+            Ok(out) => {
+                let mut run = Run::from(out.expect("wait for claude-tokend"));
+                run.took = started.elapsed();
+                run
+            }
+            Err(_) => {
+                // SAFETY: kill(2) on the group made for this run.
+                unsafe { libc::kill(-group, libc::SIGKILL) };
+                panic!(
+                    "claude-tokend {args:?} did not finish within {}s (killed)",
+                    RUN_LIMIT.as_secs()
+                );
+            }
+        }
     }
 
     /// The recorded service-manager calls since the last `take_calls`, one per line.
@@ -161,6 +232,8 @@ pub struct Run {
     pub code: i32,
     pub out: String,
     pub err: String,
+    /// How long the run took.
+    pub took: Duration,
 }
 
 impl From<Output> for Run {
@@ -169,6 +242,7 @@ impl From<Output> for Run {
             code: o.status.code().unwrap_or(-1),
             out: String::from_utf8_lossy(&o.stdout).into_owned(),
             err: String::from_utf8_lossy(&o.stderr).into_owned(),
+            took: Duration::ZERO,
         }
     }
 }
@@ -195,9 +269,70 @@ impl Run {
     }
 }
 
-/// The binary as `current_exe` reports it (links resolved).
+/// The binary as the tests run it, which is what the service runs: the path it was run by
+/// (`BIN` is absolute), as long as that leads to the running program.
 pub fn program() -> String {
+    BIN.to_owned()
+}
+
+/// The binary with every link resolved, as `current_exe` reports it.
+pub fn resolved_program() -> String {
     std::fs::canonicalize(BIN).unwrap().display().to_string()
+}
+
+/// Fails the test, saying why, when the binary was built without the test seams (a
+/// `cargo test -p claude-tokend` build): the tests that use one need `cargo test --workspace`
+/// (or `cargo build --workspace` first), where the e2e crate turns them on.
+pub fn require_seams() {
+    static ON: OnceLock<bool> = OnceLock::new();
+    let on = *ON.get_or_init(|| {
+        Command::new("grep")
+            .args(["-aqF", "CLAUDE_TOKEND_TEST_SERVICE_CALL_MS", BIN])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(
+        on,
+        "{BIN} has no test seams: build it with `cargo build --workspace` (or run \
+         `cargo test --workspace`), not `-p claude-tokend` alone"
+    );
+}
+
+/// The mode bits of `path` (links not followed).
+pub fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+/// Polls `cond` until it holds or `limit` passes; whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet: it runs no more).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        // No /proc (macOS): kill -0 says whether it exists.
+        Err(_) if !Path::new("/proc/self").exists() => !Command::new("kill")
+            .args(["-0", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success()),
+        Err(_) => true,
+    }
 }
 
 /// Our uid, as the fake sees it in `gui/<uid>`, without unsafe code: a new file's owner.
