@@ -240,6 +240,27 @@ else
   else
     skip "systemd-analyze --user verify: no systemd-analyze and no apt-get to install it"
   fi
+  # CONTRACT "Packages": with the packaged unit installed, `service install` writes only a
+  # drop-in with the settings it would have put in its own unit, and says to enable the package's.
+  u="$work/user"
+  mkdir -p "$u/home"
+  packaged_install() {
+    env -i PATH=/usr/bin:/bin HOME="$u/home" XDG_CONFIG_HOME="$u/config" /usr/bin/claude-tokend \
+      service install --credentials "$u/home/creds/.credentials.json" --refresh-before 20m >"$u/out" 2>&1 ||
+      { sed 's/^/    /' "$u/out"; return 1; }
+    [ ! -e "$u/config/systemd/user/claude-tokend.service" ] || { echo "    it wrote a second unit"; return 1; }
+    grep -qs 'CLAUDE_TOKEND_REFRESH_BEFORE=20m' "$u"/config/systemd/user/claude-tokend.service.d/*.conf ||
+      { echo "    no drop-in carrying the settings in claude-tokend.service.d/"; return 1; }
+    grep -q 'systemctl --user enable --now claude-tokend' "$u/out" || { echo "    it does not say to enable the unit"; return 1; }
+  }
+  check "service install with the package: only a drop-in with the settings, and how to enable the packaged unit" \
+    packaged_install
+  if command -v systemd-analyze >/dev/null 2>&1; then
+    check "systemd-analyze --user verify: the installed unit with that drop-in, zero warnings" \
+      env -u MANPATH HOME="$u/home" XDG_CONFIG_HOME="$u/config" \
+      bash .ci/verify-units.sh /usr/lib/systemd/user/claude-tokend.service
+  fi
+
   if command -v man >/dev/null 2>&1; then
     check "man finds the installed page by name" test "$(env -u MANPATH man -w claude-tokend)" = /usr/share/man/man1/claude-tokend.1.gz
     man_ok() {
@@ -390,9 +411,22 @@ step "crates: cargo package"
 # core crate just packaged (not yet on crates.io); each is then built from its .crate file as
 # `cargo install` would build it. --allow-dirty: what is checked is the packaging, not the git
 # state (a clean clone in CI anyway).
-if cargo package --workspace --exclude claude-tokend-e2e --locked --allow-dirty >"$work/package.log" 2>&1; then
+#
+# Cargo takes a registry crate of an unchanged version for unchanged, and the packaged core crate
+# comes from a temporary registry at a fixed path: built once, its build (and its unpacked copy in
+# $CARGO_HOME/registry/src/-<hash of that path>/) would be reused after the core crate changed, and
+# the daemon checked against the old one. So the check builds in a target directory of its own,
+# where our two crates' builds are dropped before each run (the dependencies' builds are kept),
+# and the unpacked copies of our crates are dropped too (cargo unpacks them anew).
+pkg_target=${CARGO_TARGET_DIR:-target}/package-check
+rm -rf "$pkg_target"/debug/.fingerprint/claude-tokend-*
+for stale in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/claude-tokend-*; do
+  [ -d "$stale" ] && rm -rf "$stale"
+done
+if cargo package --workspace --exclude claude-tokend-e2e --locked --allow-dirty --target-dir "$pkg_target" \
+  >"$work/package.log" 2>&1; then
   ok "cargo package --workspace --locked: claude-tokend-core and claude-tokend package and build from their .crate files"
-  crate="target/package/claude-tokend-$version.crate"
+  crate="$pkg_target/package/claude-tokend-$version.crate"
   check "the daemon's .crate carries the service templates it embeds and the licenses" \
     bash -c 'l=$(tar -tzf "$1") && for f in systemd/claude-tokend.service systemd/claude-tokend-sandbox.conf \
       launchd/io.github.claude-tokend.plist LICENSE-MIT LICENSE-APACHE README.md; do
