@@ -413,18 +413,22 @@ step "crates: cargo package"
 # state (a clean clone in CI anyway).
 #
 # Cargo takes a registry crate of an unchanged version for unchanged, and the packaged core crate
-# comes from a temporary registry at a fixed path: built once, its build (and its unpacked copy in
-# $CARGO_HOME/registry/src/-<hash of that path>/) would be reused after the core crate changed, and
-# the daemon checked against the old one. So the check builds in a target directory of its own,
-# where our two crates' builds are dropped before each run (the dependencies' builds are kept),
-# and the unpacked copies of our crates are dropped too (cargo unpacks them anew).
-pkg_target=${CARGO_TARGET_DIR:-target}/package-check
-rm -rf "$pkg_target"/debug/.fingerprint/claude-tokend-*
+# comes from a temporary registry at a fixed path (target/package/tmp-registry): its earlier build
+# (and its unpacked copy in $CARGO_HOME/registry/src/-<hash of that path>/) would be reused after
+# the core crate changed, and the daemon checked against the old one. Both are dropped first: the
+# build of the core crate whose dep-info names a registry source (the workspace's own build of it
+# names crates/core and stays), and the unpacked copies of our crates. The dependencies' builds,
+# shared with the test step, are kept: that is most of the time saved.
+pkg_target=${CARGO_TARGET_DIR:-target}
+for depinfo in "$pkg_target"/debug/deps/tokend_core-*.d; do
+  if ! grep -qs '/registry/src/' "$depinfo"; then continue; fi
+  hash=${depinfo##*/tokend_core-}
+  rm -rf "$pkg_target/debug/.fingerprint/claude-tokend-core-${hash%.d}"
+done
 for stale in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/claude-tokend-*; do
   [ -d "$stale" ] && rm -rf "$stale"
 done
-if cargo package --workspace --exclude claude-tokend-e2e --locked --allow-dirty --target-dir "$pkg_target" \
-  >"$work/package.log" 2>&1; then
+if cargo package --workspace --exclude claude-tokend-e2e --locked --allow-dirty >"$work/package.log" 2>&1; then
   ok "cargo package --workspace --locked: claude-tokend-core and claude-tokend package and build from their .crate files"
   crate="$pkg_target/package/claude-tokend-$version.crate"
   check "the daemon's .crate carries the service templates it embeds and the licenses" \
