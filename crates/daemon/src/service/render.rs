@@ -205,14 +205,16 @@ pub(super) fn utf8(path: &Path) -> Result<String, u8> {
 }
 
 /// Characters no service file can carry: a control character (a newline would end a unit's
-/// line, and XML 1.0 has no way to write most of them) other than tab, and U+FFFE and U+FFFF
-/// (not characters in XML). Refused before anything is written, for systemd and launchd alike;
-/// everything else (`"`, `\`, `$`, `%`, `&`, `<`) is carried exactly, escaped as each format
-/// wants.
+/// line, and XML 1.0 has no way to write most of them) other than tab, and every Unicode
+/// noncharacter (U+FDD0–U+FDEF, and the last two code points of each plane, U+FFFE and U+FFFF
+/// up to U+10FFFE and U+10FFFF), which systemd refuses ("String is not UTF-8 clean, ignoring
+/// assignment") and XML 1.0 excludes in part. Refused before anything is written, for systemd
+/// and launchd alike; everything else (`"`, `\`, `$`, `%`, `&`, `<`) is carried exactly,
+/// escaped as each format wants.
 pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
     if let Some(c) = value
         .chars()
-        .find(|&c| (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}')
+        .find(|&c| (c.is_control() && c != '\t') || is_noncharacter(c))
     {
         eprintln!(
             "claude-tokend: {what} ({value:?}) contains {c:?}, which cannot be written into a \
@@ -221,6 +223,12 @@ pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
         return Err(exit::USAGE);
     }
     Ok(())
+}
+
+/// Unicode's noncharacters: U+FDD0–U+FDEF, and U+nFFFE and U+nFFFF in every plane.
+fn is_noncharacter(c: char) -> bool {
+    let n = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&n) || n & 0xFFFE == 0xFFFE
 }
 
 #[cfg(test)]
@@ -457,6 +465,12 @@ mod tests {
             "a\u{85}b",
             "a\u{fffe}b",
             "a\u{ffff}b",
+            "a\u{fdd0}b",
+            "a\u{fdef}b",
+            "a\u{1fffe}b",
+            "a\u{1ffff}b",
+            "a\u{10fffe}b",
+            "\u{10ffff}",
         ] {
             assert_eq!(check_value("x", bad), Err(exit::USAGE), "{bad:?}");
         }
@@ -466,7 +480,10 @@ mod tests {
             "a\\b",
             "a\tb",
             "a\u{fffd}b",
-            "\u{10ffff}",
+            "a\u{fdcf}b",
+            "a\u{fdf0}b",
+            "a\u{1fffd}b",
+            "\u{10fffd}",
         ] {
             assert_eq!(check_value("x", good), Ok(()), "{good:?}");
         }
