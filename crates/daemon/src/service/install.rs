@@ -33,7 +33,7 @@ pub(super) fn install(
     // The daemon the service runs would refuse these mirrors at start (exit 2, and systemd
     // does not restart it): refuse them now, before anything is written.
     crate::commands::writing_mirrors(settings)?;
-    let program = program_path()?;
+    let program = program_path(manager)?;
     let env = carried_settings(settings)?;
     let login_args = carried_logins(settings)?;
     let mut files = Vec::new();

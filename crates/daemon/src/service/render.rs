@@ -77,6 +77,10 @@ pub(super) fn render_dropin(
 fn exec_start(program: &Path, args: &[String]) -> Result<String, u8> {
     let program = utf8(program)?;
     check_value("the program's path", &program)?;
+    if let Some(why) = systemd_refuses_program(&program) {
+        eprintln!("claude-tokend: the program's path {program:?}: {why}; nothing was written");
+        return Err(exit::USAGE);
+    }
     for a in args {
         check_value("a login's path", a)?;
     }
@@ -229,6 +233,29 @@ pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
 fn is_noncharacter(c: char) -> bool {
     let n = u32::from(c);
     (0xFDD0..=0xFDEF).contains(&n) || n & 0xFFFE == 0xFFFE
+}
+
+/// Why systemd would refuse `program` as the program of `ExecStart=` (its `config_parse_exec`:
+/// "Executable name contains special characters", a fatal unit error), or `None` when it takes
+/// it: any control character (a tab too) or DEL, a quote (`"` or `'`) or a backslash, however
+/// the word is quoted (systemd's `string_is_safe`, checked after unquoting); a path of
+/// `PATH_MAX` bytes or more, or with a part longer than `NAME_MAX` (its `path_is_valid`).
+/// Measured with `systemd-analyze verify` (systemd 252): a space, `$`, `;`, `*`, `é` pass.
+/// launchd takes all of these.
+pub(super) fn systemd_refuses_program(program: &str) -> Option<String> {
+    if let Some(c) = program
+        .chars()
+        .find(|&c| c.is_ascii_control() || matches!(c, '"' | '\'' | '\\'))
+    {
+        return Some(format!(
+            "it contains {c:?}, which systemd refuses in the program of ExecStart= (\"Executable \
+             name contains special characters\")"
+        ));
+    }
+    if program.len() >= 4096 || program.split('/').any(|part| part.len() > 255) {
+        return Some("it is longer than systemd takes for a program's path".to_owned());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -451,6 +478,33 @@ mod tests {
         ];
         for (value, dollar, want) in cases {
             assert_eq!(systemd_word(value, dollar), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_program_paths_systemd_refuses() {
+        for bad in [
+            "/x/quo'te/claude-tokend",
+            "/x/q\"/claude-tokend",
+            "/x/back\\slash/claude-tokend",
+            "/x/t\tab/claude-tokend",
+            "/x/del\u{7f}/claude-tokend",
+        ] {
+            assert!(systemd_refuses_program(bad).is_some(), "{bad:?}");
+            assert_eq!(
+                render_unit(Path::new(bad), &[], &[]),
+                Err(exit::USAGE),
+                "{bad:?}"
+            );
+        }
+        let long_part = format!("/x/{}/claude-tokend", "a".repeat(256));
+        assert!(systemd_refuses_program(&long_part).is_some());
+        for good in [
+            "/opt/my tools/claude-tokend",
+            "/opt/v$1;*?[é/claude-tokend",
+            &format!("/x/{}/claude-tokend", "a".repeat(255)),
+        ] {
+            assert_eq!(systemd_refuses_program(good), None, "{good:?}");
         }
     }
 
