@@ -8,7 +8,7 @@ use super::files::{Existing, create_dirs, describe_file, refuse_edited, remove_f
 use super::home::{Home, LABEL};
 use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
 use crate::cli::InstallArgs;
-use crate::exit;
+use crate::{exit, interrupt};
 
 /// `gui/<uid>`: the per-user launchd domain of a logged-in user.
 fn gui_domain() -> String {
@@ -33,6 +33,15 @@ fn probe_hung(target: &str, limit: std::time::Duration, done: &str, rest: Vec<St
     exit::FAILURE
 }
 
+/// Says that the question whether the agent is loaded was interrupted by `signal`, what was
+/// (not) done, and what to run by hand; the exit code (128 + the signal).
+fn probe_interrupted(signal: libc::c_int, target: &str, done: &str, rest: Vec<String>) -> u8 {
+    let shown = format!("launchctl print {target}");
+    interrupt::tell(format_args!("{}", step::interrupted(signal, &shown, done)));
+    by_hand(rest);
+    interrupt::exit_code(signal)
+}
+
 pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> Result<(), u8> {
     let logs = home.log_path();
     // launchd creates the log file but not its directory.
@@ -45,11 +54,12 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     let domain = gui_domain();
     let target = format!("{domain}/{LABEL}");
     let agent = home.agent_path();
-    let hint = format!(
-        "the agent file {} is in place, and launchd loads it at your next login (over ssh with \
-         nobody logged in at the screen there is no gui domain to load it into now)",
+    let done = format!(
+        "the agent file {} is in place, and launchd loads it at your next login",
         agent.display()
     );
+    let why = "over ssh with nobody logged in at the screen there is no gui domain to load it \
+               into now";
     if args.now {
         let bootout = vec![OsStr::new("bootout"), OsStr::new(&target)];
         let bootstrap = vec![
@@ -66,7 +76,16 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
             }
             Ran::TimedOut(limit) => {
                 let rest = [&bootout, &bootstrap].map(|a| shown("launchctl", a));
-                return Err(probe_hung(&target, limit, &hint, rest.into()));
+                return Err(probe_hung(
+                    &target,
+                    limit,
+                    &format!("{done}; {why}"),
+                    rest.into(),
+                ));
+            }
+            Ran::Interrupted(signal) => {
+                let rest = [&bootout, &bootstrap].map(|a| shown("launchctl", a));
+                return Err(probe_interrupted(signal, &target, &done, rest.into()));
             }
         };
         let steps = match (loaded, changed) {
@@ -76,7 +95,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
             (true, false) => vec![vec![OsStr::new("kickstart"), OsStr::new(&target)]],
             (false, _) => vec![bootstrap],
         };
-        run_steps("launchctl", &steps, &hint)?;
+        run_steps("launchctl", &steps, &done, why)?;
         println!("claude-tokend is loaded and started; it starts again at every login.");
     } else {
         println!("To start it now (it starts by itself at every login from now on):");
@@ -112,6 +131,15 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
             let rest = vec![shown("launchctl", &bootout), rm];
             return Err(probe_hung(&target, limit, "nothing was removed", rest));
         }
+        Ran::Interrupted(signal) => {
+            let rest = vec![shown("launchctl", &bootout), rm];
+            return Err(probe_interrupted(
+                signal,
+                &target,
+                "nothing was removed",
+                rest,
+            ));
+        }
         // Nobody can be asked to stop it, here; the file is still ours to take back, and
         // leaving it would load the agent again at the next login (as systemd's uninstall does).
         Ran::NotRun(e) if agent.exists() => {
@@ -132,7 +160,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     }
     if loaded {
         let ran = step::run("launchctl", &bootout);
-        step_result("launchctl", &bootout, ran, "nothing was removed", &[rm])?;
+        step_result("launchctl", &bootout, ran, "nothing was removed", "", &[rm])?;
     }
     remove_file(&agent)?;
     println!(
@@ -151,8 +179,17 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     };
     println!("Agent file: {} ({state})", agent.display());
     let target = format!("{}/{LABEL}", gui_domain());
-    let result = match step::run("launchctl", &[OsStr::new("print"), OsStr::new(&target)]) {
+    let print = [OsStr::new("print"), OsStr::new(&target)];
+    let result = match step::run("launchctl", &print) {
         Ran::Success => Ok(()),
+        Ran::Interrupted(signal) => {
+            let shown = shown("launchctl", &print);
+            interrupt::tell(format_args!(
+                "{}",
+                step::interrupted(signal, &shown, "nothing was changed")
+            ));
+            Err(interrupt::exit_code(signal))
+        }
         Ran::Failed(s, _) => {
             eprintln!("claude-tokend: the agent is not loaded ({s} from launchctl print)");
             Err(exit::FAILURE)

@@ -9,15 +9,13 @@ use super::files::{Existing, describe_file, present, refuse_edited, remove_file,
 use super::home::{Home, UNIT};
 use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
 use crate::cli::InstallArgs;
-use crate::exit;
+use crate::{exit, interrupt};
 
 /// After the files are written: `in_place` is the unit (or the drop-in on a package's unit).
 pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool) -> Result<(), u8> {
-    let hint = format!(
-        "{} is in place; `systemctl --user` needs your user's systemd manager \
-         (over ssh or in a container it may not be running: `loginctl enable-linger $USER`, then log in again)",
-        in_place.display()
-    );
+    let done = format!("{} is in place", in_place.display());
+    let why = "`systemctl --user` needs your user's systemd manager (over ssh or in a container \
+               it may not be running: `loginctl enable-linger $USER`, then log in again)";
     if args.now {
         let mut steps = vec![
             user_args(&["daemon-reload"]),
@@ -27,7 +25,7 @@ pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool)
             // `enable --now` leaves a running service alone; it must restart to run the new files.
             steps.push(user_args(&["try-restart", UNIT]));
         }
-        run_steps("systemctl", &steps, &hint)?;
+        run_steps("systemctl", &steps, &done, why)?;
         println!("claude-tokend is enabled and started; it starts again at every login.");
     } else {
         println!("To start it now and at every login:");
@@ -79,7 +77,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     if present(&unit_path) || present(&home.install_path()) {
         let args = user_args(&["disable", "--now", UNIT]);
         let ran = step::run("systemctl", &args);
-        if matches!(ran, Ran::TimedOut(_)) {
+        if matches!(ran, Ran::TimedOut(_) | Ran::Interrupted(_)) {
             // Whether it was stopped is unknown: nothing is removed, and the rest is spelled out.
             let there: Vec<String> = ours
                 .iter()
@@ -90,7 +88,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
                 format!("rm -f {}", there.join(" ")),
                 "systemctl --user daemon-reload".to_owned(),
             ];
-            return step_result("systemctl", &args, ran, "nothing was removed", &rest);
+            return step_result("systemctl", &args, ran, "nothing was removed", "", &rest);
         }
         if let Some(why) = unreachable(&ran) {
             // Nobody can be asked to stop it, here; the files are still ours to take back, and
@@ -107,7 +105,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
                 "claude-tokend service uninstall{}",
                 if force { " --force" } else { "" }
             )];
-            step_result("systemctl", &args, ran, "nothing was removed", &rest)?;
+            step_result("systemctl", &args, ran, "nothing was removed", "", &rest)?;
         }
     }
     for path in &ours {
@@ -168,7 +166,14 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     }
     let args = user_args(&["status", "--no-pager", UNIT]);
     let ran = step::run("systemctl", &args);
-    let result = if let Some(why) = unreachable(&ran) {
+    let result = if let Ran::Interrupted(signal) = ran {
+        let shown = step::shown("systemctl", &args);
+        interrupt::tell(format_args!(
+            "{}",
+            step::interrupted(signal, &shown, "nothing was changed")
+        ));
+        Err(interrupt::exit_code(signal))
+    } else if let Some(why) = unreachable(&ran) {
         eprintln!(
             "claude-tokend: could not ask systemd whether the service is running: {why}. \
              `systemctl --user` talks to your user's service manager, which runs while you are \
@@ -188,7 +193,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
                 Err(exit::FAILURE)
             }
             // unreachable() has answered for them already.
-            Ran::NotRun(_) | Ran::TimedOut(_) => Err(super::UNREACHABLE),
+            Ran::NotRun(_) | Ran::TimedOut(_) | Ran::Interrupted(_) => Err(super::UNREACHABLE),
         }
     };
     println!("Logs:      journalctl --user -u claude-tokend -f");
@@ -200,7 +205,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
 /// the manager's state is unknown, which is not the same as "not running".
 fn unreachable(ran: &Ran) -> Option<String> {
     match ran {
-        Ran::Success => None,
+        Ran::Success | Ran::Interrupted(_) => None,
         Ran::NotRun(e) => Some(format!("cannot run systemctl: {e}")),
         Ran::TimedOut(limit) => Some(format!(
             "systemctl did not finish within {} (stopped)",
@@ -222,6 +227,6 @@ fn user_args<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
     full
 }
 
-fn systemctl(args: &[&str], hint: &str) -> Result<(), u8> {
-    run_steps("systemctl", &[user_args(args)], hint)
+fn systemctl(args: &[&str], done: &str) -> Result<(), u8> {
+    run_steps("systemctl", &[user_args(args)], done, "")
 }
