@@ -4,9 +4,12 @@
 
 use std::ffi::OsStr;
 
-use super::files::{Existing, create_dirs, describe_file, refuse_edited, remove_file, state_of};
+use super::commit::create_dirs;
+use super::files::{describe_file, remove_found};
+use super::found::{Found, Kind, Role};
 use super::home::{Home, LABEL};
 use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
+use super::systemd::refuse_removing;
 use crate::cli::InstallArgs;
 use crate::{exit, interrupt};
 
@@ -46,7 +49,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     let logs = home.log_path();
     // launchd creates the log file but not its directory.
     if let Some(dir) = logs.parent()
-        && let Err(e) = create_dirs(dir)
+        && let Err(e) = create_dirs(dir, &mut Vec::new())
     {
         eprintln!("claude-tokend: cannot create {}: {e}", dir.display());
         return Err(exit::FAILURE);
@@ -115,14 +118,16 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
 }
 
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
-    let agent = home.agent_path();
+    let agent = Found::at(&home.agent_path(), Role::Agent)?;
+    // A link to /dev/null is the user's way to keep the agent out: kept, always.
+    let ours = agent.present() && agent.kind != Kind::Masked;
     // A hand edit is no more ours to remove than to replace (before anything is stopped).
-    if state_of(&agent)? == Existing::Edited && !force {
-        return Err(refuse_edited(&[], &[agent.as_path()], false));
+    if ours {
+        refuse_removing(&[&agent], force, false)?;
     }
     let target = format!("{}/{LABEL}", gui_domain());
     let bootout = [OsStr::new("bootout"), OsStr::new(&target)];
-    let rm = format!("rm -f {}", shell_quote(&agent.to_string_lossy()));
+    let rm = format!("rm -f {}", shell_quote(&agent.path.to_string_lossy()));
     let loaded = match launchctl_loaded(&target) {
         Ran::Success => true,
         Ran::Failed(..) => false,
@@ -142,27 +147,37 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         }
         // Nobody can be asked to stop it, here; the file is still ours to take back, and
         // leaving it would load the agent again at the next login (as systemd's uninstall does).
-        Ran::NotRun(e) if agent.exists() => {
+        Ran::NotRun(e) if ours => {
             eprintln!(
                 "claude-tokend: warning: could not ask launchd to stop the agent (cannot run \
                  launchctl: {e}); removing its file anyway. An agent already loaded runs until \
                  you log out, or until `launchctl bootout {target}`."
             );
-            remove_file(&agent)?;
+            remove_found(&agent)?;
             println!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
             return Ok(());
         }
         Ran::NotRun(_) => false,
     };
-    if !agent.exists() && !loaded {
-        println!("Nothing to remove: {} does not exist.", agent.display());
+    if !ours && !loaded {
+        println!(
+            "Nothing to remove: {} does not exist.",
+            agent.path.display()
+        );
+        if agent.kind == Kind::Masked {
+            println!("Kept: {}: masked", agent.named());
+        }
         return Ok(());
     }
     if loaded {
         let ran = step::run("launchctl", &bootout);
         step_result("launchctl", &bootout, ran, "nothing was removed", "", &[rm])?;
     }
-    remove_file(&agent)?;
+    if ours {
+        remove_found(&agent)?;
+    } else if agent.kind == Kind::Masked {
+        println!("Kept: {}: masked", agent.named());
+    }
     println!(
         "claude-tokend is stopped and uninstalled (its log, {}, is kept).",
         home.log_path().display()
@@ -172,7 +187,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
 
 pub(super) fn status(home: &Home) -> Result<(), u8> {
     let agent = home.agent_path();
-    let Some(state) = describe_file(&agent)? else {
+    let Some(state) = describe_file(&agent, Role::Agent)? else {
         println!("Agent file: {} (not installed)", agent.display());
         println!("Install:    claude-tokend service install --now");
         return Err(exit::FAILURE);
