@@ -206,8 +206,8 @@ pub fn ignore_user_signals() {
 }
 
 /// Whether `number` was ignored when the command started (SIG_IGN inherited, as `nohup` does
-/// for SIGHUP).
-fn ignored(number: c_int) -> bool {
+/// for SIGHUP). Also `service`'s, whose calls catch these signals only while they run.
+pub fn ignored(number: c_int) -> bool {
     disposition(number) == Some(libc::SIG_IGN)
 }
 

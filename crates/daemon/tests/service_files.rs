@@ -244,3 +244,73 @@ fn a_linked_unit_is_written_through_the_link_and_uninstall_removes_only_the_link
     assert!(std::fs::symlink_metadata(env.agent_path()).is_err());
     assert!(dotfiles.is_file());
 }
+
+#[test]
+fn a_file_with_our_content_that_others_may_write_gets_its_mode_fixed() {
+    let env = Env::systemd();
+    env.run(&["service", "install", "--sandbox"]).ok();
+    for file in [env.unit_path(), env.sandbox_path()] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let run = env.run(&["service", "install", "--sandbox"]).ok();
+    for file in [env.unit_path(), env.sandbox_path()] {
+        let shown = file.display().to_string();
+        assert!(
+            run.out.contains(&format!("Unchanged: {shown}"))
+                && run.out.contains(&format!("Fixed the mode of {shown}")),
+            "{}",
+            run.out
+        );
+        assert_eq!(mode(&file), 0o644, "{shown}");
+    }
+    // A mode only its owner writes is left as it is.
+    std::fs::set_permissions(env.unit_path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = env.run(&["service", "install", "--sandbox"]).ok();
+    assert!(!run.out.contains("Fixed the mode"), "{}", run.out);
+    assert_eq!(mode(&env.unit_path()), 0o600);
+
+    let env = Env::new("launchd");
+    env.run(&["service", "install"]).ok();
+    std::fs::set_permissions(env.agent_path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = env.run(&["service", "install"]).ok();
+    assert!(run.out.contains("Fixed the mode of"), "{}", run.out);
+    assert_eq!(mode(&env.agent_path()), 0o644);
+}
+
+#[test]
+fn every_directory_others_may_write_up_to_home_is_warned_about() {
+    // The unit under ~/.config (no XDG_CONFIG_HOME), its own directory 0755.
+    let env = Env::new("systemd");
+    let config = env.home().join(".config");
+    let systemd = config.join("systemd");
+    let unit_dir = systemd.join("user");
+    std::fs::create_dir_all(&unit_dir).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&systemd, std::fs::Permissions::from_mode(0o775)).unwrap();
+    std::fs::set_permissions(&unit_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.home(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = env.run(&["service", "install"]).ok();
+    let warned = |dir: &Path| {
+        run.err
+            .lines()
+            .any(|l| l.contains("warning") && l.ends_with(&format!("chmod go-w {}", dir.display())))
+    };
+    assert!(warned(&config), "{}", run.err);
+    assert!(warned(&systemd), "{}", run.err);
+    assert!(!warned(&unit_dir) && !warned(&env.home()), "{}", run.err);
+    assert!(run.err.contains("everyone") && run.err.contains("its group"));
+
+    // HOME itself counts; a sticky directory (as /tmp is) does not: only a file's owner may
+    // rename it there.
+    std::fs::set_permissions(env.home(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let run = env.run(&["service", "install"]).ok();
+    let warned = |dir: &Path| {
+        run.err
+            .lines()
+            .any(|l| l.ends_with(&format!("chmod go-w {}", dir.display())))
+    };
+    assert!(warned(&env.home()), "{}", run.err);
+    assert!(!warned(&config), "{}", run.err);
+    std::fs::set_permissions(env.home(), std::fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -107,3 +107,70 @@ fn a_hung_launchctl_is_stopped_and_the_user_told_what_to_run() {
     assert!(run.err.contains("did not finish within"), "{}", run.err);
     hung_children_are_killed(&env);
 }
+
+/// Starts `args` with the fake hanging on `arg` (and a bound far away), after `first` (run
+/// as usual), and waits until the hung call runs.
+fn start_hung(manager: &str, arg: &str, first: &[&str], args: &[&str]) -> (Env, Running) {
+    let mut env = hanging(manager, arg);
+    env.set("CLAUDE_TOKEND_TEST_SERVICE_CALL_MS", "60000");
+    if !first.is_empty() {
+        env.run(first).ok();
+    }
+    let running = env.spawn(args);
+    let hung = env.root.join("calls.log.hung");
+    assert!(
+        wait_until(Duration::from_secs(5), || hung.exists()),
+        "the call never ran"
+    );
+    (env, running)
+}
+
+#[test]
+fn a_signal_during_a_hung_call_ends_it_and_says_what_to_run() {
+    // Ctrl-C while `enable --now` hangs: the call (in a process group of its own, which the
+    // terminal's SIGINT does not reach) is killed, and the user told what is done.
+    let (env, running) = start_hung("systemd", "enable", &[], &["service", "install", "--now"]);
+    running.signal(libc::SIGINT);
+    let run = running.finish().code(130);
+    let unit = env.unit_path().display().to_string();
+    for words in [
+        "SIGINT: stopped `systemctl --user enable --now claude-tokend.service`",
+        &format!("{unit} is in place"),
+        "\n  systemctl --user enable --now claude-tokend.service\n",
+    ] {
+        assert!(run.err.contains(words), "no {words:?} in:\n{}", run.err);
+    }
+    hung_children_are_killed(&env);
+
+    // SIGTERM while uninstall stops the service: nothing is removed, the rest spelled out.
+    let (env, running) = start_hung(
+        "systemd",
+        "disable",
+        &["service", "install"],
+        &["service", "uninstall"],
+    );
+    running.signal(libc::SIGTERM);
+    let run = running.finish().code(143);
+    assert!(run.err.contains("SIGTERM: stopped"), "{}", run.err);
+    assert!(run.err.contains("nothing was removed"), "{}", run.err);
+    assert!(env.unit_path().is_file());
+    assert!(
+        run.err.contains("\n  systemctl --user daemon-reload\n"),
+        "{}",
+        run.err
+    );
+    hung_children_are_killed(&env);
+
+    // launchd's question whether the agent is loaded, the same way.
+    let (env, running) = start_hung("launchd", "print", &[], &["service", "install", "--now"]);
+    running.signal(libc::SIGINT);
+    let run = running.finish().code(130);
+    assert!(
+        run.err.contains("SIGINT: stopped `launchctl print"),
+        "{}",
+        run.err
+    );
+    assert!(run.err.contains("launchctl bootstrap"), "{}", run.err);
+    assert!(env.agent_path().is_file());
+    hung_children_are_killed(&env);
+}

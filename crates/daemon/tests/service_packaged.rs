@@ -207,3 +207,65 @@ fn a_user_unit_that_would_shadow_the_packaged_one_is_taken_away() {
     assert!(env.unit_path().is_file(), "{}", run.out);
     assert!(!dropin_path(&env).exists(), "{}", run.out);
 }
+
+#[test]
+fn a_users_own_install_conf_without_a_package_is_refused_for_what_it_is() {
+    let env = Env::systemd();
+    let dropin = dropin_path(&env);
+    std::fs::create_dir_all(dropin.parent().unwrap()).unwrap();
+    std::fs::write(&dropin, "[Service]\nNice=5\n").unwrap();
+    let run = env.run(&["service", "install"]).code(1);
+    assert!(
+        !run.err.contains("which is gone"),
+        "no package was ever there:\n{}",
+        run.err
+    );
+    assert!(
+        run.err.contains("did not write") && run.err.contains("rename it"),
+        "{}",
+        run.err
+    );
+    assert_eq!(read(&dropin), "[Service]\nNice=5\n");
+    assert!(!env.unit_path().exists());
+}
+
+#[test]
+fn the_enable_link_of_a_removed_unit_is_not_said_to_point_at_a_kept_file() {
+    let mut env = Env::systemd();
+    env.run(&["service", "install"]).ok();
+    let wants = env.root.join("xdg/systemd/user/default.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(env.unit_path(), wants.join(UNIT)).unwrap();
+    with_package(&mut env);
+    let run = env.run(&["service", "install"]).ok();
+    let line = run
+        .out
+        .lines()
+        .find(|l| l.starts_with(&format!("Removed: {}", wants.join(UNIT).display())))
+        .unwrap_or_else(|| panic!("the enable link's removal is not said:\n{}", run.out));
+    assert!(!line.contains("is kept"), "{line}");
+    assert!(line.contains("removed above"), "{line}");
+}
+
+#[test]
+fn the_drop_in_directory_goes_with_install_conf_when_nothing_else_is_in_it() {
+    let mut env = Env::systemd();
+    with_package(&mut env);
+    env.run(&["service", "install"]).ok();
+    let dir = dropin_path(&env).parent().unwrap().to_path_buf();
+    assert!(dropin_path(&env).is_file());
+    // The package removed: install.conf is taken away, and its directory, empty now, too.
+    std::fs::remove_dir_all(env.root.join("pkg")).unwrap();
+    let run = env.run(&["service", "install"]).ok();
+    assert!(!dir.exists(), "an empty directory was left:\n{}", run.out);
+
+    // Never with another file in it (the user's override.conf).
+    with_package(&mut env);
+    std::fs::remove_file(env.unit_path()).unwrap();
+    env.run(&["service", "install"]).ok();
+    std::fs::write(dir.join("override.conf"), "[Service]\nNice=5\n").unwrap();
+    std::fs::remove_dir_all(env.root.join("pkg")).unwrap();
+    env.run(&["service", "install"]).ok();
+    assert!(!dropin_path(&env).exists());
+    assert_eq!(read(&dir.join("override.conf")), "[Service]\nNice=5\n");
+}

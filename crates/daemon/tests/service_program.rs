@@ -104,3 +104,78 @@ fn a_path_that_leads_to_another_file_gives_the_resolved_path() {
     .ok();
     assert_eq!(exec_program(&env), resolved_program());
 }
+
+/// The binary at `<root>/<dir>/claude-tokend`: a hard link (the same file, so `current_exe`
+/// reports this path), else a copy.
+fn binary_in(env: &Env, dir: &str) -> std::path::PathBuf {
+    let dir = env.root.join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("claude-tokend");
+    std::fs::hard_link(BIN, &program)
+        .or_else(|_| std::fs::copy(BIN, &program).map(|_| ()))
+        .unwrap();
+    program
+}
+
+/// systemd refuses to run a program whose path has a quote, a backslash or a tab in it
+/// ("Executable name contains special characters", a fatal unit error): such a path is never
+/// written into a unit. The resolved path stands in when it is plain; with none, the install
+/// is refused (exit 2) before anything is written. launchd runs them all.
+#[test]
+fn a_program_path_systemd_refuses_is_never_written_into_a_unit() {
+    for c in ["'", "\"", "\\", "\t"] {
+        let env = Env::systemd();
+        let program = binary_in(&env, &format!("x/quo{c}te"));
+        let run = env.run_as(&program, None, &["service", "install"]).code(2);
+        assert!(
+            run.err.contains("plain path") && run.err.contains("nothing was written"),
+            "{c:?}: {}",
+            run.err
+        );
+        assert!(!env.unit_path().exists(), "{c:?}");
+        // systemd does refuse it: a unit written by hand with that path does not verify.
+        let unit = env.root.join("hand.service");
+        let quoted = program
+            .to_str()
+            .unwrap()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        std::fs::write(&unit, format!("[Service]\nExecStart=\"{quoted}\"\n")).unwrap();
+        if let Some(complaints) = systemd_verify(&env, &unit) {
+            assert!(
+                complaints.contains("special characters"),
+                "{c:?}: systemd took it: {complaints}"
+            );
+        }
+
+        // launchd takes it.
+        let env = Env::new("launchd");
+        let program = binary_in(&env, &format!("x/quo{c}te"));
+        env.run_as(&program, None, &["service", "install"]).ok();
+        let plist = read(&env.agent_path());
+        let v: plist::Value = plist::from_bytes(plist.as_bytes()).expect("a valid plist");
+        let args = v.as_dictionary().unwrap()["ProgramArguments"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(args[0].as_string(), program.to_str(), "{c:?}");
+    }
+
+    // Run through a link whose path systemd refuses, to a plain path: the plain one is used.
+    let env = Env::systemd();
+    let link = link_to(&env, "bin'q", Path::new(BIN));
+    let run = env
+        .run_as(Path::new(&link), None, &["service", "install"])
+        .ok();
+    assert_eq!(exec_program(&env), resolved_program(), "{}", run.err);
+    assert!(run.err.contains("systemd"), "says why:\n{}", run.err);
+
+    // What systemd takes (a space, `$`, `;`, `*`, `é`) is kept, and the unit verifies.
+    let env = Env::systemd();
+    let program = binary_in(&env, "x/a b$c;d*é");
+    env.run_as(&program, None, &["service", "install"]).ok();
+    assert_eq!(exec_program(&env), program.display().to_string());
+    if let Some(complaints) = systemd_verify(&env, &env.unit_path()) {
+        assert!(complaints.is_empty(), "systemd-analyze: {complaints}");
+    }
+}

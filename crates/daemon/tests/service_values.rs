@@ -198,3 +198,62 @@ fn values_no_service_file_can_hold_are_refused_before_anything_is_written() {
     let vars = unit_environment(&read(&env.unit_path()));
     assert!(vars.contains(&("CLAUDE_TOKEND_NOTIFY_CMD".into(), "a\tb".into())));
 }
+
+/// Every Unicode noncharacter (U+FDD0–U+FDEF, and the last two code points of each plane)
+/// is refused with exit 2 before anything is written, for systemd and launchd alike: systemd
+/// drops a line holding one ("String is not UTF-8 clean, ignoring assignment"), so the
+/// service would run without the setting or the login.
+#[test]
+fn noncharacters_are_refused_for_both_managers() {
+    for bad in ["\u{fdd0}", "\u{fdef}", "\u{1fffe}", "\u{10ffff}"] {
+        for manager in ["systemd", "launchd"] {
+            let env = match manager {
+                "systemd" => Env::systemd(),
+                _ => Env::new(manager),
+            };
+            let dir = format!("/srv/a{bad}b");
+            for args in [
+                vec!["service", "install", "--notify-cmd", &dir],
+                vec!["service", "install", "--config-dir", &dir],
+                vec![
+                    "service",
+                    "install",
+                    "--credentials",
+                    &dir,
+                    "--config-dir",
+                    "/x",
+                ],
+            ] {
+                let run = env.run(&args).code(2);
+                assert!(
+                    run.err.contains("service file"),
+                    "{manager} {bad:?}: {}",
+                    run.err
+                );
+                assert!(
+                    !env.unit_path().exists() && !env.agent_path().exists(),
+                    "{manager} {bad:?}: written anyway"
+                );
+            }
+            // The sandbox's ReadWritePaths= too (CLAUDE_CONFIG_DIR is carried there).
+            if manager == "systemd" {
+                let mut env = env;
+                env.set("CLAUDE_CONFIG_DIR", &dir);
+                env.run(&["service", "install", "--sandbox"]).code(2);
+                assert!(!env.unit_path().exists() && !env.sandbox_path().exists());
+            }
+        }
+    }
+
+    // What systemd says of one, where it can be asked: the assignment is dropped.
+    let env = Env::systemd();
+    let unit = env.root.join("hand.service");
+    std::fs::write(
+        &unit,
+        "[Service]\nExecStart=/bin/true\nEnvironment=\"A=\u{10ffff}\"\n",
+    )
+    .unwrap();
+    if let Some(complaints) = systemd_verify(&env, &unit) {
+        assert!(complaints.contains("not UTF-8 clean"), "{complaints}");
+    }
+}

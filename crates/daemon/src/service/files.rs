@@ -1,24 +1,20 @@
 //! The service files on disk: a digest line that tells this command's own unedited output from a
-//! hand edit, the comparison with what is there (absent, the same, ours, edited), writing
-//! through a temp file and a rename (through a link, to the file it points at), in modes that
-//! do not follow the umask, and removing. It never decides which files to write.
+//! hand edit, the comparison with what is there (absent, the same, ours, edited; through a
+//! link, the file it leads to), the mode a file holding the right content should have, the
+//! warning about directories others may write, and removing. It never decides which files to
+//! write, and writes none (`commit` puts them in place).
 
-use std::ffi::OsString;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tokend_core::store::resolve_symlinks;
-
+use super::found::{Found, Kind, Role};
 use super::home::parent;
 use crate::exit;
 
 /// A service file's mode: the service manager reads it, only its owner may change it (any other
 /// writer could change what the service runs, as that user).
-const FILE_MODE: u32 = 0o644;
-/// A directory this command creates: 0755, less what the umask takes away from group and
-/// others (0700 under umask 077), never writable by them whatever the umask.
-const DIR_MODE: u32 = 0o755;
+pub(super) const FILE_MODE: u32 = 0o644;
 
 /// Marks files this command wrote, with a digest of the rest of the file, so a reinstall can
 /// replace its own earlier output (after an upgrade, or a moved binary) but never a hand edit.
@@ -39,172 +35,95 @@ pub(super) enum Existing {
     Same,
     /// Written by an earlier install and not edited since: safe to replace.
     Ours,
-    /// Edited by hand, or not ours at all: replaced only with `--force`.
+    /// Edited by hand, or not ours at all (not even a regular file): replaced only with
+    /// `--force`, if at all (see [`Found::verdict`]).
     Edited,
 }
 
 pub(super) struct Planned {
-    pub(super) path: PathBuf,
+    pub(super) found: Found,
     pub(super) content: String,
     pub(super) existing: Existing,
     /// What the file held before, when it held something else.
     pub(super) old: Option<String>,
+    /// The file's mode when it holds this content already but others may write it: it is set
+    /// to [`FILE_MODE`] (whoever can write it can change what the service runs).
+    pub(super) loose_mode: Option<u32>,
 }
 
 impl Planned {
-    pub(super) fn new(
+    /// The file at `path` with `body` (and its digest line), compared with what is there.
+    pub(super) fn at(
         path: PathBuf,
+        role: Role,
         body: Result<String, u8>,
         syntax: Syntax,
     ) -> Result<Planned, u8> {
+        let content = with_digest(&body?, syntax);
+        let found = Found::at(&path, role)?;
+        let (existing, old) = read_state(&found, Some(&content))?;
+        let loose_mode = match existing {
+            Existing::Same => std::fs::metadata(found.file())
+                .ok()
+                .map(|m| m.mode() & 0o7777)
+                .filter(|m| m & 0o022 != 0),
+            _ => None,
+        };
         Ok(Planned {
-            path,
-            content: with_digest(&body?, syntax),
-            existing: Existing::Absent,
-            old: None,
+            found,
+            content,
+            existing,
+            old,
+            loose_mode,
         })
     }
 
-    pub(super) fn compare(mut self) -> Result<Planned, u8> {
-        let (existing, old) = read_state(&self.path, Some(&self.content))?;
-        self.existing = existing;
-        self.old = old;
-        Ok(self)
-    }
-
-    /// Writes through a temp file and a rename, so the service manager never reads half a file.
-    /// A link at the path (a unit kept in a dotfiles repository) stays: the file it points at
-    /// gets the new content, as the credentials file does.
-    pub(super) fn write(&self) -> Result<(), u8> {
-        let fail = |what: &str, e: io::Error| {
-            eprintln!("claude-tokend: cannot {what} {}: {e}", self.path.display());
-            exit::FAILURE
-        };
-        let target = resolve_symlinks(&self.path).map_err(|e| fail("follow the links of", e))?;
-        let dir = parent(&target);
-        create_dirs(&dir).map_err(|e| fail("create the directory of", e))?;
-        let mut name = OsString::from(".");
-        name.push(target.file_name().unwrap_or_default());
-        name.push(format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(name);
-        let result =
-            write_new(&tmp, self.content.as_bytes()).and_then(|()| std::fs::rename(&tmp, &target));
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fail("write", e));
-        }
-        Ok(())
+    /// Where the new content goes: the file a link leads to (a unit kept in a dotfiles
+    /// repository stays there, as the credentials file does), else the path itself (nothing
+    /// there, or a broken link that --force replaces by a plain file).
+    pub(super) fn dest(&self) -> &Path {
+        self.found.file()
     }
 }
 
-/// A new file at `tmp` holding `bytes`, [`FILE_MODE`] whatever the umask (which only takes
-/// bits away, so the mode is set again once the file is there), on disk before it is renamed.
-fn write_new(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
-    let _ = std::fs::remove_file(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(tmp)?;
-    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Creates `dir` and whatever of its parents is missing, each [`DIR_MODE`] less the umask's
-/// group and other bits, never less than the owner's own `rwx` (a umask of 0277 would leave a
-/// directory nobody can write the file into). Directories that are there are left as they are.
-pub(super) fn create_dirs(dir: &Path) -> io::Result<()> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|d| std::fs::symlink_metadata(d).is_err())
-        .collect();
-    for d in missing.into_iter().rev() {
-        match std::fs::DirBuilder::new().mode(DIR_MODE).create(d) {
-            Ok(()) => {}
-            // Made meanwhile by someone else: theirs, left as it is.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-        let mode = std::fs::metadata(d)?.mode() & DIR_MODE | 0o700;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?;
+/// What is at `found` compared with `content` (`None`: only whether it is ours), and the text
+/// it held when that differs. What is not a regular file is never read, and is not ours.
+fn read_state(found: &Found, content: Option<&str>) -> Result<(Existing, Option<String>), u8> {
+    match found.kind {
+        Kind::Absent => return Ok((Existing::Absent, None)),
+        Kind::File => {}
+        _ => return Ok((Existing::Edited, None)),
     }
-    Ok(())
-}
-
-/// Warns when the directory holding `path` (and, for a link, the one holding the file it
-/// points at) lets group or others write in it: whoever can write there can put another unit
-/// or drop-in in place, and so run what they like as this user. A warning and not a fix: the
-/// directory was there before this command, made by the user or another tool, perhaps shared
-/// on purpose, and a mode changed behind their back is a surprise of its own.
-pub(super) fn warn_if_others_write(path: &Path) {
-    let mut dirs = vec![parent(path)];
-    if let Ok(target) = resolve_symlinks(path)
-        && parent(&target) != dirs[0]
-    {
-        dirs.push(parent(&target));
-    }
-    for dir in dirs {
-        if let Ok(meta) = std::fs::metadata(&dir)
-            && meta.mode() & 0o022 != 0
-        {
-            eprintln!(
-                "claude-tokend: warning: {} is writable by {} (mode {:o}): whoever can write there \
-                 can change what the service runs. Unless that is what you want: chmod go-w {}",
-                dir.display(),
-                if meta.mode() & 0o002 != 0 {
-                    "everyone"
-                } else {
-                    "its group"
-                },
-                meta.mode() & 0o7777,
-                super::step::shell_quote(&dir.to_string_lossy()),
-            );
-        }
-    }
-}
-
-/// What is at `path` compared with `content` (`None`: only whether it is ours), and the text
-/// it held when that differs. Links are followed, as the service manager follows them; what is
-/// not a regular file (a FIFO, a device) is never read, and is not ours.
-fn read_state(path: &Path, content: Option<&str>) -> Result<(Existing, Option<String>), u8> {
-    let fail = |e: io::Error| {
-        eprintln!("claude-tokend: cannot read {}: {e}", path.display());
-        exit::FAILURE
-    };
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Ok((Existing::Edited, None)),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Existing::Absent, None)),
-        Err(e) => return Err(fail(e)),
-    }
-    Ok(match std::fs::read_to_string(path) {
+    Ok(match std::fs::read_to_string(found.file()) {
         Ok(old) if Some(old.as_str()) == content => (Existing::Same, None),
         Ok(old) => (digest_state(&old), Some(old)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => (Existing::Absent, None),
         // Not UTF-8: certainly not ours.
         Err(e) if e.kind() == io::ErrorKind::InvalidData => (Existing::Edited, None),
-        Err(e) => return Err(fail(e)),
+        Err(e) => {
+            eprintln!("claude-tokend: cannot read {}: {e}", found.named());
+            return Err(exit::FAILURE);
+        }
     })
 }
 
-/// Whether the file at `path` is absent, our own unedited output, or edited (or not ours).
-pub(super) fn state_of(path: &Path) -> Result<Existing, u8> {
-    read_state(path, None).map(|(state, _)| state)
+/// Whether the file at `found` is absent, our own unedited output, or edited (or not ours).
+pub(super) fn state_of(found: &Found) -> Result<Existing, u8> {
+    read_state(found, None).map(|(state, _)| state)
 }
 
 /// Says that the edited files are not replaced (`replacing`) or removed (`removing`) without
 /// `--force`, and how to go on; the exit code to return.
-pub(super) fn refuse_edited(replacing: &[&Path], removing: &[&Path], systemd: bool) -> u8 {
+pub(super) fn refuse_edited(replacing: &[&Found], removing: &[&Found], systemd: bool) -> u8 {
     let not = replacing
         .iter()
-        .map(|p| (p, "replacing"))
-        .chain(removing.iter().map(|p| (p, "removing")));
-    for (path, verb) in not {
+        .map(|f| (f, "replacing"))
+        .chain(removing.iter().map(|f| (f, "removing")));
+    for (found, verb) in not {
         eprintln!(
             "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
              not {verb} it.",
-            path.display()
+            found.named()
         );
     }
     let fix = match (replacing.is_empty(), removing.is_empty()) {
@@ -229,11 +148,6 @@ pub(super) fn same_file(a: &Path, b: &Path) -> bool {
     matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// Whether anything (a file, a link, even a dangling one) is at `path`.
-pub(super) fn present(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
 /// The lines that differ between two versions of a file, comments and blank lines aside:
 /// `-` for lines only in `old`, `+` for lines only in `new`, each in file order.
 pub(super) fn changed_lines<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a str)> {
@@ -249,23 +163,35 @@ pub(super) fn changed_lines<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a st
     gone.chain(came).collect()
 }
 
-/// Removes the file at `path`; a link there is removed, never the file it points at (that one
-/// is the user's, in a dotfiles repository say, and may be tracked there).
-pub(super) fn remove_file(path: &Path) -> Result<(), u8> {
-    let target = std::fs::symlink_metadata(path)
-        .is_ok_and(|m| m.file_type().is_symlink())
-        .then(|| std::fs::read_link(path).ok())
-        .flatten();
+/// The line that says `found` was removed: a link is removed, never what it points at, and
+/// the line says so.
+pub(super) fn removed_line(found: &Found) -> String {
+    let path = found.path.display();
+    match (&found.link_to, &found.kind) {
+        (Some(t), Kind::File | Kind::Directory | Kind::Special(_)) => format!(
+            "Removed: {path} (a link; what it pointed at, {}, is kept)",
+            t.display()
+        ),
+        (Some(t), Kind::Dangling) => format!(
+            "Removed: {path} (a link to {}, which does not exist)",
+            t.display()
+        ),
+        (_, Kind::Loop) => format!("Removed: {path} (a link that looped)"),
+        _ => format!("Removed: {path}"),
+    }
+}
+
+/// Removes what is at `found` (a link, never what it points at: that one is the user's, in a
+/// dotfiles repository say) and says so.
+pub(super) fn remove_found(found: &Found) -> Result<(), u8> {
+    remove_saying(&found.path, &removed_line(found))
+}
+
+/// Removes the file or link at `path`, then prints `line`; gone already is fine.
+pub(super) fn remove_saying(path: &Path, line: &str) -> Result<(), u8> {
     match std::fs::remove_file(path) {
         Ok(()) => {
-            match target {
-                Some(t) => println!(
-                    "Removed: {} (a link; what it pointed at, {}, is kept)",
-                    path.display(),
-                    t.display()
-                ),
-                None => println!("Removed: {}", path.display()),
-            }
+            println!("{line}");
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -274,6 +200,109 @@ pub(super) fn remove_file(path: &Path) -> Result<(), u8> {
             Err(exit::FAILURE)
         }
     }
+}
+
+/// Warns about each directory from those holding `files` up to `home` (inclusive; up to `/`
+/// for one outside it), and the one holding each link's file, that its group or everyone may
+/// write in without the sticky bit: whoever can write there can rename what is below it and put
+/// another unit, drop-in or agent in place, and so run what they like as this user. A warning
+/// and not a fix: the directory was there before this command, made by the user or another
+/// tool, perhaps shared on purpose, and a mode changed behind their back is a surprise of its
+/// own.
+pub(super) fn warn_if_others_write(files: &[&Found], home: &Path) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut add = |d: PathBuf| {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    };
+    for f in files {
+        let dir = parent(&f.path);
+        let up_to_home = dir.starts_with(home);
+        for d in dir.ancestors() {
+            add(d.to_path_buf());
+            if up_to_home && d == home {
+                break;
+            }
+        }
+        if let (Some(target), Kind::File) = (&f.link_to, &f.kind) {
+            add(parent(target));
+        }
+    }
+    for dir in dirs {
+        // Not made yet: this command makes it, 0755.
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            eprintln!(
+                "claude-tokend: warning: {} is writable by {} (mode {:o}): whoever can write there \
+                 can change what the service runs. Unless that is what you want: chmod go-w {}",
+                dir.display(),
+                if mode & 0o002 != 0 {
+                    "everyone"
+                } else {
+                    "its group"
+                },
+                mode & 0o7777,
+                super::step::shell_quote(&dir.to_string_lossy()),
+            );
+        }
+    }
+}
+
+/// Sets a file holding the right content whose mode lets others write it to [`FILE_MODE`],
+/// and says so; a file that cannot be changed (another user's, through a link) is warned about.
+pub(super) fn fix_mode(f: &Planned) {
+    let Some(was) = f.loose_mode else {
+        return;
+    };
+    let file = f.dest();
+    match std::fs::set_permissions(file, std::fs::Permissions::from_mode(FILE_MODE)) {
+        Ok(()) => println!(
+            "Fixed the mode of {} (was {was:o}, now {FILE_MODE:o}: only its owner may change what \
+             the service runs)",
+            f.found.named()
+        ),
+        Err(e) => eprintln!(
+            "claude-tokend: warning: {} is mode {was:o}: others may change what the service runs, \
+             and its mode cannot be changed here ({e}); run: chmod {FILE_MODE:o} {}",
+            f.found.named(),
+            super::step::shell_quote(&file.to_string_lossy())
+        ),
+    }
+}
+
+/// How `service status` describes the file at `path`: installed (by this command, unedited),
+/// edited, or something odd; `None` when nothing is there.
+pub(super) fn describe_file(path: &Path, role: Role) -> Result<Option<String>, u8> {
+    let found = Found::at(path, role)?;
+    if let Some(odd) = found.describe_odd() {
+        let hint = match (&found.kind, role) {
+            (Kind::Masked, Role::Unit) => "; `systemctl --user unmask claude-tokend` lifts it",
+            (Kind::Masked, _) => "",
+            (Kind::Dangling | Kind::Loop | Kind::Directory, _) if found.is_link() => {
+                "; `service install --force` replaces the link with a plain file, \
+                 `service uninstall --force` removes it"
+            }
+            _ => "; not written by `claude-tokend service install`",
+        };
+        return Ok(Some(format!("{odd}{hint}")));
+    }
+    let through = |text: &str| match &found.link_to {
+        Some(t) => format!("{text}; through a link to {}", t.display()),
+        None => text.to_owned(),
+    };
+    Ok(match state_of(&found)? {
+        Existing::Absent => None,
+        Existing::Ours | Existing::Same => {
+            Some(through("installed by `claude-tokend service install`"))
+        }
+        Existing::Edited => Some(through(
+            "installed; edited by hand or not written by `claude-tokend service install`",
+        )),
+    })
 }
 
 /// FNV-1a, 64 bits. Not a security measure (whoever can edit the file can fix the digest); it
@@ -325,21 +354,6 @@ fn digest_state(text: &str) -> Existing {
     match recorded {
         Some(d) if d == digest(&body) => Existing::Ours,
         _ => Existing::Edited,
-    }
-}
-
-/// `installed`, `installed, edited by hand`, or `None` when the file is absent.
-pub(super) fn describe_file(path: &Path) -> Result<Option<&'static str>, u8> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(match digest_state(&text) {
-            Existing::Ours => "installed by `claude-tokend service install`",
-            _ => "installed; edited by hand or not written by `claude-tokend service install`",
-        })),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => {
-            eprintln!("claude-tokend: cannot read {}: {e}", path.display());
-            Err(exit::FAILURE)
-        }
     }
 }
 

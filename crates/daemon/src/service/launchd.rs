@@ -4,11 +4,14 @@
 
 use std::ffi::OsStr;
 
-use super::files::{Existing, create_dirs, describe_file, refuse_edited, remove_file, state_of};
+use super::commit::create_dirs;
+use super::files::{describe_file, remove_found};
+use super::found::{Found, Kind, Role};
 use super::home::{Home, LABEL};
 use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
+use super::systemd::refuse_removing;
 use crate::cli::InstallArgs;
-use crate::exit;
+use crate::{exit, interrupt};
 
 /// `gui/<uid>`: the per-user launchd domain of a logged-in user.
 fn gui_domain() -> String {
@@ -33,11 +36,20 @@ fn probe_hung(target: &str, limit: std::time::Duration, done: &str, rest: Vec<St
     exit::FAILURE
 }
 
+/// Says that the question whether the agent is loaded was interrupted by `signal`, what was
+/// (not) done, and what to run by hand; the exit code (128 + the signal).
+fn probe_interrupted(signal: libc::c_int, target: &str, done: &str, rest: Vec<String>) -> u8 {
+    let shown = format!("launchctl print {target}");
+    interrupt::tell(format_args!("{}", step::interrupted(signal, &shown, done)));
+    by_hand(rest);
+    interrupt::exit_code(signal)
+}
+
 pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> Result<(), u8> {
     let logs = home.log_path();
     // launchd creates the log file but not its directory.
     if let Some(dir) = logs.parent()
-        && let Err(e) = create_dirs(dir)
+        && let Err(e) = create_dirs(dir, &mut Vec::new())
     {
         eprintln!("claude-tokend: cannot create {}: {e}", dir.display());
         return Err(exit::FAILURE);
@@ -45,11 +57,12 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     let domain = gui_domain();
     let target = format!("{domain}/{LABEL}");
     let agent = home.agent_path();
-    let hint = format!(
-        "the agent file {} is in place, and launchd loads it at your next login (over ssh with \
-         nobody logged in at the screen there is no gui domain to load it into now)",
+    let done = format!(
+        "the agent file {} is in place, and launchd loads it at your next login",
         agent.display()
     );
+    let why = "over ssh with nobody logged in at the screen there is no gui domain to load it \
+               into now";
     if args.now {
         let bootout = vec![OsStr::new("bootout"), OsStr::new(&target)];
         let bootstrap = vec![
@@ -66,7 +79,16 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
             }
             Ran::TimedOut(limit) => {
                 let rest = [&bootout, &bootstrap].map(|a| shown("launchctl", a));
-                return Err(probe_hung(&target, limit, &hint, rest.into()));
+                return Err(probe_hung(
+                    &target,
+                    limit,
+                    &format!("{done}; {why}"),
+                    rest.into(),
+                ));
+            }
+            Ran::Interrupted(signal) => {
+                let rest = [&bootout, &bootstrap].map(|a| shown("launchctl", a));
+                return Err(probe_interrupted(signal, &target, &done, rest.into()));
             }
         };
         let steps = match (loaded, changed) {
@@ -76,7 +98,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
             (true, false) => vec![vec![OsStr::new("kickstart"), OsStr::new(&target)]],
             (false, _) => vec![bootstrap],
         };
-        run_steps("launchctl", &steps, &hint)?;
+        run_steps("launchctl", &steps, &done, why)?;
         println!("claude-tokend is loaded and started; it starts again at every login.");
     } else {
         println!("To start it now (it starts by itself at every login from now on):");
@@ -96,14 +118,16 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
 }
 
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
-    let agent = home.agent_path();
+    let agent = Found::at(&home.agent_path(), Role::Agent)?;
+    // A link to /dev/null is the user's way to keep the agent out: kept, always.
+    let ours = agent.present() && agent.kind != Kind::Masked;
     // A hand edit is no more ours to remove than to replace (before anything is stopped).
-    if state_of(&agent)? == Existing::Edited && !force {
-        return Err(refuse_edited(&[], &[agent.as_path()], false));
+    if ours {
+        refuse_removing(&[&agent], force, false)?;
     }
     let target = format!("{}/{LABEL}", gui_domain());
     let bootout = [OsStr::new("bootout"), OsStr::new(&target)];
-    let rm = format!("rm -f {}", shell_quote(&agent.to_string_lossy()));
+    let rm = format!("rm -f {}", shell_quote(&agent.path.to_string_lossy()));
     let loaded = match launchctl_loaded(&target) {
         Ran::Success => true,
         Ran::Failed(..) => false,
@@ -112,29 +136,48 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
             let rest = vec![shown("launchctl", &bootout), rm];
             return Err(probe_hung(&target, limit, "nothing was removed", rest));
         }
+        Ran::Interrupted(signal) => {
+            let rest = vec![shown("launchctl", &bootout), rm];
+            return Err(probe_interrupted(
+                signal,
+                &target,
+                "nothing was removed",
+                rest,
+            ));
+        }
         // Nobody can be asked to stop it, here; the file is still ours to take back, and
         // leaving it would load the agent again at the next login (as systemd's uninstall does).
-        Ran::NotRun(e) if agent.exists() => {
+        Ran::NotRun(e) if ours => {
             eprintln!(
                 "claude-tokend: warning: could not ask launchd to stop the agent (cannot run \
                  launchctl: {e}); removing its file anyway. An agent already loaded runs until \
                  you log out, or until `launchctl bootout {target}`."
             );
-            remove_file(&agent)?;
+            remove_found(&agent)?;
             println!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
             return Ok(());
         }
         Ran::NotRun(_) => false,
     };
-    if !agent.exists() && !loaded {
-        println!("Nothing to remove: {} does not exist.", agent.display());
+    if !ours && !loaded {
+        println!(
+            "Nothing to remove: {} does not exist.",
+            agent.path.display()
+        );
+        if agent.kind == Kind::Masked {
+            println!("Kept: {}: masked", agent.named());
+        }
         return Ok(());
     }
     if loaded {
         let ran = step::run("launchctl", &bootout);
-        step_result("launchctl", &bootout, ran, "nothing was removed", &[rm])?;
+        step_result("launchctl", &bootout, ran, "nothing was removed", "", &[rm])?;
     }
-    remove_file(&agent)?;
+    if ours {
+        remove_found(&agent)?;
+    } else if agent.kind == Kind::Masked {
+        println!("Kept: {}: masked", agent.named());
+    }
     println!(
         "claude-tokend is stopped and uninstalled (its log, {}, is kept).",
         home.log_path().display()
@@ -144,15 +187,24 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
 
 pub(super) fn status(home: &Home) -> Result<(), u8> {
     let agent = home.agent_path();
-    let Some(state) = describe_file(&agent)? else {
+    let Some(state) = describe_file(&agent, Role::Agent)? else {
         println!("Agent file: {} (not installed)", agent.display());
         println!("Install:    claude-tokend service install --now");
         return Err(exit::FAILURE);
     };
     println!("Agent file: {} ({state})", agent.display());
     let target = format!("{}/{LABEL}", gui_domain());
-    let result = match step::run("launchctl", &[OsStr::new("print"), OsStr::new(&target)]) {
+    let print = [OsStr::new("print"), OsStr::new(&target)];
+    let result = match step::run("launchctl", &print) {
         Ran::Success => Ok(()),
+        Ran::Interrupted(signal) => {
+            let shown = shown("launchctl", &print);
+            interrupt::tell(format_args!(
+                "{}",
+                step::interrupted(signal, &shown, "nothing was changed")
+            ));
+            Err(interrupt::exit_code(signal))
+        }
         Ran::Failed(s, _) => {
             eprintln!("claude-tokend: the agent is not loaded ({s} from launchctl print)");
             Err(exit::FAILURE)

@@ -2,8 +2,9 @@
 //! systemd (`systemctl --user`) or launchd (a LaunchAgent). This module owns the dispatch; the
 //! pieces live beside it: `install` plans an install (which files, compared with what is
 //! there, written only if all may be), `render` fills the templates, `carry` works out the
-//! settings and paths that go into them, `program` the path the service runs, `files` compares
-//! and writes, `systemd` and `launchd` drive the service managers through `step`, which prints
+//! settings and paths that go into them, `program` the path the service runs, `found` tells
+//! what is at a file's path (a file, a link, a mask), `files` compares, `commit` writes all or
+//! nothing, `systemd` and `launchd` drive the service managers through `step`, which prints
 //! every command, because a user who can see the commands can repeat, undo or debug them by
 //! hand. It never writes the credentials file.
 //!
@@ -11,7 +12,9 @@
 //! `--manager`) overrides it, so both code paths run, and are tested, on any Unix.
 
 mod carry;
+mod commit;
 mod files;
+mod found;
 mod home;
 mod install;
 mod launchd;

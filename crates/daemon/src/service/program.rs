@@ -3,8 +3,8 @@
 //! the version it points at today, where the resolved path (`…/1.0/bin/claude-tokend`) dies
 //! with the next upgrade; so the path the user ran is kept whenever it leads to the program
 //! that is running, and the resolved path is used only when it does not (a stale link, a
-//! `PATH` that finds another copy first, an `argv[0]` a caller made up). It reads `argv[0]`,
-//! `PATH` and the file system; it writes nothing.
+//! `PATH` that finds another copy first, an `argv[0]` a caller made up, a path systemd refuses
+//! to run). It reads `argv[0]`, `PATH` and the file system; it writes nothing.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
@@ -12,20 +12,68 @@ use std::path::{Path, PathBuf};
 
 use super::files::same_file;
 use super::home::normalize;
+use super::render::systemd_refuses_program;
+use crate::cli::Manager;
 use crate::exit;
 
-/// The program the service will run: see the module's comment. A path inside a cargo build
-/// directory works but moves with the next `cargo clean`, so it earns a note.
-pub(super) fn program_path() -> Result<PathBuf, u8> {
+/// The program the service will run: see the module's comment. Under systemd, a path it
+/// refuses to run (a quote, a backslash or a tab in it) gives way to the resolved path when
+/// that one is plain; with none it takes, the install is refused (exit 2) before anything is
+/// written. A path inside a cargo build directory works but moves with the next `cargo clean`,
+/// so it earns a note.
+pub(super) fn program_path(manager: Manager) -> Result<PathBuf, u8> {
     let running = std::env::current_exe().map_err(|e| {
         eprintln!("claude-tokend: cannot tell where this program is: {e}");
         exit::FAILURE
     })?;
-    let program = std::env::args_os()
+    let as_run = std::env::args_os()
         .next()
         .and_then(|arg0| as_run(&arg0, std::env::var_os("PATH").as_deref()))
-        .filter(|ran| !fleeting(ran) && same_file(ran, &running))
-        .unwrap_or_else(|| running.clone());
+        .filter(|ran| !fleeting(ran) && same_file(ran, &running));
+    let mut candidates: Vec<PathBuf> = as_run.into_iter().collect();
+    if !candidates.contains(&running) {
+        candidates.push(running.clone());
+    }
+    let program = if manager == Manager::Systemd {
+        let refused = |p: &Path| match p.to_str() {
+            Some(s) => systemd_refuses_program(s),
+            // Refused by `utf8` later, with its own message.
+            None => None,
+        };
+        let Some(usable) = candidates.iter().find(|p| refused(p).is_none()) else {
+            let first = &candidates[0];
+            eprintln!(
+                "claude-tokend: systemd cannot run the program by its path, {}: {}{}. Install \
+                 the program under a plain path (as `cargo install --locked claude-tokend` does, \
+                 or copy it to ~/.local/bin) and run `service install` from there; nothing was \
+                 written",
+                first.display(),
+                refused(first).unwrap_or_default(),
+                if candidates.len() > 1 {
+                    format!(
+                        ", and its resolved path, {}, has one too",
+                        running.display()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            return Err(exit::USAGE);
+        };
+        if usable != &candidates[0] {
+            eprintln!(
+                "claude-tokend: note: the service will run {}, the file {} leads to: systemd \
+                 cannot run the path you ran ({}), so the service does not follow where that \
+                 path leads after an upgrade",
+                usable.display(),
+                candidates[0].display(),
+                refused(&candidates[0]).unwrap_or_default()
+            );
+        }
+        usable.clone()
+    } else {
+        candidates.swap_remove(0)
+    };
     let in_build_dir = |path: &Path| {
         let parts: Vec<&OsStr> = path.iter().collect();
         parts

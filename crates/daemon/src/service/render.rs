@@ -78,6 +78,10 @@ pub(super) fn render_dropin(
 fn exec_start(program: &Path, args: &[String]) -> Result<String, u8> {
     let program = utf8(program)?;
     check_value("the program's path", &program)?;
+    if let Some(why) = systemd_refuses_program(&program) {
+        eprintln!("claude-tokend: the program's path {program:?}: {why}; nothing was written");
+        return Err(exit::USAGE);
+    }
     for a in args {
         check_value("a login's path", a)?;
     }
@@ -206,14 +210,16 @@ pub(super) fn utf8(path: &Path) -> Result<String, u8> {
 }
 
 /// Characters no service file can carry: a control character (a newline would end a unit's
-/// line, and XML 1.0 has no way to write most of them) other than tab, and U+FFFE and U+FFFF
-/// (not characters in XML). Refused before anything is written, for systemd and launchd alike;
-/// everything else (`"`, `\`, `$`, `%`, `&`, `<`) is carried exactly, escaped as each format
-/// wants.
+/// line, and XML 1.0 has no way to write most of them) other than tab, and every Unicode
+/// noncharacter (U+FDD0–U+FDEF, and the last two code points of each plane, U+FFFE and U+FFFF
+/// up to U+10FFFE and U+10FFFF), which systemd refuses ("String is not UTF-8 clean, ignoring
+/// assignment") and XML 1.0 excludes in part. Refused before anything is written, for systemd
+/// and launchd alike; everything else (`"`, `\`, `$`, `%`, `&`, `<`) is carried exactly,
+/// escaped as each format wants.
 pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
     if let Some(c) = value
         .chars()
-        .find(|&c| (c.is_control() && c != '\t') || c == '\u{fffe}' || c == '\u{ffff}')
+        .find(|&c| (c.is_control() && c != '\t') || is_noncharacter(c))
     {
         eprintln!(
             "claude-tokend: {what} ({value:?}) contains {c:?}, which cannot be written into a \
@@ -222,6 +228,35 @@ pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
         return Err(exit::USAGE);
     }
     Ok(())
+}
+
+/// Unicode's noncharacters: U+FDD0–U+FDEF, and U+nFFFE and U+nFFFF in every plane.
+fn is_noncharacter(c: char) -> bool {
+    let n = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&n) || n & 0xFFFE == 0xFFFE
+}
+
+/// Why systemd would refuse `program` as the program of `ExecStart=` (its `config_parse_exec`:
+/// "Executable name contains special characters", a fatal unit error), or `None` when it takes
+/// it: any control character (a tab too) or DEL, a quote (`"` or `'`) or a backslash, however
+/// the word is quoted (systemd's `string_is_safe`, checked after unquoting); a path of
+/// `PATH_MAX` bytes or more, or with a part longer than `NAME_MAX` (its `path_is_valid`).
+/// Measured with `systemd-analyze verify` (systemd 252): a space, `$`, `;`, `*`, `é` pass.
+/// launchd takes all of these.
+pub(super) fn systemd_refuses_program(program: &str) -> Option<String> {
+    if let Some(c) = program
+        .chars()
+        .find(|&c| c.is_ascii_control() || matches!(c, '"' | '\'' | '\\'))
+    {
+        return Some(format!(
+            "it contains {c:?}, which systemd refuses in the program of ExecStart= (\"Executable \
+             name contains special characters\")"
+        ));
+    }
+    if program.len() >= 4096 || program.split('/').any(|part| part.len() > 255) {
+        return Some("it is longer than systemd takes for a program's path".to_owned());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -448,6 +483,33 @@ mod tests {
     }
 
     #[test]
+    fn refuses_program_paths_systemd_refuses() {
+        for bad in [
+            "/x/quo'te/claude-tokend",
+            "/x/q\"/claude-tokend",
+            "/x/back\\slash/claude-tokend",
+            "/x/t\tab/claude-tokend",
+            "/x/del\u{7f}/claude-tokend",
+        ] {
+            assert!(systemd_refuses_program(bad).is_some(), "{bad:?}");
+            assert_eq!(
+                render_unit(Path::new(bad), &[], &[]),
+                Err(exit::USAGE),
+                "{bad:?}"
+            );
+        }
+        let long_part = format!("/x/{}/claude-tokend", "a".repeat(256));
+        assert!(systemd_refuses_program(&long_part).is_some());
+        for good in [
+            "/opt/my tools/claude-tokend",
+            "/opt/v$1;*?[é/claude-tokend",
+            &format!("/x/{}/claude-tokend", "a".repeat(255)),
+        ] {
+            assert_eq!(systemd_refuses_program(good), None, "{good:?}");
+        }
+    }
+
+    #[test]
     fn refuses_values_no_service_file_can_hold() {
         for bad in [
             "a\nb",
@@ -458,6 +520,12 @@ mod tests {
             "a\u{85}b",
             "a\u{fffe}b",
             "a\u{ffff}b",
+            "a\u{fdd0}b",
+            "a\u{fdef}b",
+            "a\u{1fffe}b",
+            "a\u{1ffff}b",
+            "a\u{10fffe}b",
+            "\u{10ffff}",
         ] {
             assert_eq!(check_value("x", bad), Err(exit::USAGE), "{bad:?}");
         }
@@ -467,7 +535,10 @@ mod tests {
             "a\\b",
             "a\tb",
             "a\u{fffd}b",
-            "\u{10ffff}",
+            "a\u{fdcf}b",
+            "a\u{fdf0}b",
+            "a\u{1fffd}b",
+            "\u{10fffd}",
         ] {
             assert_eq!(check_value("x", good), Ok(()), "{good:?}");
         }

@@ -1,17 +1,23 @@
 //! The command runner for the service managers: each step is printed before it runs, in a form
 //! the user can paste (`shell_quote`), every call is bounded in time (a manager waiting on a
-//! stuck bus would otherwise hang `service` forever), and a failure says which command failed
-//! and what to run by hand from there. It knows no manager's meaning of an exit code;
-//! `systemd` and `launchd` read those.
+//! stuck bus would otherwise hang `service` forever) and ends with the command when the user
+//! interrupts it (SIGINT, SIGTERM, SIGHUP: the call, in a process group of its own, would
+//! otherwise run on orphaned), and a failure says which command failed and what to run by hand
+//! from there. It knows no manager's meaning of an exit code; `systemd` and `launchd` read
+//! those.
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command as Process, ExitStatus, Stdio};
-use std::sync::mpsc::channel;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use libc::c_int;
+
 use crate::exit;
+use crate::interrupt;
 
 /// How long one `systemctl`/`launchctl` call may take. They answer in well under a second
 /// when the manager is there; 30 s leaves room for a loaded machine and still ends a hang
@@ -21,6 +27,9 @@ const CALL_LIMIT: Duration = Duration::from_secs(30);
 /// How long the command's stderr may stay open after it exited (a child it left behind holds
 /// it): what it had to say is complete by then.
 const PIPE_GRACE: Duration = Duration::from_millis(500);
+
+/// How soon a signal that came while a call runs is acted on.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// The bound on one call (the test seam shortens it in debug builds).
 pub(super) fn call_limit() -> Duration {
@@ -57,6 +66,9 @@ pub(super) enum Ran {
     NotRun(io::Error),
     /// It did not finish within the bound, and was killed with whatever it started.
     TimedOut(Duration),
+    /// The user (or a service manager) sent this signal while it ran: it was killed with
+    /// whatever it started, and the command stops with 128 + the signal.
+    Interrupted(c_int),
 }
 
 /// The command as the user would type it.
@@ -88,6 +100,8 @@ pub(super) fn ask(program: &str, args: &[&OsStr]) -> Ran {
 fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
     let limit = call_limit();
     let deadline = Instant::now() + limit;
+    // Caught from before the child starts, so none is missed; the default comes back after.
+    let catch = Catch::install();
     let mut child = match Process::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -123,17 +137,29 @@ fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
     std::thread::spawn(move || {
         let _ = exit_tx.send(child.wait());
     });
-    let status = match exited.recv_timeout(limit) {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
+    let status = loop {
+        if let Some(signal) = catch.caught() {
             kill_group();
-            return Ran::NotRun(e);
+            return Ran::Interrupted(signal);
         }
-        Err(_) => {
-            kill_group();
-            return Ran::TimedOut(limit);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exited.recv_timeout(left.min(SIGNAL_POLL)) {
+            Ok(Ok(status)) => break status,
+            Ok(Err(e)) => {
+                kill_group();
+                return Ran::NotRun(e);
+            }
+            Err(RecvTimeoutError::Timeout) if !left.is_zero() => {}
+            Err(_) => {
+                kill_group();
+                return Ran::TimedOut(limit);
+            }
         }
     };
+    if let Some(signal) = catch.caught() {
+        // It ended as the signal came: the user asked to stop all the same.
+        return Ran::Interrupted(signal);
+    }
     let grace = deadline
         .saturating_duration_since(Instant::now())
         .min(PIPE_GRACE);
@@ -155,42 +181,70 @@ fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
 }
 
 /// Runs `steps` of `program` in order, each printed first; at the first that does not
-/// succeed, says what failed and what to run by hand from there.
-pub(super) fn run_steps(program: &str, steps: &[Vec<&OsStr>], hint: &str) -> Result<(), u8> {
+/// succeed, says what failed, what is `done` already, `why` it may have failed, and what to
+/// run by hand from there.
+pub(super) fn run_steps(
+    program: &str,
+    steps: &[Vec<&OsStr>],
+    done: &str,
+    why: &str,
+) -> Result<(), u8> {
     for (i, args) in steps.iter().enumerate() {
         let ran = run(program, args);
         let rest: Vec<String> = steps[i + 1..].iter().map(|a| shown(program, a)).collect();
-        step_result(program, args, ran, hint, &rest)?;
+        step_result(program, args, ran, done, why, &rest)?;
     }
     Ok(())
 }
 
-/// A step's outcome as the user hears it: nothing on success, else what failed and how to go
-/// on: that command, then `rest`, the commands that were to follow it.
+/// A step's outcome as the user hears it: nothing on success, else what failed, what is `done`
+/// already, `why` it may have failed (not said when the user stopped it), and how to go on:
+/// that command, then `rest`, the commands that were to follow it. The exit code is 1, or 128 +
+/// the signal that interrupted it.
 pub(super) fn step_result(
     program: &str,
     args: &[&OsStr],
     ran: Ran,
-    hint: &str,
+    done: &str,
+    why: &str,
     rest: &[String],
 ) -> Result<(), u8> {
     let shown = shown(program, args);
+    let hint = if why.is_empty() {
+        done.to_owned()
+    } else {
+        format!("{done}; {why}")
+    };
+    let mut code = exit::FAILURE;
     match ran {
         Ran::Success => return Ok(()),
-        Ran::Failed(s, _) => eprintln!(
-            "claude-tokend: `{shown}` failed ({s}); {hint}. Run it by hand to see why, then go on from there."
-        ),
-        Ran::NotRun(e) => eprintln!(
-            "claude-tokend: cannot run `{program}`: {e} (is it installed and on PATH?); {hint}. \
+        Ran::Failed(s, _) => interrupt::tell(format_args!(
+            "`{shown}` failed ({s}); {hint}. Run it by hand to see why, then go on from there."
+        )),
+        Ran::NotRun(e) => interrupt::tell(format_args!(
+            "cannot run `{program}`: {e} (is it installed and on PATH?); {hint}. \
              The step was: {shown}"
-        ),
-        Ran::TimedOut(limit) => eprintln!(
-            "claude-tokend: `{shown}` did not finish within {} and was stopped; {hint}.",
+        )),
+        Ran::TimedOut(limit) => interrupt::tell(format_args!(
+            "`{shown}` did not finish within {} and was stopped; {hint}.",
             spoken(limit)
-        ),
+        )),
+        Ran::Interrupted(signal) => {
+            interrupt::tell(format_args!("{}", interrupted(signal, &shown, done)));
+            code = interrupt::exit_code(signal);
+        }
     }
     by_hand(std::iter::once(shown).chain(rest.iter().cloned()));
-    Err(exit::FAILURE)
+    Err(code)
+}
+
+/// What to say when `signal` stopped the call `shown`; `done`: what is done already.
+pub(super) fn interrupted(signal: c_int, shown: &str, done: &str) -> String {
+    format!(
+        "{}: stopped `{shown}` (killed, with whatever it started; what it asked of the service \
+         manager may be done or not); {done}.",
+        interrupt::name(signal)
+    )
 }
 
 /// Prints the commands that finish the job, one a line, ready to paste.
@@ -202,6 +256,60 @@ pub(super) fn by_hand(commands: impl IntoIterator<Item = String>) {
         text.push('\n');
     }
     let _ = io::stderr().write_all(text.as_bytes());
+}
+
+/// The signal that came while a call ran, set by [`on_signal`].
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: c_int) {
+    // An atomic store: async-signal-safe.
+    CAUGHT.store(signal, Ordering::SeqCst);
+}
+
+/// SIGINT, SIGTERM and SIGHUP caught (not acted on by default: the command would die and leave
+/// the call's process group running) from its making until it is dropped, which puts the
+/// actions back as they were. A signal ignored when the command started (`nohup`) stays
+/// ignored.
+struct Catch {
+    old: Vec<(c_int, libc::sigaction)>,
+}
+
+impl Catch {
+    fn install() -> Catch {
+        CAUGHT.store(0, Ordering::SeqCst);
+        let mut old = Vec::new();
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            if interrupt::ignored(signal) {
+                continue;
+            }
+            // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic;
+            // SA_RESTART keeps other system calls from failing with EINTR because of it.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut previous) == 0 {
+                    old.push((signal, previous));
+                }
+            }
+        }
+        Catch { old }
+    }
+
+    fn caught(&self) -> Option<c_int> {
+        Some(CAUGHT.load(Ordering::SeqCst)).filter(|&s| s != 0)
+    }
+}
+
+impl Drop for Catch {
+    fn drop(&mut self) {
+        for (signal, previous) in &self.old {
+            // SAFETY: puts back the action sigaction(2) reported for this signal.
+            unsafe { libc::sigaction(*signal, previous, std::ptr::null_mut()) };
+        }
+    }
 }
 
 #[cfg(test)]

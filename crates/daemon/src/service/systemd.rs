@@ -5,19 +5,18 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use super::files::{Existing, describe_file, present, refuse_edited, remove_file, state_of};
+use super::files::{Existing, describe_file, refuse_edited, remove_found, remove_saying, state_of};
+use super::found::{Found, Kind, Role};
 use super::home::{Home, UNIT};
 use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
 use crate::cli::InstallArgs;
-use crate::exit;
+use crate::{exit, interrupt};
 
 /// After the files are written: `in_place` is the unit (or the drop-in on a package's unit).
 pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool) -> Result<(), u8> {
-    let hint = format!(
-        "{} is in place; `systemctl --user` needs your user's systemd manager \
-         (over ssh or in a container it may not be running: `loginctl enable-linger $USER`, then log in again)",
-        in_place.display()
-    );
+    let done = format!("{} is in place", in_place.display());
+    let why = "`systemctl --user` needs your user's systemd manager (over ssh or in a container \
+               it may not be running: `loginctl enable-linger $USER`, then log in again)";
     if args.now {
         let mut steps = vec![
             user_args(&["daemon-reload"]),
@@ -27,7 +26,7 @@ pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool)
             // `enable --now` leaves a running service alone; it must restart to run the new files.
             steps.push(user_args(&["try-restart", UNIT]));
         }
-        run_steps("systemctl", &steps, &hint)?;
+        run_steps("systemctl", &steps, &done, why)?;
         println!("claude-tokend is enabled and started; it starts again at every login.");
     } else {
         println!("To start it now and at every login:");
@@ -50,9 +49,26 @@ pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool)
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let unit_path = home.unit_path();
     // Ours, all of them: the unit, the drop-in on a package's unit, the sandbox drop-in.
-    let ours = [unit_path.clone(), home.install_path(), home.sandbox_path()];
-    if !ours.iter().any(|p| present(p)) {
+    let all = [
+        Found::at(&unit_path, Role::Unit)?,
+        Found::at(&home.install_path(), Role::DropIn)?,
+        Found::at(&home.sandbox_path(), Role::DropIn)?,
+    ];
+    // A mask is the user's (`systemctl --user mask`), and taking it away could let a package's
+    // unit start: kept, always.
+    let masks: Vec<&Found> = all.iter().filter(|f| f.kind == Kind::Masked).collect();
+    let ours: Vec<&Found> = all
+        .iter()
+        .filter(|f| f.present() && f.kind != Kind::Masked)
+        .collect();
+    let keep_masks = || {
+        for m in &masks {
+            println!("Kept: {}: masked; {}", m.named(), unmask_hint(m));
+        }
+    };
+    if ours.is_empty() {
         println!("Nothing to remove: {} does not exist.", unit_path.display());
+        keep_masks();
         let packaged = home.packaged_unit();
         if packaged.is_file() {
             println!(
@@ -64,33 +80,27 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     }
     // A hand edit is no more ours to remove than to replace: refused before anything is
     // stopped, so a refusal leaves the service as it was.
-    let mut edited = Vec::new();
-    for path in &ours {
-        if state_of(path)? == Existing::Edited {
-            edited.push(path.as_path());
-        }
-    }
-    if !edited.is_empty() && !force {
-        return Err(refuse_edited(&[], &edited, true));
-    }
+    refuse_removing(&ours, force, true)?;
     let mut reached = true;
     // The unit is ours, or the package's with our settings on it: either way `install` enabled
     // it (or said to), so uninstalling stops and disables it.
-    if present(&unit_path) || present(&home.install_path()) {
+    if ours
+        .iter()
+        .any(|f| f.path == unit_path || f.path == home.install_path())
+    {
         let args = user_args(&["disable", "--now", UNIT]);
         let ran = step::run("systemctl", &args);
-        if matches!(ran, Ran::TimedOut(_)) {
+        if matches!(ran, Ran::TimedOut(_) | Ran::Interrupted(_)) {
             // Whether it was stopped is unknown: nothing is removed, and the rest is spelled out.
             let there: Vec<String> = ours
                 .iter()
-                .filter(|p| present(p))
-                .map(|p| shell_quote(&p.to_string_lossy()))
+                .map(|f| shell_quote(&f.path.to_string_lossy()))
                 .collect();
             let rest = [
                 format!("rm -f {}", there.join(" ")),
                 "systemctl --user daemon-reload".to_owned(),
             ];
-            return step_result("systemctl", &args, ran, "nothing was removed", &rest);
+            return step_result("systemctl", &args, ran, "nothing was removed", "", &rest);
         }
         if let Some(why) = unreachable(&ran) {
             // Nobody can be asked to stop it, here; the files are still ours to take back, and
@@ -107,12 +117,13 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
                 "claude-tokend service uninstall{}",
                 if force { " --force" } else { "" }
             )];
-            step_result("systemctl", &args, ran, "nothing was removed", &rest)?;
+            step_result("systemctl", &args, ran, "nothing was removed", "", &rest)?;
         }
     }
-    for path in &ours {
-        remove_file(path)?;
+    for f in &ours {
+        remove_found(f)?;
     }
+    keep_masks();
     // Only our own drop-ins are ours to remove; `systemctl --user edit` ones are the user's.
     let dropins = home.dropin_dir();
     if std::fs::remove_dir(&dropins).is_err() && dropins.exists() {
@@ -135,13 +146,65 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     Ok(())
 }
 
+/// What lifts the mask `m`.
+fn unmask_hint(m: &Found) -> String {
+    match m.role {
+        Role::Unit => "`systemctl --user unmask claude-tokend` removes it".to_owned(),
+        _ => format!("`rm {}` removes it", shell_quote(&m.path.to_string_lossy())),
+    }
+}
+
+/// Refuses (exit 1) to remove what `uninstall` may not: a directory ever; without `force`, a
+/// hand edit, or anything else that is not our own file (a broken link, a link to something
+/// that is no file: `--force` removes the link, never what it points at).
+pub(super) fn refuse_removing(files: &[&Found], force: bool, systemd: bool) -> Result<(), u8> {
+    let mut edited = Vec::new();
+    let mut odd = Vec::new();
+    for f in files {
+        match (&f.kind, f.is_link()) {
+            (Kind::Directory, false) => {
+                eprintln!(
+                    "claude-tokend: {} is a directory, not a file `service install` wrote: not \
+                     removing it, --force or not; move it away yourself. Nothing was removed.",
+                    f.named()
+                );
+                return Err(exit::FAILURE);
+            }
+            (Kind::File, _) if state_of(f)? == Existing::Edited => edited.push(*f),
+            (Kind::File, _) => {}
+            _ => odd.push(*f),
+        }
+    }
+    if force || (edited.is_empty() && odd.is_empty()) {
+        return Ok(());
+    }
+    for f in &odd {
+        eprintln!(
+            "claude-tokend: {} is {}, not a file `service install` wrote: not removing it; \
+             rerun with --force to remove it (a link is removed, never what it points at).",
+            f.path.display(),
+            f.describe_odd().unwrap_or_default()
+        );
+    }
+    if edited.is_empty() {
+        return Err(exit::FAILURE);
+    }
+    Err(refuse_edited(&[], &edited, systemd))
+}
+
 /// Removes the link `systemctl --user enable` made to the user's unit, once that unit is gone
 /// (it would dangle, and stand in the way of enabling a package's unit of the same name). Only
 /// a link to the user's own unit is taken.
 pub(super) fn forget_enable_link(home: &Home) -> Result<(), u8> {
     let link = home.unit_dir().join("default.target.wants").join(UNIT);
     if std::fs::read_link(&link).is_ok_and(|target| target == home.unit_path()) {
-        remove_file(&link)?;
+        remove_saying(
+            &link,
+            &format!(
+                "Removed: {} (the link `systemctl --user enable` made to the unit removed above)",
+                link.display()
+            ),
+        )?;
     }
     Ok(())
 }
@@ -149,7 +212,7 @@ pub(super) fn forget_enable_link(home: &Home) -> Result<(), u8> {
 pub(super) fn status(home: &Home) -> Result<(), u8> {
     let unit_path = home.unit_path();
     let packaged = home.packaged_unit();
-    match describe_file(&unit_path)? {
+    match describe_file(&unit_path, Role::Unit)? {
         Some(state) => println!("Unit file: {} ({state})", unit_path.display()),
         None if packaged.is_file() => {
             println!("Unit file: {} (installed by a package)", packaged.display());
@@ -160,15 +223,22 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
             return Err(exit::FAILURE);
         }
     }
-    if let Some(state) = describe_file(&home.install_path())? {
+    if let Some(state) = describe_file(&home.install_path(), Role::DropIn)? {
         println!("Settings:  {} ({state})", home.install_path().display());
     }
-    if let Some(state) = describe_file(&home.sandbox_path())? {
+    if let Some(state) = describe_file(&home.sandbox_path(), Role::DropIn)? {
         println!("Sandbox:   {} ({state})", home.sandbox_path().display());
     }
     let args = user_args(&["status", "--no-pager", UNIT]);
     let ran = step::run("systemctl", &args);
-    let result = if let Some(why) = unreachable(&ran) {
+    let result = if let Ran::Interrupted(signal) = ran {
+        let shown = step::shown("systemctl", &args);
+        interrupt::tell(format_args!(
+            "{}",
+            step::interrupted(signal, &shown, "nothing was changed")
+        ));
+        Err(interrupt::exit_code(signal))
+    } else if let Some(why) = unreachable(&ran) {
         eprintln!(
             "claude-tokend: could not ask systemd whether the service is running: {why}. \
              `systemctl --user` talks to your user's service manager, which runs while you are \
@@ -188,7 +258,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
                 Err(exit::FAILURE)
             }
             // unreachable() has answered for them already.
-            Ran::NotRun(_) | Ran::TimedOut(_) => Err(super::UNREACHABLE),
+            Ran::NotRun(_) | Ran::TimedOut(_) | Ran::Interrupted(_) => Err(super::UNREACHABLE),
         }
     };
     println!("Logs:      journalctl --user -u claude-tokend -f");
@@ -200,7 +270,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
 /// the manager's state is unknown, which is not the same as "not running".
 fn unreachable(ran: &Ran) -> Option<String> {
     match ran {
-        Ran::Success => None,
+        Ran::Success | Ran::Interrupted(_) => None,
         Ran::NotRun(e) => Some(format!("cannot run systemctl: {e}")),
         Ran::TimedOut(limit) => Some(format!(
             "systemctl did not finish within {} (stopped)",
@@ -222,6 +292,6 @@ fn user_args<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
     full
 }
 
-fn systemctl(args: &[&str], hint: &str) -> Result<(), u8> {
-    run_steps("systemctl", &[user_args(args)], hint)
+fn systemctl(args: &[&str], done: &str) -> Result<(), u8> {
+    run_steps("systemctl", &[user_args(args)], done, "")
 }

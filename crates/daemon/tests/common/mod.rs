@@ -151,10 +151,40 @@ impl Env {
         self.finish(cmd, args)
     }
 
+    /// Runs the binary as user `uid` (and group `uid`): for a test that needs permissions to
+    /// hold, run by root. The test's tree must be that user's (see [`chown_tree`]).
+    pub fn run_as_uid(&self, uid: u32, args: &[&str]) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.uid(uid).gid(uid);
+        self.finish(cmd, args)
+    }
+
     /// Runs `cmd args` in this environment, in a process group of its own, for at most
     /// [`RUN_LIMIT`]: past it the whole group is killed and the test fails (a hang is a
     /// failure here, not a test that never ends).
-    fn finish(&self, mut cmd: Command, args: &[&str]) -> Run {
+    fn finish(&self, cmd: Command, args: &[&str]) -> Run {
+        self.start(cmd, args).finish()
+    }
+
+    /// Starts the binary with `args` in this environment (see [`Env::run`]) without waiting:
+    /// for a test that signals it while it runs.
+    /// SIGINT, SIGTERM and SIGHUP take their default action in it, as in a command run from a
+    /// terminal, even where the tests run with them ignored (a background job, `nohup`).
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut cmd = Command::new(BIN);
+        // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook must be.
+        unsafe {
+            cmd.pre_exec(|| {
+                for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
+        self.start(cmd, args)
+    }
+
+    fn start(&self, mut cmd: Command, args: &[&str]) -> Running {
         let started = Instant::now();
         let child = cmd
             .args(args)
@@ -167,25 +197,16 @@ impl Env {
             .process_group(0)
             .spawn()
             .expect("run claude-tokend");
-        let group = child.id() as i32;
+        let pid = child.id();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        match rx.recv_timeout(RUN_LIMIT) {
-            Ok(out) => {
-                let mut run = Run::from(out.expect("wait for claude-tokend"));
-                run.took = started.elapsed();
-                run
-            }
-            Err(_) => {
-                // SAFETY: kill(2) on the group made for this run.
-                unsafe { libc::kill(-group, libc::SIGKILL) };
-                panic!(
-                    "claude-tokend {args:?} did not finish within {}s (killed)",
-                    RUN_LIMIT.as_secs()
-                );
-            }
+        Running {
+            pid,
+            started,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            done: rx,
         }
     }
 
@@ -226,6 +247,62 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The binary running, started by [`Env::spawn`].
+pub struct Running {
+    pub pid: u32,
+    started: Instant,
+    args: Vec<String>,
+    done: std::sync::mpsc::Receiver<std::io::Result<Output>>,
+}
+
+impl Running {
+    /// Sends `signal` to the process (not its group: as a terminal's Ctrl-C reaches it while
+    /// the calls it makes run in groups of their own).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the process this test started, which it has not reaped yet.
+        unsafe { libc::kill(self.pid as i32, signal) };
+    }
+
+    /// Waits for it to end, for at most [`RUN_LIMIT`] from its start: past it its whole group
+    /// is killed and the test fails.
+    pub fn finish(self) -> Run {
+        let left = RUN_LIMIT.saturating_sub(self.started.elapsed());
+        match self.done.recv_timeout(left) {
+            Ok(out) => {
+                let mut run = Run::from(out.expect("wait for claude-tokend"));
+                run.took = self.started.elapsed();
+                run
+            }
+            Err(_) => {
+                // SAFETY: kill(2) on the group made for this run.
+                unsafe { libc::kill(-(self.pid as i32), libc::SIGKILL) };
+                panic!(
+                    "claude-tokend {:?} did not finish within {}s (killed)",
+                    self.args,
+                    RUN_LIMIT.as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// Gives `root` and everything below it to user and group `uid` (links themselves, not what
+/// they point at).
+pub fn chown_tree(root: &Path, uid: u32) {
+    std::os::unix::fs::lchown(root, Some(uid), Some(uid)).unwrap();
+    if std::fs::symlink_metadata(root).unwrap().is_dir() {
+        for entry in std::fs::read_dir(root).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
+/// The effective uid of the tests (root, or a normal user).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 pub struct Run {
