@@ -406,3 +406,41 @@ fn status_shows_a_short_grant_due_at_half_its_lifetime() {
         format!("due {} s before expiry, want 300", (expires - due) / 1000),
     );
 }
+
+/// Text from the file or a server reaches the terminal escaped: the plan, the rate-limit tier,
+/// the scopes and Claude Code's email may carry an escape sequence or a bidirectional override,
+/// and `status` shows them as `\u{1b}`, never as bytes the terminal obeys.
+#[test]
+fn status_escapes_control_characters_and_bidi_overrides_from_the_file() {
+    let login = Login::fresh();
+    let home = TempHome::new();
+    let mut doc = login.doc();
+    let o = doc["claudeAiOauth"].as_object_mut().unwrap();
+    o.insert("subscriptionType".into(), "max\u{1b}[2J".into());
+    o.insert("rateLimitTier".into(), "tier\u{202e}gnp.exe".into());
+    o.insert(
+        "scopes".into(),
+        serde_json::json!(["user:inference", "x\u{1b}]0;pwned\u{7}"]),
+    );
+    home.write_creds(&doc);
+    write_creds_at(
+        &home.path().join(".claude.json"),
+        &claude_json("ada\u{202e}@example.test"),
+    );
+    let out = Cmd::new(&home).arg("status").run();
+    out.expect_code(0);
+    for raw in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        out.check(
+            !out.stdout.contains(raw),
+            format!("stdout carries {raw:?} raw"),
+        );
+    }
+    for shown in [
+        r"max\u{1b}[2J",
+        r"tier\u{202e}gnp.exe",
+        r"x\u{1b}]0;pwned\u{7}",
+        r"ada\u{202e}@example.test",
+    ] {
+        out.check(out.stdout.contains(shown), format!("stdout shows {shown}"));
+    }
+}

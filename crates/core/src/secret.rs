@@ -2,6 +2,10 @@
 //! recognisable form (`sk-ant-oat01-…x7Qa`), so a token cannot reach a log line, an error message
 //! or a panic message by accident. The whole value is reachable only through [`Secret::expose`],
 //! which the store (to write the file) and the token client (to send it) call, and nothing else.
+//!
+//! It also owns [`printable`], the one rule for putting text from a server or a file on a
+//! terminal: a masked token goes through it, and so does every other such text the commands
+//! print (an email, a plan, scopes, an error a server wrote).
 
 use std::fmt;
 
@@ -58,13 +62,15 @@ pub fn mask(token: &str) -> String {
     format!("{}…{}", printable(prefix), printable(&tail))
 }
 
-/// The text with control characters (an escape sequence a server planted in a token would
-/// otherwise reach the terminal) and the bidirectional overrides that reorder what a terminal
-/// shows written as escapes: `\u{1b}`, `\n`.
-fn printable(text: &str) -> String {
+/// The text with control characters (an escape sequence a server planted in a token, a plan
+/// or an email would otherwise reach the terminal and drive it) and the bidirectional marks
+/// and overrides that reorder what a terminal shows written as escapes: `\u{1b}`, `\n`,
+/// `\u{202e}`. For text from a server or a file, printed as text (JSON output is escaped by
+/// its serializer instead).
+pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            let reorders = matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
             if c.is_control() || reorders {
                 c.escape_default().to_string()
             } else {
@@ -128,6 +134,24 @@ mod tests {
         ];
         for (token, want) in cases {
             assert_eq!(mask(token), want, "mask({token:?})");
+        }
+    }
+
+    #[test]
+    fn printable_escapes_what_drives_a_terminal_and_keeps_the_rest() {
+        let cases = [
+            ("ada@example.test", "ada@example.test"),
+            ("tökën ✓", "tökën ✓"),
+            ("a\u{1b}[2Jb", "a\\u{1b}[2Jb"),
+            ("line\nnext\ttab\u{7f}", "line\\nnext\\ttab\\u{7f}"),
+            (
+                "x\u{202e}y\u{2066}z\u{61c}",
+                "x\\u{202e}y\\u{2066}z\\u{61c}",
+            ),
+            ("\u{200f}\u{9b}", "\\u{200f}\\u{9b}"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(printable(text), want, "{text:?}");
         }
     }
 

@@ -10,6 +10,7 @@ use tokend_core::credentials::OAuthView;
 use tokend_core::mirror::Mirror;
 use tokend_core::refresh::RefreshError;
 use tokend_core::schedule::epoch_millis;
+use tokend_core::secret::printable;
 use tokend_core::store::{self, FILE_MODE, Kind, Place, Store, StoreError};
 
 use crate::cli::Settings;
@@ -167,8 +168,10 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
         "fileModeOk": mode_ok,
     }));
     {
+        // Every value is escaped: most come from the file or a server (scopes, the plan, an
+        // email, a path), and none may drive the terminal.
         let mut row = |k: &str, v: String| {
-            let _ = writeln!(out, "{k:<15}{v}");
+            let _ = writeln!(out, "{k:<15}{}", printable(&v));
         };
         row("Store:", store.kind().name().to_owned());
         match &place {
