@@ -29,8 +29,10 @@ mod exchange;
 mod flows;
 mod logout;
 mod loopback;
+mod output;
 mod paste;
 mod refused;
+mod steps;
 
 /// A `login` process with piped stdin and stdout, so the test can read the URL and answer.
 pub(crate) struct LoginRun {
@@ -50,6 +52,17 @@ pub(crate) fn start_login_with(
     args: &[&str],
     vars: &[(&str, &std::path::Path)],
 ) -> LoginRun {
+    start_login_as(home, server, args, vars, |_| {})
+}
+
+/// [`start_login_with`], its command adjusted by `adjust` last (its output, its limits).
+pub(crate) fn start_login_as(
+    home: &TempHome,
+    server: &TokenServer,
+    args: &[&str],
+    vars: &[(&str, &std::path::Path)],
+    adjust: impl FnOnce(&mut Command),
+) -> LoginRun {
     let mut cmd = Command::new(bin());
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -63,6 +76,7 @@ pub(crate) fn start_login_with(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    adjust(&mut cmd);
     let mut child = cmd.spawn().expect("start claude-tokend login");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     LoginRun { child, stdout }

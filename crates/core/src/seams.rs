@@ -79,6 +79,15 @@ mod active {
             .map_or(limit, Duration::from_millis)
     }
 
+    /// `CLAUDE_TOKEND_TEST_LOOPBACK_WAIT_MS=N`: `login --loopback` waits N ms for the browser
+    /// instead of `limit` (5 minutes is too long for a test of what it says then).
+    pub fn loopback_wait(limit: Duration) -> Duration {
+        std::env::var("CLAUDE_TOKEND_TEST_LOOPBACK_WAIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(limit, Duration::from_millis)
+    }
+
     /// `CLAUDE_TOKEND_TEST_PACKAGED_UNIT_DIR=DIR`: `service` looks for a package's systemd user
     /// unit in DIR instead of `/usr/lib/systemd/user`, which a test cannot write.
     pub fn packaged_unit_dir() -> Option<std::path::PathBuf> {
@@ -130,6 +139,10 @@ mod inert {
     }
     #[inline(always)]
     pub fn service_call_limit(limit: std::time::Duration) -> std::time::Duration {
+        limit
+    }
+    #[inline(always)]
+    pub fn loopback_wait(limit: std::time::Duration) -> std::time::Duration {
         limit
     }
     #[inline(always)]

@@ -118,9 +118,14 @@ impl Session {
     }
 
     /// Runs `run` to its end, unless a signal ends it first: while `control` says nothing is
-    /// at stake, the run is dropped at once; otherwise the user is told that the `what` in
-    /// flight is awaited, `control` is asked to stop, and the run is finished.
-    pub fn run<F: Future>(&mut self, control: &RunControl, what: &str, run: F) -> Ran<F::Output> {
+    /// at stake, the run is dropped at once; otherwise the user is told what is awaited (`what`,
+    /// asked when the signal comes), `control` is asked to stop, and the run is finished.
+    pub fn run<F: Future>(
+        &mut self,
+        control: &RunControl,
+        what: impl InFlight,
+        run: F,
+    ) -> Ran<F::Output> {
         let (rt, signals) = self.parts();
         rt.block_on(async move {
             let mut run = pin!(run);
@@ -135,21 +140,13 @@ impl Session {
                 ));
                 return Ran::Stopped { signal };
             }
-            tell(format_args!(
-                "{}: waiting for the {what} in flight, then stopping",
-                name(signal)
-            ));
+            tell(format_args!("{}: {}", name(signal), what.awaited()));
             control.stop();
             loop {
                 tokio::select! {
                     out = &mut run => return Ran::Finished { signal, result: out },
                     again = next(signals) => if again == libc::SIGINT {
-                        tell(format_args!(
-                            "SIGINT again: stopped without the answer to the {what} in \
-                             flight, so nothing was saved and the login may be lost (the server \
-                             may have spent it): if Claude Code then reports that you are \
-                             logged out, run `claude-tokend login`"
-                        ));
+                        tell(format_args!("SIGINT again: {}", what.abandoned()));
                         return Ran::Abandoned { signal: again };
                     },
                 }
@@ -166,6 +163,31 @@ impl Session {
             tokio::task::yield_now().await;
             poll_fn(|cx| Poll::Ready(ready(signals, cx))).await
         })
+    }
+}
+
+/// What a run under a [`Session`] has at stake, named when a signal comes. A `&str` names a
+/// request in flight (`"refresh"`); a caller whose run has steps (`login`) names the step it is
+/// in when the signal comes.
+pub trait InFlight {
+    /// What the command does before it stops: "waiting for the refresh in flight, then
+    /// stopping".
+    fn awaited(&self) -> String;
+    /// What a second SIGINT leaves behind, said when it abandons the wait.
+    fn abandoned(&self) -> String;
+}
+
+impl InFlight for &str {
+    fn awaited(&self) -> String {
+        format!("waiting for the {self} in flight, then stopping")
+    }
+
+    fn abandoned(&self) -> String {
+        format!(
+            "stopped without the answer to the {self} in flight, so nothing was saved and the \
+             login may be lost (the server may have spent it): if Claude Code then reports that \
+             you are logged out, run `claude-tokend login`"
+        )
     }
 }
 

@@ -74,3 +74,38 @@ fn a_login_with_the_default_client_stores_no_client_id() {
         "no clientId for the default client, as Claude Code writes none",
     );
 }
+
+/// A refresh whose client the server refuses is a setting to fix, not a login to redo (exit 1,
+/// CONTRACT.md "Commands and exit codes"), in Anthropic's nested error shape as in the flat one;
+/// an `invalid_grant`, in either shape, still means a new login is needed (77).
+#[test]
+fn a_refresh_refused_for_its_client_exits_1_in_either_error_shape() {
+    let cases = [
+        (json!({"error": "invalid_client"}), 1),
+        (
+            json!({"type": "error", "error": {"type": "invalid_client", "message": "Client not found"}}),
+            1,
+        ),
+        (
+            json!({"type": "error", "error": {"type": "invalid_grant", "message": "Refresh token not found or invalid"}}),
+            77,
+        ),
+    ];
+    for (body, want) in cases {
+        let home = TempHome::new();
+        let login = Login::due();
+        home.write_creds(&login.doc());
+        let server = TokenServer::for_login(&login);
+        server.push(Reply::json(400, &body));
+        let out = Cmd::new(&home).server(&server).arg("refresh").run();
+        out.check_eq(format!("{body}: exit code"), out.code, want);
+        if want == 1 {
+            out.expect_stderr_contains("invalid_client")
+                .expect_stderr_contains(&format!("`{CLIENT_ID}`"))
+                .check(
+                    !out.stderr.contains("new login is needed"),
+                    "a new login is not asked for",
+                );
+        }
+    }
+}

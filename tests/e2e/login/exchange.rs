@@ -97,27 +97,35 @@ fn login_answered(reply: Reply, args: &[&str], vars: &[(&str, &str)]) -> (TempHo
 fn a_failed_exchange_exits_77_only_when_a_new_login_can_help() {
     let moved = "https://auth.example.test/v2/oauth/token";
     let cases = [
-        // The code expired, was used, or belongs to another attempt: a new login helps.
+        // The code expired, was used, or belongs to another attempt: a new login helps. The
+        // real server says so with `invalid_grant`, flat (RFC 6749) or in Anthropic's nested
+        // error shape.
         (
             Reply::json(
                 400,
-                &json!({"error": "invalid_grant", "error_description": "Invalid authorization code"}),
+                &json!({"error": "invalid_grant", "error_description": "Invalid 'code' in request."}),
             ),
             77,
         ),
-        (Reply::json(400, &json!({"error": "invalid_request"})), 77),
         (
             Reply::json(
-                403,
-                &json!({"type": "error", "error": {"type": "permission_error"}}),
+                400,
+                &json!({"type": "error", "error": {"type": "invalid_grant", "message": "Invalid 'code' in request."}}),
             ),
             77,
         ),
         // Not the code: the endpoint moved. Only a setting can fix it.
         (Reply::raw(307, "").header("Location", moved), 1),
         (Reply::raw(308, ""), 1),
-        // Not the code: the client. Only a setting can fix it.
+        // Not the code: the client, flat or nested. Only a setting can fix it.
         (Reply::json(400, &json!({"error": "invalid_client"})), 1),
+        (
+            Reply::json(
+                400,
+                &json!({"type": "error", "error": {"type": "invalid_client", "message": "Client not found"}}),
+            ),
+            1,
+        ),
         (
             Reply::json(
                 401,
@@ -129,6 +137,17 @@ fn a_failed_exchange_exits_77_only_when_a_new_login_can_help() {
             Reply::json(400, &json!({"error": "unauthorized_client"})),
             1,
         ),
+        // Not the code either: a new login fails the same way (the next test says what each
+        // message asks to check).
+        (Reply::json(400, &json!({"error": "invalid_request"})), 1),
+        (
+            Reply::json(
+                403,
+                &json!({"type": "error", "error": {"type": "permission_error"}}),
+            ),
+            1,
+        ),
+        (Reply::raw(400, ""), 1),
         // The server failed after the code was sent: temporary, and the code may be spent.
         (Reply::error(503), 75),
         (Reply::json(200, &json!({"token_type": "Bearer"})), 75),
@@ -156,6 +175,87 @@ fn a_failed_exchange_exits_77_only_when_a_new_login_can_help() {
     out.expect_code(1)
         .expect_stderr_contains(moved)
         .expect_stderr_contains("--token-url");
+}
+
+/// A refusal a new code cannot fix exits 1 and says what the server said and what to check;
+/// only `invalid_grant` asks for a new login (CONTRACT.md: 77 only when a new login can help).
+#[test]
+fn a_refusal_that_is_not_about_the_code_says_what_to_check() {
+    let proxy_page = "<!DOCTYPE html><html><head><title>Access Denied</title></head>\
+                      <body>Blocked by policy</body></html>";
+    let cases: Vec<(&str, Reply, &[&str], &[&str])> = vec![
+        (
+            "a wrong token URL (404)",
+            Reply::json(404, &json!({"error": "not_found"})),
+            &[],
+            &["HTTP 404", "CLAUDE_TOKEND_TOKEN_URL"],
+        ),
+        (
+            "a wrong token URL (405)",
+            Reply::raw(405, ""),
+            &[],
+            &["HTTP 405", "CLAUDE_TOKEND_TOKEN_URL"],
+        ),
+        (
+            "a proxy's page (403)",
+            Reply::raw(403, proxy_page).header("Content-Type", "text/html"),
+            &[],
+            &["HTTP 403", "HTML page", "proxy"],
+        ),
+        (
+            "an authentication error (401)",
+            Reply::json(
+                401,
+                &json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+            ),
+            &[],
+            &[
+                "authentication_error",
+                "token endpoint",
+                "CLAUDE_TOKEND_TOKEN_URL",
+            ],
+        ),
+        (
+            "a refused redirect URI",
+            Reply::json(
+                400,
+                &json!({"error": "invalid_request", "error_description": "Invalid redirect_uri"}),
+            ),
+            &[
+                "--redirect-uri",
+                "https://platform.claude.com/oauth/code/callback",
+            ],
+            &["Invalid redirect_uri", "--redirect-uri"],
+        ),
+        (
+            "an unsupported grant type",
+            Reply::json(400, &json!({"error": "unsupported_grant_type"})),
+            &[],
+            &["unsupported_grant_type", "CLAUDE_TOKEND_TOKEN_URL"],
+        ),
+        (
+            "a bare 400",
+            Reply::raw(400, ""),
+            &[],
+            &["HTTP 400", "did not say why", "CLAUDE_TOKEND_TOKEN_URL"],
+        ),
+    ];
+    for (what, reply, args, words) in cases {
+        // The harness sets the token URL by its variable: the message names the setting the
+        // way the user gave it (the redirect URI here by its flag).
+        let (_, out) = login_answered(reply, args, &[]);
+        out.check_eq(format!("{what}: exit code"), out.code, 1)
+            .check(
+                !out.stderr.contains("work once"),
+                format!("{what}: the code is not blamed"),
+            );
+        for word in words {
+            out.check(
+                out.stderr.contains(word),
+                format!("{what}: stderr names {word:?}"),
+            );
+        }
+    }
 }
 
 /// How a client id was set for a login: its `login` arguments and environment, the id, and the
@@ -210,4 +310,34 @@ fn invalid_client_names_the_client_id_and_where_it_came_from() {
             out.check(!out.stderr.contains("default"), "not blamed on the default");
         }
     }
+}
+
+/// A redirect's `Location` is named so `--token-url` can be pointed at it: a relative one is
+/// resolved against the token URL (the program refuses a relative `--token-url`), and one with
+/// raw UTF-8 in it is named too, not taken for no `Location` at all.
+#[test]
+fn a_relative_or_non_ascii_location_is_named_as_a_url() {
+    let (_, out) = login_answered(
+        Reply::raw(307, "").header("Location", "/v1/oauth/token2"),
+        &[],
+        &[],
+    );
+    out.expect_code(1)
+        .check(
+            out.stderr.contains("--token-url http://127.0.0.1:")
+                && out.stderr.contains("/v1/oauth/token2"),
+            "the relative Location is offered as a whole URL",
+        )
+        .check(
+            !out.stderr.contains("--token-url /v1"),
+            "no relative URL is offered",
+        );
+    let (_, out) = login_answered(
+        Reply::raw(308, "").header("Location", "https://auth.example.test/tökën"),
+        &[],
+        &[],
+    );
+    out.expect_code(1)
+        .expect_stderr_contains("--token-url https://auth.example.test/t%C3%B6k%C3%ABn")
+        .check(!out.stderr.contains("no Location"), "the Location was read");
 }

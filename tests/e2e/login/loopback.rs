@@ -1,12 +1,15 @@
 //! `login --loopback`: the browser comes back to `http://localhost:PORT/callback`, which the
 //! program serves on both 127.0.0.1 and [::1] (RFC 8252 §8.3: `localhost` may resolve to either,
 //! and another local user must not be able to take the other one), one connection beside the
-//! other, so idle connections cannot hold the callback back.
+//! other, so idle connections cannot hold the callback back. A flood of local connections cannot
+//! push out a callback that is slow to send (`flood`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use super::*;
+
+mod flood;
 
 /// A `login --loopback` waiting for its callback, with the server told which code to accept.
 struct Waiting {
@@ -18,7 +21,17 @@ struct Waiting {
 }
 
 fn start_loopback(home: &TempHome, server: &TokenServer) -> Waiting {
-    let mut run = start_login(home, server, &["--loopback"]);
+    start_loopback_as(home, server, &[], |_| {})
+}
+
+/// [`start_loopback`] with more variables, its command adjusted by `adjust`.
+fn start_loopback_as(
+    home: &TempHome,
+    server: &TokenServer,
+    vars: &[(&str, &std::path::Path)],
+    adjust: impl FnOnce(&mut Command),
+) -> Waiting {
+    let mut run = start_login_as(home, server, &["--loopback"], vars, adjust);
     let (url, q) = run.url();
     let redirect = q["redirect_uri"].clone();
     // The contract: the redirect URI names a loopback host; `localhost`, as Claude Code's.
@@ -92,6 +105,11 @@ fn loopback_login_receives_the_code_on_the_callback() {
         panic!("{reply}");
     }
     assert!(reply.contains("close this window"), "{reply}");
+    // The exchange is still to come: the page does not say the sign-in is done.
+    assert!(
+        reply.contains("terminal") && !reply.contains("Signed in"),
+        "{reply}"
+    );
     let out = w.run.finish();
     out.expect_code(0);
     out.check_eq("one exchange", server.count(), 1);

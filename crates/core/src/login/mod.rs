@@ -6,16 +6,19 @@
 //! terminal or browser I/O: the binary does.
 //!
 //! This module holds the scopes a login asks for; `pkce` the PKCE pair and the authorize URL,
-//! `paste` the reading of the paste, `save` the store check, the save and `logout`.
+//! `paste` the reading of the paste, `save` the store check, the save and `logout`, `error`
+//! why a login failed and what to do about it.
 
+mod error;
 mod paste;
 mod pkce;
 mod save;
 
+pub use error::LoginError;
 pub use paste::{PasteError, Pasted, check_state, parse_paste};
 pub use pkce::{Pkce, authorize_url, challenge_for};
 pub use save::{
-    LoggedOut, LoginError, LoginRequest, ProfileLookup, Saved, check_store, has_login, logout,
+    LoggedOut, LoginRequest, LoginStep, ProfileLookup, Saved, check_store, has_login, logout,
     save_login,
 };
 

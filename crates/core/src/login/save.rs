@@ -2,16 +2,14 @@
 //! check before the browser step ([`check_store`]), the code exchange with its profile lookup
 //! and lossless save ([`save_login`]), and `logout`.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::error::LoginError;
 use super::pkce::Pkce;
 use crate::claude_locks;
 use crate::credentials::LoginGrant;
-use crate::oauth::{
-    ClientConfig, CodeExchange, ExchangeError, OAuthError, TokenClient, TokenGrant,
-};
+use crate::oauth::{ClientConfig, CodeExchange, ExchangeError, TokenClient, TokenGrant};
 use crate::profile::{self, Profile, ProfileError};
 use crate::refresh::{RunControl, STOP_SAVE_GRACE};
 use crate::save::{self, Change};
@@ -21,120 +19,6 @@ use crate::schedule::{
 use crate::secret::Secret;
 use crate::settings::Url;
 use crate::store::{AccountRecord, Store, StoreError};
-
-/// Why a login could not be saved. Each says whether running `login` again can help: only
-/// after [`Refused`](Self::Refused) (a new code), [`MaybeSpent`](Self::MaybeSpent) and
-/// [`Unavailable`](Self::Unavailable) (later); never after a refused client or a misdirected
-/// endpoint, where a setting must change first.
-#[derive(Debug)]
-pub enum LoginError {
-    /// The existing file cannot be merged into (malformed, unreadable), or the lock could not
-    /// be taken; nothing was sent.
-    Store(StoreError),
-    /// The server refused the code (`invalid_grant`: expired, used, or another attempt's; or
-    /// another 4xx about the request): a new login, with a new code, can help.
-    Refused(OAuthError),
-    /// The server refused the client (`invalid_client`, `unauthorized_client`) or the scopes
-    /// asked for (`invalid_scope`): a setting is wrong, and a new login with it fails the same.
-    ClientRefused {
-        client_id: String,
-        /// Where the client id came from (a flag, a variable, the built-in default).
-        origin: String,
-        /// The scopes asked for, named when the server refused them.
-        scope: String,
-        error: OAuthError,
-    },
-    /// The endpoint redirected (never followed: the body carries the code), or the HTTP client
-    /// could not be set up: a setting must change.
-    Endpoint(OAuthError),
-    /// A transient failure after the code was sent (5xx, a dropped connection, a timeout, a 200
-    /// without a token): the server may have used the code, so it was not sent again.
-    MaybeSpent(OAuthError),
-    /// Transient failures that left the code unspent, until the budget ran out.
-    Unavailable(OAuthError),
-    /// The server issued the login, but it could not be saved, retried for a while: the code
-    /// is spent, so the login is lost.
-    SaveFailed(StoreError),
-}
-
-impl LoginError {
-    /// Sorts a failed exchange, the code possibly spent, by what the user must do next.
-    fn of_exchange(error: OAuthError, req: &LoginRequest<'_>) -> LoginError {
-        match &error {
-            OAuthError::Transient { .. } => LoginError::MaybeSpent(error),
-            OAuthError::Misdirected { .. } => LoginError::Endpoint(error),
-            OAuthError::Permanent { code, .. } => match code.as_deref() {
-                Some("invalid_client" | "unauthorized_client" | "invalid_scope") => {
-                    LoginError::ClientRefused {
-                        client_id: req.client_id.to_owned(),
-                        origin: req.client_id_origin.to_owned(),
-                        scope: req.scope.to_owned(),
-                        error,
-                    }
-                }
-                _ => LoginError::Refused(error),
-            },
-        }
-    }
-}
-
-impl fmt::Display for LoginError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoginError::Store(e) => e.fmt(f),
-            LoginError::Refused(e) => write!(
-                f,
-                "{e}. Nothing was saved. Authorization codes expire within minutes and work once: \
-                 run `claude-tokend login` again for a new one"
-            ),
-            LoginError::ClientRefused {
-                client_id,
-                origin,
-                scope,
-                error,
-            } if matches!(error, OAuthError::Permanent { code: Some(c), .. } if c == "invalid_scope") =>
-            {
-                write!(
-                    f,
-                    "{error}. The server refused the scopes asked for (`{scope}`) for the OAuth \
-                     client `{client_id}` (from {origin}), not the code, and nothing was saved: \
-                     check --scope (or the client id); signing in with the same settings fails \
-                     the same way"
-                )
-            }
-            LoginError::ClientRefused {
-                client_id,
-                origin,
-                error,
-                ..
-            } => write!(
-                f,
-                "{error}. The server refused the OAuth client `{client_id}` (from {origin}), \
-                 not the code, and nothing was saved: check that client id, or pass the right \
-                 one with --client-id; signing in with the same client fails the same way"
-            ),
-            LoginError::Endpoint(e) => write!(
-                f,
-                "{e}. Nothing was saved: once the setting is fixed, run `claude-tokend login` again"
-            ),
-            LoginError::MaybeSpent(e) => write!(
-                f,
-                "{e}. The server may have used the authorization code, so it was not sent again, \
-                 and nothing was saved: run `claude-tokend login` again for a new one (later, if \
-                 the server is having trouble)"
-            ),
-            LoginError::Unavailable(e) => write!(f, "{e}; try `claude-tokend login` again later"),
-            LoginError::SaveFailed(e) => write!(
-                f,
-                "the server issued the new login, but it could not be saved: {e}. The \
-                 authorization code is spent, so this login may be lost: fix the problem (disk \
-                 space, permissions) and run `claude-tokend login` again"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for LoginError {}
 
 /// What a finished login saved.
 #[derive(Debug)]
@@ -177,6 +61,24 @@ pub struct LoginRequest<'a> {
     pub scope: &'a str,
     /// The API base the profile is looked up under.
     pub api_url: &'a Url,
+    /// How the user names the token URL setting (`--token-url`, or the variable that set it),
+    /// for a message that asks them to check it.
+    pub token_url_setting: &'a str,
+    /// How the user names the redirect URI setting of the paste flow; `None` for the loopback
+    /// flow, whose redirect URI this program made.
+    pub redirect_uri_setting: Option<&'a str>,
+}
+
+/// The steps of [`save_login`] once the code is in hand, told to its caller as each begins, so
+/// a slow one (the profile lookup) can be named while the user waits or interrupts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginStep {
+    /// The code exchange is being sent (or retried): the code may be spent from here.
+    Exchange,
+    /// The tokens are in hand; the account's profile (its plan) is being looked up.
+    ProfileLookup,
+    /// The new login is being written to the store.
+    Save,
 }
 
 /// Checks, before the user is sent to sign in, that a login could be saved in `store`, so that
@@ -214,6 +116,7 @@ pub async fn save_login(
     req: &LoginRequest<'_>,
     budget: Duration,
     control: &RunControl,
+    step: &dyn Fn(LoginStep),
 ) -> Result<Saved, LoginError> {
     store.ensure_dir().map_err(LoginError::Store)?;
     let deadline = Instant::now().checked_add(budget);
@@ -240,6 +143,7 @@ pub async fn save_login(
         expires_in: req.expires_in,
     };
     let mut retries = 0;
+    step(LoginStep::Exchange);
     let (sent_wall, sent_boot) = (epoch_millis(SystemTime::now()), boot_millis());
     let grant = loop {
         control.set_at_stake(true);
@@ -276,7 +180,7 @@ pub async fn save_login(
     };
     // The login is in hand from here: a stop skips what is left of the profile lookup, never
     // the save.
-    let lookup = lookup_profile(req, &grant, control).await;
+    let lookup = lookup_profile(req, &grant, control, step).await;
     let plan = match &lookup {
         ProfileLookup::Read(p) => p.clone(),
         _ => Profile::default(),
@@ -303,6 +207,7 @@ pub async fn save_login(
     };
     // The code is spent: these tokens are the login. A failed save is retried for a while
     // (the daemon's rule on SIGTERM), with a new temp file each time.
+    step(LoginStep::Save);
     let mut save_until: Option<Instant> = None;
     let mut retries = 0;
     loop {
@@ -364,6 +269,7 @@ async fn lookup_profile(
     req: &LoginRequest<'_>,
     grant: &TokenGrant,
     control: &RunControl,
+    step: &dyn Fn(LoginStep),
 ) -> ProfileLookup {
     let allowed = match &grant.scopes {
         Some(granted) => profile::scopes_allow_lookup(granted),
@@ -372,6 +278,7 @@ async fn lookup_profile(
     if !allowed {
         return ProfileLookup::Skipped;
     }
+    step(LoginStep::ProfileLookup);
     tokio::select! {
         biased;
         _ = control.stopped() => ProfileLookup::Interrupted,

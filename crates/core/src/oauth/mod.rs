@@ -42,9 +42,13 @@ pub enum OAuthError {
     },
     /// The server refused the grant (any 4xx but 408 and 429): it will not work if retried.
     Permanent {
-        reason: String,
-        /// The OAuth `error` code when the server sent one (`invalid_grant`, ...).
+        /// The OAuth error code when the server sent one (`invalid_grant`, ...): the flat
+        /// `{"error": "invalid_grant"}` of RFC 6749, or the `error.type` of Anthropic's
+        /// `{"type": "error", "error": {"type": "invalid_client", ...}}`.
         code: Option<String>,
+        /// What it says, and what the caller needs to say what to check (boxed: every error
+        /// type that holds an `OAuthError` stays small).
+        refusal: Box<Refusal>,
     },
     /// The endpoint did not act as a token endpoint: it redirected (never followed, the body
     /// carries a secret), or the client could not be set up. A setting must change; the grant
@@ -69,14 +73,27 @@ impl OAuthError {
 impl fmt::Display for OAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OAuthError::Transient { reason, .. }
-            | OAuthError::Permanent { reason, .. }
-            | OAuthError::Misdirected { reason } => f.write_str(reason),
+            OAuthError::Transient { reason, .. } | OAuthError::Misdirected { reason } => {
+                f.write_str(reason)
+            }
+            OAuthError::Permanent { refusal, .. } => f.write_str(&refusal.reason),
         }
     }
 }
 
 impl std::error::Error for OAuthError {}
+
+/// A refusal beyond its OAuth code: the message, and what tells a misdirected request (a 404,
+/// a proxy's page) from a refused grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    pub status: u16,
+    /// `error_description`, or the nested `error.message`: escaped, short, one line.
+    pub detail: Option<String>,
+    /// The body is an HTML page (a proxy's or a web server's), not JSON.
+    pub html: bool,
+}
 
 /// What a successful token response grants, with times already turned into epoch milliseconds.
 pub type TokenGrant = TokenUpdate;
@@ -238,7 +255,10 @@ impl TokenClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let location = header(reqwest::header::LOCATION);
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|v| resolve_location(&self.token_url, v.as_bytes()));
         let retry_after = header(reqwest::header::RETRY_AFTER);
         let body = read_body(response)
             .await
@@ -253,6 +273,18 @@ impl TokenClient {
             },
             sent_at,
         ))
+    }
+}
+
+/// A redirect's `Location` as the user could use it: resolved against the token URL (a
+/// relative `/v1/oauth/token2` names a URL on the same host), its bytes read as UTF-8 even when
+/// they are not ASCII (a server may send them raw). What does not resolve is kept as sent.
+fn resolve_location(token_url: &Url, bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    match token_url.join(text) {
+        Ok(url) => url.to_string(),
+        Err(_) => text.to_owned(),
     }
 }
 

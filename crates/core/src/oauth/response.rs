@@ -5,10 +5,11 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use super::{DEFAULT_EXPIRES_IN, OAuthError, TokenGrant};
+use super::{DEFAULT_EXPIRES_IN, OAuthError, Refusal, TokenGrant};
 use crate::credentials::TokenUpdate;
 use crate::schedule::{cap_retry_after, epoch_millis, parse_retry_after};
-use crate::secret::Secret;
+use crate::secret::{Secret, printable};
+use crate::settings::Url;
 
 /// The parts of an HTTP answer the interpretation needs.
 #[derive(Debug)]
@@ -42,10 +43,19 @@ pub fn interpret_response(
         }
         300..=399 => Err(OAuthError::Misdirected {
             reason: match answer.location {
-                Some(loc) => format!(
+                // Only a URL this program could be pointed at is offered as the setting: the
+                // caller resolved a relative one against the token URL already.
+                Some(loc) if is_web_url(loc) => format!(
                     "the token endpoint redirected (HTTP {status}) to {loc}; redirects are not \
                      followed because the request carries a secret. If the endpoint has moved, \
-                     pass --token-url {loc}"
+                     pass --token-url {loc}",
+                    loc = printable(loc)
+                ),
+                Some(loc) => format!(
+                    "the token endpoint redirected (HTTP {status}) to `{}`, which is not an \
+                     https URL; redirects are not followed because the request carries a \
+                     secret: check --token-url",
+                    printable(loc)
                 ),
                 None => format!(
                     "the token endpoint answered with a redirect (HTTP {status}) and no Location; \
@@ -73,18 +83,49 @@ pub fn interpret_response(
                     honoured
                 }),
         }),
-        _ => Err(OAuthError::Permanent {
-            reason: format!(
+        _ => {
+            let (code, detail) = error_fields(json.as_ref());
+            let html = json.is_none() && looks_like_html(answer.body);
+            let reason = format!(
                 "the token endpoint refused the request: HTTP {status}{}",
-                describe_error(json.as_ref())
-            ),
-            code: json
-                .as_ref()
-                .and_then(|m| m.get("error"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        }),
+                if html {
+                    " (an HTML page, not the endpoint's JSON)".to_owned()
+                } else {
+                    describe_error(json.as_ref())
+                }
+            );
+            Err(OAuthError::Permanent {
+                code,
+                refusal: Box::new(Refusal {
+                    reason,
+                    status,
+                    detail,
+                    html,
+                }),
+            })
+        }
     }
+}
+
+/// Whether `text` is an absolute http(s) URL, one `--token-url` could name.
+fn is_web_url(text: &str) -> bool {
+    Url::parse(text).is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host())
+}
+
+/// A body that is a web page: what a proxy, a firewall or a web server that is not the token
+/// endpoint answers with.
+fn looks_like_html(body: &[u8]) -> bool {
+    let start: Vec<u8> = body
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(64)
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    start.starts_with(b"<!doctype html")
+        || start.starts_with(b"<html")
+        || start.starts_with(b"<head")
+        || start.starts_with(b"<body")
+        || start.starts_with(b"<!--")
 }
 
 /// Reads a 2xx token response. A missing `access_token` is a failed attempt (transient: the
@@ -152,27 +193,50 @@ fn any_seconds(v: Option<&Value>) -> Option<u64> {
     }
 }
 
-/// `: invalid_grant (Refresh token expired)` from an OAuth or Anthropic-style error body, short
-/// and on one line. Server text is not trusted to be short or free of secrets; callers scrub it.
-fn describe_error(json: Option<&Map<String, Value>>) -> String {
+/// The error code and its description, from either shape a token endpoint uses: RFC 6749's
+/// flat `{"error": "invalid_grant", "error_description": "..."}`, or Anthropic's nested
+/// `{"type": "error", "error": {"type": "invalid_client", "message": "..."}}`. Both are short,
+/// one line, and safe to print.
+fn error_fields(json: Option<&Map<String, Value>>) -> (Option<String>, Option<String>) {
     let Some(map) = json else {
-        return String::new();
+        return (None, None);
     };
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .map(one_line)
+            .filter(|t| !t.trim().is_empty())
+    };
     let nested = map.get("error").and_then(Value::as_object);
     let code = text(map.get("error")).or_else(|| nested.and_then(|e| text(e.get("type"))));
     let detail =
         text(map.get("error_description")).or_else(|| nested.and_then(|e| text(e.get("message"))));
-    let joined = match (code, detail) {
-        (Some(c), Some(d)) => format!("{c} ({d})"),
-        (Some(c), None) => c,
-        (None, Some(d)) => d,
-        (None, None) => return String::new(),
-    };
-    let one_line: String = joined
+    (code, detail)
+}
+
+/// Server text on one short line: line breaks and tabs become spaces, other control
+/// characters and bidirectional overrides are escaped, and it is cut at 300 characters.
+fn one_line(text: &str) -> String {
+    let flat: String = text
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '\t') {
+                ' '
+            } else {
+                c
+            }
+        })
         .take(300)
         .collect();
-    format!(": {one_line}")
+    printable(&flat)
+}
+
+/// `: invalid_grant (Refresh token expired)` from an OAuth or Anthropic-style error body, short
+/// and on one line. Server text is not trusted to be short or free of secrets; callers scrub it.
+fn describe_error(json: Option<&Map<String, Value>>) -> String {
+    match error_fields(json) {
+        (Some(c), Some(d)) => format!(": {c} ({d})"),
+        (Some(c), None) => format!(": {c}"),
+        (None, Some(d)) => format!(": {d}"),
+        (None, None) => String::new(),
+    }
 }

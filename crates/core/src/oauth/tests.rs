@@ -121,8 +121,13 @@ fn errors_say_what_happened() {
     assert_eq!(
         err,
         OAuthError::Permanent {
-            reason: "the token endpoint refused the request: HTTP 400: invalid_grant (Refresh token not found)".into(),
             code: Some("invalid_grant".into()),
+            refusal: Box::new(Refusal {
+                reason: "the token endpoint refused the request: HTTP 400: invalid_grant (Refresh token not found)".into(),
+                status: 400,
+                detail: Some("Refresh token not found".into()),
+                html: false,
+            }),
         }
     );
     let err = answer(301, "").unwrap_err().to_string();
@@ -142,6 +147,128 @@ fn errors_say_what_happened() {
             retry_after: Some(Duration::from_secs(12)),
         }
     );
+}
+
+/// The OAuth code of a refusal, or `None` for an answer that is no refusal.
+fn code_of(status: u16, body: &str) -> Option<String> {
+    match answer(status, body) {
+        Err(OAuthError::Permanent { code, .. }) => code,
+        other => panic!("HTTP {status} {body}: not a refusal: {other:?}"),
+    }
+}
+
+#[test]
+fn the_error_code_is_read_from_the_flat_and_the_nested_shape() {
+    let cases = [
+        (r#"{"error":"invalid_client"}"#, Some("invalid_client")),
+        (
+            r#"{"type":"error","error":{"type":"invalid_client","message":"Client not found"}}"#,
+            Some("invalid_client"),
+        ),
+        (
+            r#"{"type":"error","error":{"type":"invalid_grant","message":"Invalid 'code' in request."}}"#,
+            Some("invalid_grant"),
+        ),
+        (r#"{"error":{"message":"no type"}}"#, None),
+        (r#"{"error":""}"#, None),
+        (r#"{"error":7}"#, None),
+        ("", None),
+        ("<html><body>Forbidden</body></html>", None),
+    ];
+    for (body, want) in cases {
+        assert_eq!(code_of(400, body).as_deref(), want, "{body}");
+    }
+    let err = answer(
+        400,
+        r#"{"type":"error","error":{"type":"invalid_client","message":"Client not found"}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with(": invalid_client (Client not found)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_web_page_is_told_from_the_endpoints_json() {
+    for (body, html) in [
+        ("<!DOCTYPE html><html><title>403</title></html>", true),
+        ("\n  <html><body>Access denied</body></html>", true),
+        (r#"{"error":"access_denied"}"#, false),
+        ("Forbidden", false),
+    ] {
+        let Err(OAuthError::Permanent { refusal, .. }) = answer(403, body) else {
+            panic!("{body}: not a refusal");
+        };
+        assert_eq!(refusal.html, html, "{body}");
+        assert_eq!(refusal.status, 403);
+        assert_eq!(refusal.reason.contains("an HTML page"), html, "{body}");
+    }
+}
+
+#[test]
+fn server_text_in_a_refusal_is_escaped_and_on_one_line() {
+    let err = answer(
+        400,
+        r#"{"error":"invalid_grant","error_description":"a\nb\u001b[2J\u202ec"}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.ends_with(r"invalid_grant (a b\u{1b}[2J\u{202e}c)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_redirect_names_where_it_leads_when_that_is_a_url() {
+    let redirect = |location: Option<&str>| {
+        interpret_response(
+            &Answer {
+                status: 307,
+                location,
+                retry_after: None,
+                body: b"",
+            },
+            at(0),
+            at(0),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let told = redirect(Some("https://auth.example/v1/oauth/token2"));
+    assert!(
+        told.contains("--token-url https://auth.example/v1/oauth/token2"),
+        "{told}"
+    );
+    let told = redirect(Some("mailto:x@example.test\u{1b}[2J"));
+    assert!(!told.contains("--token-url mailto"), "{told}");
+    assert!(told.contains(r"\u{1b}"), "escaped: {told}");
+    assert!(redirect(None).contains("no Location"));
+}
+
+#[test]
+fn a_location_is_resolved_against_the_token_url() {
+    let base = Url::parse("https://auth.example/v1/oauth/token").unwrap();
+    let cases: [(&[u8], &str); 4] = [
+        (b"/v1/oauth/token2", "https://auth.example/v1/oauth/token2"),
+        (b"token2", "https://auth.example/v1/oauth/token2"),
+        (b"https://other.example/t", "https://other.example/t"),
+        // Raw UTF-8 from a server: kept, percent-encoded as a URL writes it.
+        (
+            "https://auth.example/t\u{fc}".as_bytes(),
+            "https://auth.example/t%C3%BC",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(
+            super::resolve_location(&base, bytes),
+            want,
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! to do, and scrubbing every secret out of text that came from the server or the network
 //! before it reaches an error.
 
-use super::OAuthError;
+use super::{OAuthError, Refusal};
 use crate::secret::{Secret, mask};
 
 pub(super) fn transport_error(e: &reqwest::Error, secrets: &[&Secret]) -> OAuthError {
@@ -124,9 +124,13 @@ pub(super) fn scrub_error(e: OAuthError, secrets: &[&Secret]) -> OAuthError {
             reason: scrub(&reason, secrets),
             retry_after,
         },
-        OAuthError::Permanent { reason, code } => OAuthError::Permanent {
-            reason: scrub(&reason, secrets),
+        OAuthError::Permanent { code, refusal } => OAuthError::Permanent {
             code,
+            refusal: Box::new(Refusal {
+                reason: scrub(&refusal.reason, secrets),
+                detail: refusal.detail.as_deref().map(|d| scrub(d, secrets)),
+                ..*refusal
+            }),
         },
         OAuthError::Misdirected { reason } => OAuthError::Misdirected {
             reason: scrub(&reason, secrets),

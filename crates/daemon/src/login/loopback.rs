@@ -2,10 +2,9 @@
 //! `http://localhost:PORT/callback` with the code. `localhost` may resolve to 127.0.0.1 or to
 //! [::1], whichever the browser tries first, so both are listened on, on the same port (RFC 8252
 //! §8.3): a port where another local user holds [::1] could hand them the callback, and is never
-//! the one the browser is sent to. Each connection is served beside the others, with its own
-//! bound, so idle connections cannot hold the callback back.
+//! the one the browser is sent to. The connections are served side by side (`callback`), as many
+//! as the descriptors allow, so idle connections cannot hold the callback back or push it out.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -13,24 +12,22 @@ use std::time::Duration;
 
 use tokend_core::login::{Pkce, authorize_url};
 use tokend_core::secret::Secret;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{AbortHandle, JoinSet};
+use tokend_core::settings::format_duration;
+use tokio::net::TcpListener;
 
-use super::{printable, show_url};
+use super::callback::{self, MAX_CONNECTIONS, Tally};
+use super::show_url;
 use crate::cli::{LoginArgs, Settings};
 use crate::exit;
 
 /// How long the loopback flow waits for the browser to come back.
 const LOOPBACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// How long one connection may take to send its request head: a browser sends it at once.
-const READ_BOUND: Duration = Duration::from_secs(5);
 /// Port pairs tried when the port 127.0.0.1 gave is taken on [::1]: a chance collision passes
 /// on the next pair; a program that takes each port as it appears is not worth more tries.
 const BIND_TRIES: u32 = 8;
-/// Connections served at once. Past it the oldest is dropped: a browser sends its request the
-/// moment it connects, so only a connection that sits idle is ever the oldest for long.
-const MAX_CONNECTIONS: usize = 128;
+/// Descriptors kept for everything but the callback's connections: stdio, the listeners, the
+/// runtime, the store and its locks, the exchange that follows.
+const FD_RESERVE: u64 = 64;
 
 /// The callback's listeners: 127.0.0.1 and [::1] on one port, or 127.0.0.1 alone on a machine
 /// without IPv6 (where no one can listen on [::1] either).
@@ -113,9 +110,28 @@ pub(super) async fn loopback_code(
         scope,
         pkce,
     );
-    show_url(&url, args.no_browser);
+    show_url(&url, args.no_browser)?;
+    // Raised after the browser was started, which keeps the usual limit.
+    let cap = connection_cap(raise_fd_limit());
     eprintln!("Waiting for the browser to come back to {redirect_uri} …");
-    match tokio::time::timeout(LOOPBACK_TIMEOUT, serve(&listeners, &pkce.state)).await {
+    let wait = tokend_core::seams::loopback_wait(LOOPBACK_TIMEOUT);
+    let tally = Arc::new(Tally::default());
+    let served = callback::serve(
+        &listeners.v4,
+        listeners.v6.as_ref(),
+        &pkce.state,
+        cap,
+        &tally,
+    );
+    let outcome = tokio::time::timeout(wait, served).await;
+    let wrong = Tally::get(&tally.wrong_state);
+    if wrong > 1 {
+        eprintln!(
+            "claude-tokend: warning: {wrong} callbacks carried another login attempt's state and \
+             were ignored (another login attempt, or another program on this machine)"
+        );
+    }
+    match outcome {
         Ok(Ok(code)) => Ok((redirect_uri, code)),
         Ok(Err(message)) => {
             eprintln!("claude-tokend: {message}");
@@ -123,160 +139,92 @@ pub(super) async fn loopback_code(
         }
         Err(_) => {
             eprintln!(
-                "claude-tokend: no answer on {redirect_uri} within 5 minutes. If the browser runs on \
-                 another machine, use the paste flow: `claude-tokend login` without --loopback"
+                "claude-tokend: {}",
+                no_callback(&redirect_uri, &format_duration(wait), &tally)
             );
             Err(exit::FAILURE)
         }
     }
 }
 
-/// Serves both listeners until a callback carries this login's state: its code, or the sign-in
-/// page's refusal. Every connection is a task of its own, bounded by [`READ_BOUND`]; the tasks
-/// left when this returns are dropped with the set.
-async fn serve(listeners: &Listeners, state: &str) -> Result<Secret, String> {
-    let state: Arc<str> = Arc::from(state);
-    let mut tasks = JoinSet::new();
-    let mut open: VecDeque<AbortHandle> = VecDeque::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listeners.v4.accept() => accepted,
-            accepted = accept(listeners.v6.as_ref()) => accepted,
-            Some(joined) = tasks.join_next() => {
-                // A task that ended without an answer (a stray request, a wrong state, one
-                // dropped as the oldest) leaves the wait going.
-                if let Ok(Some(answer)) = joined {
-                    return answer;
-                }
-                continue;
-            }
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, say: wait a little rather than spin on the error.
-                tracing::debug!("cannot accept a callback connection: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        open.retain(|task| !task.is_finished());
-        if open.len() >= MAX_CONNECTIONS
-            && let Some(oldest) = open.pop_front()
-        {
-            oldest.abort();
-        }
-        let state = Arc::clone(&state);
-        open.push_back(tasks.spawn(async move { answer_callback(stream, &state).await }));
-    }
-}
-
-/// The next connection on `listener`, or never when there is none.
-async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, std::net::SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Answers one request on the callback listener. `Some(Ok(code))` ends the wait with a code,
-/// `Some(Err(..))` ends it with the provider's refusal; `None` (a stray request, a wrong state)
-/// keeps waiting.
-async fn answer_callback(mut stream: TcpStream, state: &str) -> Option<Result<Secret, String>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    // A request head is small; anything bigger, or slower than a few seconds, is not a browser.
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    if tokio::time::timeout(READ_BOUND, read).await.is_err() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&head);
-    let target = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("GET "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap_or("");
-    let url = tokend_core::settings::Url::parse(&format!("http://localhost{target}")).ok();
-    let Some(url) = url.filter(|u| u.path() == "/callback") else {
-        respond(&mut stream, "404 Not Found", "Not found.").await;
-        return None;
-    };
-    let param = |name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    // The state first: any local process can reach this port, and only a callback that carries
-    // this login's state comes from the sign-in page we opened. Anything else, an error included,
-    // is ignored and the login keeps waiting.
-    if param("state").as_deref() != Some(state) {
-        respond(
-            &mut stream,
-            "400 Bad Request",
-            "This sign-in link belongs to another login attempt; it was ignored.",
-        )
-        .await;
-        tracing::warn!(
-            "ignored a callback whose state does not match this login (another login attempt, \
-             or another program); still waiting"
+/// Why the wait ended without a code, as it was: nothing came, or what did.
+fn no_callback(redirect_uri: &str, waited: &str, tally: &Tally) -> String {
+    let paste = "use the paste flow: `claude-tokend login` without --loopback";
+    let connections = Tally::get(&tally.connections);
+    if connections == 0 {
+        return format!(
+            "no answer on {redirect_uri} within {waited}: nothing connected to it. If the \
+             browser runs on another machine, {paste}"
         );
-        return None;
     }
-    if let Some(error) = param("error") {
-        respond(
-            &mut stream,
-            "200 OK",
-            "Sign-in was not completed. You may close this window.",
-        )
-        .await;
-        let detail = param("error_description").unwrap_or_default();
-        return Some(Err(format!(
-            "the sign-in page reported `{}` {}; nothing was saved",
-            printable(&error),
-            printable(&detail)
-        )));
-    }
-    match param("code").filter(|c| !c.trim().is_empty()) {
-        Some(code) => {
-            respond(
-                &mut stream,
-                "200 OK",
-                "Signed in to claude-tokend. You may close this window.",
-            )
-            .await;
-            Some(Ok(Secret::new(code)))
+    let pushed_out = Tally::get(&tally.pushed_out);
+    let wrong = Tally::get(&tally.wrong_state);
+    let other = Tally::get(&tally.not_callbacks);
+    let open = connections.saturating_sub(pushed_out + wrong + other);
+    let parts: Vec<String> = [
+        (
+            pushed_out,
+            "closed to make room for newer ones (more came at once than this process can keep)",
+        ),
+        (wrong, "with another login attempt's state"),
+        (
+            other,
+            "not a sign-in callback (another page, no code, or no whole request in time)",
+        ),
+        (open, "still open without a whole request"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    let flood = if pushed_out > 0 {
+        "Another program on this machine may be flooding the port. "
+    } else {
+        ""
+    };
+    format!(
+        "no callback with this login's state reached {redirect_uri} within {waited}; \
+         {connections} connection{} came: {}. {flood}If the browser runs on another machine, or \
+         to avoid the local port, {paste}",
+        if connections == 1 { "" } else { "s" },
+        parts.join(", ")
+    )
+}
+
+/// Raises the soft limit on open descriptors to the hard one, so a flood of local connections
+/// meets the connection cap, which closes idle ones first, before it meets the limit, which
+/// would refuse any. Returns the soft limit in effect.
+fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit and setrlimit only read and write the plain structs given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 256;
         }
-        None => {
-            respond(
-                &mut stream,
-                "400 Bad Request",
-                "The callback carried no code.",
-            )
-            .await;
-            None
+        let current = limit.rlim_cur;
+        // Far more than MAX_CONNECTIONS needs; an unlimited hard limit is not taken literally.
+        let wanted = limit.rlim_max.min(1 << 20);
+        if wanted <= current {
+            return current;
         }
+        // macOS refuses a soft limit above OPEN_MAX (10240) whatever the hard one says.
+        for target in [wanted, wanted.min(10_240)] {
+            let raised = libc::rlimit {
+                rlim_cur: target,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return target;
+            }
+        }
+        current
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, message: &str) {
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>claude-tokend</title><p>{message}</p>\n"
-    );
-    let reply = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\
-         connection: close\r\ncache-control: no-store\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(reply.as_bytes()).await;
-    let _ = stream.shutdown().await;
+/// How many callback connections may be open at once with `fd_limit` descriptors.
+fn connection_cap(fd_limit: u64) -> usize {
+    let room = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    room.clamp(16, MAX_CONNECTIONS)
 }
 
 #[cfg(test)]

@@ -3,28 +3,33 @@
 //! `tokend_core::login`; this module only talks to the user.
 //!
 //! This module runs both commands, shows the URL and opens a browser, and maps each outcome to
-//! its message and exit code; `paste` reads the code the user pastes, `loopback` serves the
-//! callback of `login --loopback`.
+//! its message and exit code; `paste` reads the code the user pastes, `loopback` runs the
+//! callback flow of `login --loopback`, and `callback` serves its connections.
 
+mod callback;
 mod loopback;
 mod paste;
 
+use std::convert::Infallible;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tokend_core::login::{
     self, DEFAULT_SCOPE, LONG_LIVED_SCOPE, LONG_LIVED_SECONDS, LoggedOut, LoginError, LoginRequest,
-    Pkce, ProfileLookup, authorize_url,
+    LoginStep, Pkce, ProfileLookup, Saved, authorize_url,
 };
 use tokend_core::refresh::RunControl;
+use tokend_core::secret::printable;
 use tokend_core::store::StoreError;
+use tokio::sync::watch;
 
 use crate::cli::{DEFAULT_CLIENT_ID, LoginArgs, Settings};
 use crate::commands::{policy_for, runtime};
 use crate::exit;
-use crate::interrupt::{self, Ran, Session};
+use crate::interrupt::{self, InFlight, Ran, Session};
 use crate::logins::one_store_for;
-use crate::show::describe_expiry;
+use crate::show::{describe_expiry, emit};
 
 pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     let store = match one_store_for(settings, "login") {
@@ -71,7 +76,9 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
             &scope,
             &pkce,
         );
-        show_url(&url, args.no_browser);
+        if let Err(code) = show_url(&url, args.no_browser) {
+            return code;
+        }
         match paste::read_paste(&pkce.state) {
             Ok(code) => (redirect_uri, code),
             Err(code) => return code,
@@ -79,6 +86,9 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     };
 
     let policy = policy_for(settings);
+    let token_url_setting = settings.origin("token_url").name().to_owned();
+    let redirect_uri_setting =
+        (!args.loopback).then(|| settings.origin("redirect_uri").name().to_owned());
     let request = LoginRequest {
         client: &policy.client,
         client_id,
@@ -92,12 +102,25 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
         expires_in: args.long_lived.then_some(LONG_LIVED_SECONDS),
         scope: &scope,
         api_url: &settings.api_url,
+        token_url_setting: &token_url_setting,
+        redirect_uri_setting: redirect_uri_setting.as_deref(),
     };
     // From here the code may be spent: signals wait for the exchange's answer and its save.
     let control = RunControl::new();
     let mut session = Session::start(rt);
-    let run = login::save_login(&store, &request, settings.retry_budget, &control);
-    let (result, signal) = match session.run(&control, "code exchange", run) {
+    // The step the login is in, so a signal, or a slow profile lookup, names it.
+    let steps = watch::Sender::new(LoginStep::Exchange);
+    let on_step = |step: LoginStep| {
+        steps.send_replace(step);
+    };
+    let run = async {
+        let save = login::save_login(&store, &request, settings.retry_budget, &control, &on_step);
+        tokio::select! {
+            result = save => result,
+            never = slow_lookup_notice(steps.subscribe()) => match never {},
+        }
+    };
+    let (result, signal) = match session.run(&control, Steps(&steps), run) {
         Ran::Done(result) => (result, session.pending()),
         Ran::Finished { signal, result } => (result, Some(signal)),
         Ran::Stopped { signal } | Ran::Abandoned { signal } => return interrupt::exit_code(signal),
@@ -106,23 +129,22 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     let stopped = |code: u8| signal.map_or(code, interrupt::exit_code);
     match result {
         Ok(saved) => {
-            println!("Signed in. Saved to {}", store.place());
-            println!(
-                "Access token {}, {}",
-                saved.access_token,
-                describe_expiry(Some(saved.expires_at))
-            );
-            show_profile(&saved.profile);
-            if !saved.has_refresh_token {
-                println!(
-                    "This login has no refresh token, so it cannot be renewed: sign in again \
-                     before it expires (--once and the daemon report exit 77 when it is due)."
-                );
+            let place = printable(&store.place().to_string());
+            if signal == Some(libc::SIGHUP) {
+                // The terminal has most likely hung up: stdout is not written (a write there
+                // would fail, or block on a terminal nobody reads), and the outcome goes
+                // where failing costs nothing.
+                interrupt::tell(format_args!("the new login was saved to {place}"));
+            } else {
+                // The login is saved whatever happens to this text: a reader that has gone
+                // (`login | head -1`) or a failing stdout leaves the exit code as it is.
+                let _ = emit(signed_in(&place, &saved).as_bytes());
             }
+            warn_profile(&saved.profile);
             stopped(exit::OK)
         }
         Err(e) => {
-            interrupt::tell(format_args!("{e}"));
+            interrupt::tell(format_args!("{}", printable(&e.to_string())));
             match e {
                 // The login is lost whatever stopped it: the user must hear it by its code.
                 LoginError::SaveFailed(_) => exit::FAILURE,
@@ -139,6 +161,7 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
                 // A setting must change first: another login as things are fails the same way.
                 LoginError::Store(_)
                 | LoginError::ClientRefused { .. }
+                | LoginError::NotTheCode { .. }
                 | LoginError::Endpoint(_) => stopped(exit::FAILURE),
                 // Only here does a new login (a new code) help.
                 LoginError::Refused(_) => stopped(exit::LOGIN_NEEDED),
@@ -147,44 +170,126 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     }
 }
 
-/// The account and plan the profile gave, or why there are none. A failed lookup is no failed
-/// login: the tokens are saved, and Claude Code fills the plan in itself later.
-fn show_profile(lookup: &ProfileLookup) {
-    match lookup {
-        ProfileLookup::Read(p) => {
-            if let Some(email) = &p.email {
-                println!("Account {email}");
-            }
-            match (&p.subscription_type, &p.rate_limit_tier) {
-                (Some(plan), Some(tier)) => println!("Plan {plan} ({tier})"),
-                (Some(plan), None) => println!("Plan {plan}"),
-                (None, Some(tier)) => println!("Rate-limit tier {tier}"),
-                (None, None) => {}
-            }
+/// How long the profile lookup may take before `login` says what it waits for: a lookup
+/// answers in well under a second, and a silent terminal for longer looks hung.
+const SLOW_LOOKUP: Duration = Duration::from_millis(1500);
+
+/// Says, once the profile lookup has taken [`SLOW_LOOKUP`], what `login` is waiting for and
+/// that the login is safe. Never ends: it runs beside the login, which ends first.
+async fn slow_lookup_notice(mut steps: watch::Receiver<LoginStep>) -> Infallible {
+    if steps
+        .wait_for(|s| *s == LoginStep::ProfileLookup)
+        .await
+        .is_ok()
+    {
+        tokio::time::sleep(SLOW_LOOKUP).await;
+        if *steps.borrow() == LoginStep::ProfileLookup {
+            note(format_args!(
+                "Looking up the account's plan (the login is already exchanged; Ctrl-C saves \
+                 it without the plan)…"
+            ));
         }
-        ProfileLookup::Skipped => {}
+    }
+    std::future::pending().await
+}
+
+/// The step a signal finds `login` in, named in what the signal does.
+struct Steps<'a>(&'a watch::Sender<LoginStep>);
+
+impl InFlight for Steps<'_> {
+    fn awaited(&self) -> String {
+        match *self.0.borrow() {
+            LoginStep::Exchange => {
+                "waiting for the code exchange in flight, then stopping".to_owned()
+            }
+            LoginStep::ProfileLookup => "the code is already exchanged: the profile lookup is \
+                cut short and the new login saved without its plan (Claude Code fills it in), \
+                then stopping"
+                .to_owned(),
+            LoginStep::Save => "waiting for the new login to be saved, then stopping".to_owned(),
+        }
+    }
+
+    fn abandoned(&self) -> String {
+        match *self.0.borrow() {
+            LoginStep::Exchange | LoginStep::ProfileLookup => {
+                "stopped before the new login was saved, so the new login is lost (the server \
+                 may have spent its code); the login stored before, if any, is untouched. Run \
+                 `claude-tokend login` again to sign in"
+                    .to_owned()
+            }
+            LoginStep::Save => "stopped while the new login was being saved: the store holds \
+                either the new login or the one before, whole (a save is all or nothing); \
+                `claude-tokend status` shows which"
+                .to_owned(),
+        }
+    }
+}
+
+/// What stdout says of a saved login: where, its access token (masked) and expiry, and the
+/// account and plan the profile gave. Server text in it is escaped.
+fn signed_in(place: &str, saved: &Saved) -> String {
+    let mut out = format!(
+        "Signed in. Saved to {place}\nAccess token {}, {}\n",
+        saved.access_token,
+        describe_expiry(Some(saved.expires_at))
+    );
+    if let ProfileLookup::Read(p) = &saved.profile {
+        if let Some(email) = &p.email {
+            out.push_str(&format!("Account {}\n", printable(email)));
+        }
+        let show = |t: &String| printable(t);
+        match (&p.subscription_type, &p.rate_limit_tier) {
+            (Some(plan), Some(tier)) => {
+                out.push_str(&format!("Plan {} ({})\n", show(plan), show(tier)));
+            }
+            (Some(plan), None) => out.push_str(&format!("Plan {}\n", show(plan))),
+            (None, Some(tier)) => out.push_str(&format!("Rate-limit tier {}\n", show(tier))),
+            (None, None) => {}
+        }
+    }
+    if !saved.has_refresh_token {
+        out.push_str(
+            "This login has no refresh token, so it cannot be renewed: sign in again before it \
+             expires (--once and the daemon report exit 77 when it is due).\n",
+        );
+    }
+    out
+}
+
+/// Why the login has no plan, when the profile lookup did not give one. A failed lookup is no
+/// failed login: the tokens are saved, and Claude Code fills the plan in itself later.
+fn warn_profile(lookup: &ProfileLookup) {
+    match lookup {
+        ProfileLookup::Read(_) | ProfileLookup::Skipped => {}
         ProfileLookup::Interrupted => interrupt::tell(format_args!(
             "the login was saved without its plan (subscriptionType, rateLimitTier): the signal \
              cut the profile lookup short; Claude Code fills the plan in itself"
         )),
-        ProfileLookup::Failed(e) => eprintln!(
-            "claude-tokend: warning: could not read the account's profile ({}); the login was \
-             saved without its plan (subscriptionType, rateLimitTier), which Claude Code then \
-             fills in itself",
-            printable(&e.to_string())
-        ),
+        ProfileLookup::Failed(e) => interrupt::tell(format_args!(
+            "warning: could not read the account's profile ({}); the login was saved without \
+             its plan (subscriptionType, rateLimitTier), which Claude Code then fills in itself",
+            short(&e.to_string())
+        )),
     }
 }
 
+/// A line on stderr that may fail unnoticed: once the code exchange is sent, a terminal that
+/// has gone must not end `login` (an `eprintln!` would panic) before the answer is saved.
+fn note(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Prints the URL on stdout (a headless machine's user copies it) and, where there is a
-/// display, tries to open a browser. Failing to open one is not an error.
-fn show_url(url: &tokend_core::settings::Url, no_browser: bool) {
+/// display, tries to open a browser. Failing to open one is not an error; failing to print
+/// the URL is (exit 1: nothing was sent).
+fn show_url(url: &tokend_core::settings::Url, no_browser: bool) -> Result<(), u8> {
     eprintln!("Open this URL in a browser to sign in:");
-    println!("{url}");
-    let _ = std::io::stdout().flush();
+    emit(format!("{url}\n").as_bytes())?;
     if !no_browser {
         open_browser(url.as_str());
     }
+    Ok(())
 }
 
 fn open_browser(url: &str) {
@@ -211,18 +316,9 @@ fn open_browser(url: &str) {
     }
 }
 
-/// Text from the provider, safe to print: control characters (escape sequences, newlines) are
-/// shown escaped, so a callback cannot drive the user's terminal, and it is kept short.
-fn printable(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars().take(300) {
-        if c.is_control() {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// Text from the provider, safe to print: escaped by [`printable`], and kept short.
+fn short(text: &str) -> String {
+    printable(&text.chars().take(300).collect::<String>())
 }
 
 pub fn logout(settings: &Settings, yes: bool) -> u8 {
