@@ -166,12 +166,94 @@ impl Env {
         self.start(cmd, args).finish()
     }
 
+    /// Runs the binary with its stdout on a pipe nobody reads (`… | head -1` once `head` has
+    /// gone): every write there fails with EPIPE.
+    pub fn run_stdout_closed(&self, args: &[&str]) -> Run {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors, owned here from then on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just made and nothing else owns them.
+        let (reader, writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        drop(reader);
+        self.start_with(Command::new(BIN), args, Stdio::from(writer))
+            .finish()
+    }
+
+    /// Runs the binary with `args` in the foreground of a terminal of its own (a pty) after
+    /// `setup` (shell commands: `stty tostop`, say), through util-linux `script`, else
+    /// Python's `pty`; stdout and stderr both come back in `out`. `None`, with the reason
+    /// printed, where this machine has neither.
+    pub fn run_in_terminal(&self, setup: &str, args: &[&str]) -> Option<Run> {
+        let line = std::iter::once(BIN)
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect::<Vec<String>>()
+            .join(" ");
+        let shell = format!("{setup}; exec {line}");
+        let util_linux = Command::new("script")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("util-linux"));
+        let python = || {
+            Command::new("python3")
+                .args(["-c", "import pty"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let cmd = if util_linux {
+            let mut cmd = Command::new("script");
+            cmd.args(["-qec", &shell, "/dev/null"]);
+            cmd
+        } else if python() {
+            let mut cmd = Command::new("python3");
+            cmd.args([
+                "-c",
+                "import os, pty, sys\n\
+                 status = pty.spawn(['/bin/sh', '-c', sys.argv[1]])\n\
+                 sys.exit(os.waitstatus_to_exitcode(status))",
+                &shell,
+            ]);
+            cmd
+        } else {
+            eprintln!("skipped: neither util-linux `script` nor python3 to make a terminal with");
+            return None;
+        };
+        Some(self.start_with(cmd, &[], Stdio::piped()).finish())
+    }
+
+    /// Makes the binary stop at `step` (a debug-build test seam) until the file this returns,
+    /// which it creates there, is removed: see [`Running::paused`].
+    pub fn pause_at(&mut self, step: &str) -> PathBuf {
+        require_seams();
+        let file = self.root.join("paused");
+        let shown = file.display().to_string();
+        self.set("CLAUDE_TOKEND_TEST_PAUSE_AT", step)
+            .set("CLAUDE_TOKEND_TEST_PAUSE_FILE", &shown);
+        file
+    }
+
     /// Starts the binary with `args` in this environment (see [`Env::run`]) without waiting:
     /// for a test that signals it while it runs.
     /// SIGINT, SIGTERM and SIGHUP take their default action in it, as in a command run from a
     /// terminal, even where the tests run with them ignored (a background job, `nohup`).
     pub fn spawn(&self, args: &[&str]) -> Running {
+        self.spawn_cmd(Command::new(BIN), args)
+    }
+
+    /// [`Env::spawn`] as user `uid` (see [`Env::run_as_uid`]).
+    pub fn spawn_as_uid(&self, uid: u32, args: &[&str]) -> Running {
         let mut cmd = Command::new(BIN);
+        cmd.uid(uid).gid(uid);
+        self.spawn_cmd(cmd, args)
+    }
+
+    fn spawn_cmd(&self, mut cmd: Command, args: &[&str]) -> Running {
         // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook must be.
         unsafe {
             cmd.pre_exec(|| {
@@ -184,7 +266,11 @@ impl Env {
         self.start(cmd, args)
     }
 
-    fn start(&self, mut cmd: Command, args: &[&str]) -> Running {
+    fn start(&self, cmd: Command, args: &[&str]) -> Running {
+        self.start_with(cmd, args, Stdio::piped())
+    }
+
+    fn start_with(&self, mut cmd: Command, args: &[&str], stdout: Stdio) -> Running {
         let started = Instant::now();
         let child = cmd
             .args(args)
@@ -192,7 +278,7 @@ impl Env {
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.root)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
@@ -263,6 +349,19 @@ impl Running {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the process this test started, which it has not reaped yet.
         unsafe { libc::kill(self.pid as i32, signal) };
+    }
+
+    /// Waits until it stands at the pause `file` names (see [`Env::pause_at`]), then runs
+    /// `act` and lets it go on.
+    #[track_caller]
+    pub fn paused(&self, file: &Path, act: impl FnOnce()) {
+        assert!(
+            wait_until(Duration::from_secs(5), || file.exists()),
+            "claude-tokend {:?} never reached its pause",
+            self.args
+        );
+        act();
+        std::fs::remove_file(file).unwrap();
     }
 
     /// Waits for it to end, for at most [`RUN_LIMIT`] from its start: past it its whole group
