@@ -53,7 +53,7 @@ pub(super) fn put_in_place(
             Ok(tmp) => temps.push(tmp),
             Err(e) => {
                 undo(&temps, &created);
-                eprintln!(
+                tell!(
                     "claude-tokend: cannot write {} ({e}); nothing was changed",
                     f.shown
                 );
@@ -64,7 +64,7 @@ pub(super) fn put_in_place(
     for r in removing {
         if let Err(e) = removable(&r.path) {
             undo(&temps, &created);
-            eprintln!(
+            tell!(
                 "claude-tokend: cannot remove {} ({e}); nothing was changed",
                 r.named()
             );
@@ -72,8 +72,12 @@ pub(super) fn put_in_place(
         }
     }
 
+    tokend_core::seams::pause_at("service-commit-staged");
     let mut done: Vec<String> = Vec::new();
     for (i, (f, tmp)) in files.iter().zip(&temps).enumerate() {
+        if i == 1 {
+            tokend_core::seams::pause_at("service-commit-renaming");
+        }
         if let Err(e) = rename(tmp, f.dest) {
             for t in &temps[i..] {
                 let _ = std::fs::remove_file(t);

@@ -101,7 +101,7 @@ fn read_state(found: &Found, content: Option<&str>) -> Result<(Existing, Option<
         // Not UTF-8: certainly not ours.
         Err(e) if e.kind() == io::ErrorKind::InvalidData => (Existing::Edited, None),
         Err(e) => {
-            eprintln!("claude-tokend: cannot read {}: {e}", found.named());
+            tell!("claude-tokend: cannot read {}: {e}", found.named());
             return Err(exit::FAILURE);
         }
     })
@@ -120,7 +120,7 @@ pub(super) fn refuse_edited(replacing: &[&Found], removing: &[&Found], systemd: 
         .map(|f| (f, "replacing"))
         .chain(removing.iter().map(|f| (f, "removing")));
     for (found, verb) in not {
-        eprintln!(
+        tell!(
             "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
              not {verb} it.",
             found.named()
@@ -131,7 +131,7 @@ pub(super) fn refuse_edited(replacing: &[&Found], removing: &[&Found], systemd: 
         (true, false) => "to remove it anyway (your edits are lost)",
         _ => "to replace or remove them anyway (your edits are lost)",
     };
-    eprintln!(
+    tell!(
         "claude-tokend: {fix}, rerun with --force{}",
         if systemd && !replacing.is_empty() {
             "; keep your own settings in a drop-in (`systemctl --user edit claude-tokend`), which survives reinstalls"
@@ -191,12 +191,12 @@ pub(super) fn remove_found(found: &Found) -> Result<(), u8> {
 pub(super) fn remove_saying(path: &Path, line: &str) -> Result<(), u8> {
     match std::fs::remove_file(path) {
         Ok(()) => {
-            println!("{line}");
+            say!("{line}");
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => {
-            eprintln!("claude-tokend: cannot remove {}: {e}", path.display());
+            tell!("claude-tokend: cannot remove {}: {e}", path.display());
             Err(exit::FAILURE)
         }
     }
@@ -236,7 +236,7 @@ pub(super) fn warn_if_others_write(files: &[&Found], home: &Path) {
         };
         let mode = meta.mode();
         if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            eprintln!(
+            tell!(
                 "claude-tokend: warning: {} is writable by {} (mode {:o}): whoever can write there \
                  can change what the service runs. Unless that is what you want: chmod go-w {}",
                 dir.display(),
@@ -258,14 +258,15 @@ pub(super) fn fix_mode(f: &Planned) {
     let Some(was) = f.loose_mode else {
         return;
     };
+    tokend_core::seams::pause_at("service-fix-mode");
     let file = f.dest();
     match std::fs::set_permissions(file, std::fs::Permissions::from_mode(FILE_MODE)) {
-        Ok(()) => println!(
+        Ok(()) => say!(
             "Fixed the mode of {} (was {was:o}, now {FILE_MODE:o}: only its owner may change what \
              the service runs)",
             f.found.named()
         ),
-        Err(e) => eprintln!(
+        Err(e) => tell!(
             "claude-tokend: warning: {} is mode {was:o}: others may change what the service runs, \
              and its mode cannot be changed here ({e}); run: chmod {FILE_MODE:o} {}",
             f.found.named(),

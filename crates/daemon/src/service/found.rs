@@ -261,7 +261,7 @@ fn cannot_read(path: &Path, e: &io::Error) -> u8 {
         ),
         _ => String::new(),
     };
-    eprintln!("claude-tokend: cannot read {}: {e}{advice}", path.display());
+    tell!("claude-tokend: cannot read {}: {e}{advice}", path.display());
     exit::FAILURE
 }
 

@@ -51,7 +51,7 @@ pub(super) fn install(
         // it stops the install whichever file it writes; only the user lifts it.
         let unit = Found::at(&home.unit_path(), Role::Unit)?;
         if let (Kind::Masked, Verdict::Never(why)) = (&unit.kind, unit.verdict()) {
-            eprintln!("claude-tokend: {why}. Nothing was written.");
+            tell!("claude-tokend: {why}. Nothing was written.");
             return Err(exit::FAILURE);
         }
     }
@@ -152,19 +152,19 @@ pub(super) fn install(
     let founds: Vec<&Found> = files.iter().map(|f| &f.found).collect();
     warn_if_others_write(&founds, &home.home);
 
-    println!("Service program: {}", program.display());
+    say!("Service program: {}", program.display());
     if let Some(packaged) = &packaged {
-        println!(
+        say!(
             "Packaged unit: {} (a package installed it: this install puts its settings in a \
              drop-in on it, not in a second unit)",
             packaged.display()
         );
     }
     if env.is_empty() {
-        println!("Settings: the defaults (no flags or variables to carry into the service)");
+        say!("Settings: the defaults (no flags or variables to carry into the service)");
     } else {
         for (k, v) in &env {
-            println!("Setting:  {k}={v}");
+            say!("Setting:  {k}={v}");
         }
     }
     // Nothing is written unless everything can be: a half-done install is harder to reason
@@ -184,21 +184,21 @@ pub(super) fn install(
         report(f);
         fix_mode(f);
         if f.found.path == home.sandbox_path() && !args.sandbox {
-            println!(
+            say!(
                 "  (the sandbox drop-in of an earlier install, kept in step with the unit; to go \
                  without it, delete it and run `systemctl --user daemon-reload`)"
             );
         }
     }
     for s in &stale {
-        println!("{}", removed_line(&s.found));
-        println!("  ({})", s.why);
+        say!("{}", removed_line(&s.found));
+        say!("  ({})", s.why);
         if s.found.path == home.unit_path() {
             systemd::forget_enable_link(home)?;
         }
         // Its directory held only this drop-in: an empty directory is no drop-in of anyone's.
         if s.found.path == home.install_path() && std::fs::remove_dir(home.dropin_dir()).is_ok() {
-            println!("Removed: {} (empty now)", home.dropin_dir().display());
+            say!("Removed: {} (empty now)", home.dropin_dir().display());
         }
     }
     let changed = !stale.is_empty() || files.iter().any(|f| f.existing != Existing::Same);
@@ -260,29 +260,29 @@ fn refuse_what_may_not_be_done(
     }
     if !never.is_empty() {
         for why in &never {
-            eprintln!("claude-tokend: {why}.");
+            tell!("claude-tokend: {why}.");
         }
-        eprintln!("claude-tokend: nothing was written.");
+        tell!("claude-tokend: nothing was written.");
         return Err(exit::FAILURE);
     }
     if force || (forceable.is_empty() && replacing.is_empty() && removing.is_empty()) {
         return Ok(());
     }
     for s in &removing {
-        eprintln!(
+        tell!(
             "claude-tokend: {} is in the way: {}.",
             s.found.named(),
             s.why
         );
         if let Some(keep) = s.keep {
-            eprintln!("claude-tokend: {keep}.");
+            tell!("claude-tokend: {keep}.");
         }
     }
     for why in &forceable {
-        eprintln!("claude-tokend: {why}.");
+        tell!("claude-tokend: {why}.");
     }
     if replacing.is_empty() && removing.is_empty() {
-        eprintln!("claude-tokend: nothing was written.");
+        tell!("claude-tokend: nothing was written.");
         return Err(exit::FAILURE);
     }
     let removing: Vec<&Found> = removing.iter().map(|s| &s.found).collect();
@@ -297,10 +297,10 @@ fn refuse_what_may_not_be_done(
 fn report(f: &Planned) {
     let named = f.found.named();
     match (f.existing, &f.found.kind) {
-        (Existing::Same, _) => println!("Unchanged: {named}"),
-        (Existing::Absent, _) => println!("Wrote: {named}"),
+        (Existing::Same, _) => say!("Unchanged: {named}"),
+        (Existing::Absent, _) => say!("Wrote: {named}"),
         (_, Kind::File) => {
-            println!(
+            say!(
                 "Replaced: {named}{}",
                 if f.found.is_link() {
                     " (the file the link leads to has the new content)"
@@ -311,11 +311,11 @@ fn report(f: &Planned) {
             // A reinstall without the flags of the first one drops its settings: show it.
             let old = f.old.as_deref().unwrap_or_default();
             for (sign, line) in changed_lines(old, &f.content) {
-                println!("  {sign} {line}");
+                say!("  {sign} {line}");
             }
         }
         // --force on a broken link, or one to a directory: the link itself was replaced.
-        (_, _) => println!(
+        (_, _) => say!(
             "Replaced: {named}: the link itself, by a plain file (nothing was written through it)"
         ),
     }

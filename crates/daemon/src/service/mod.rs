@@ -11,6 +11,22 @@
 //! The manager is chosen by the target OS; `CLAUDE_TOKEND_SERVICE_MANAGER` (or the hidden
 //! `--manager`) overrides it, so both code paths run, and are tested, on any Unix.
 
+/// `println!` that never panics: a reader that has gone (`service status | head -1`) loses the
+/// rest of the output, never the work (a panic could land between two renames, or between two
+/// `systemctl` steps).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::show::say(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics (stderr on a closed pipe: `2>&1 | head -1`), as [`say!`].
+macro_rules! tell {
+    ($($arg:tt)*) => {
+        $crate::service::tell_line(format_args!($($arg)*))
+    };
+}
+
 mod carry;
 mod commit;
 mod files;
@@ -34,6 +50,15 @@ use install::install;
 /// out" from "not running" (1).
 const UNREACHABLE: u8 = 69;
 
+/// Writes one line to stderr, ignoring failure: see [`tell!`].
+pub(crate) fn tell_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(line)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
 /// The manager asked for, else the one of the OS this was built for.
 fn resolve(arg: &ManagerArg) -> Manager {
     arg.manager.unwrap_or(if cfg!(target_os = "macos") {
@@ -48,9 +73,7 @@ pub fn run(settings: &Settings, action: &ServiceAction) -> u8 {
         ServiceAction::Install(args) => {
             let manager = resolve(&args.manager);
             if args.sandbox && manager != Manager::Systemd {
-                eprintln!(
-                    "claude-tokend: --sandbox is a systemd drop-in; launchd has no equivalent"
-                );
+                tell!("claude-tokend: --sandbox is a systemd drop-in; launchd has no equivalent");
                 return exit::USAGE;
             }
             Home::from_env().and_then(|home| install(settings, args, manager, &home))
