@@ -89,7 +89,7 @@ pub(super) fn install(
             )?);
             // The drop-in written while a package's unit was there (since removed) would
             // replace this unit's ExecStart= and add its old settings. A masked one (a link to
-            // /dev/null) changes nothing, and is the user's.
+            // /dev/null, or empty) changes nothing, and is the user's.
             let dropin = Found::at(&home.install_path(), Role::DropIn)?;
             if dropin.present() && dropin.kind != Kind::Masked {
                 let state = state_of(&dropin)?;
@@ -132,8 +132,9 @@ pub(super) fn install(
     // go without), and one left as it was would name the old logins' directories in
     // ReadWritePaths=, so that ProtectSystem=strict makes every refresh of the new ones fail.
     // Dropping it silently instead would take away hardening a reinstall for another setting
-    // never asked to lose. A masked one is how the user goes without it: left alone unless
-    // --sandbox asks for it.
+    // never asked to lose. A masked one (a link to /dev/null, or an empty file: to systemd the
+    // same, a drop-in that adds nothing and hides one of its name read after it) is how the
+    // user goes without it: left alone unless --sandbox asks for it.
     if manager == Manager::Systemd {
         let sandbox = Found::at(&home.sandbox_path(), Role::DropIn)?;
         let earlier = sandbox.present() && sandbox.kind != Kind::Masked;

@@ -160,12 +160,20 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         Ran::NotRun(_) => false,
     };
     if !ours && !loaded {
-        say!(
-            "Nothing to remove: {} does not exist.",
-            agent.path.display()
-        );
         if agent.kind == Kind::Masked {
-            say!("Kept: {}: masked", agent.named());
+            say!("Nothing to remove: no file `service install` wrote is there.");
+        } else {
+            say!(
+                "Nothing to remove: {} does not exist.",
+                agent.path.display()
+            );
+        }
+        if agent.kind == Kind::Masked {
+            say!(
+                "Kept: {}: {}",
+                agent.path.display(),
+                agent.describe_odd().unwrap_or_default()
+            );
         }
         return Ok(());
     }
@@ -176,7 +184,11 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     if ours {
         remove_found(&agent)?;
     } else if agent.kind == Kind::Masked {
-        say!("Kept: {}: masked", agent.named());
+        say!(
+            "Kept: {}: {}",
+            agent.path.display(),
+            agent.describe_odd().unwrap_or_default()
+        );
     }
     say!(
         "claude-tokend is stopped and uninstalled (its log, {}, is kept).",

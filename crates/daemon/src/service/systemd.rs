@@ -61,11 +61,20 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         .collect();
     let keep_masks = || {
         for m in &masks {
-            say!("Kept: {}: masked; {}", m.named(), unmask_hint(m));
+            say!(
+                "Kept: {}: {}; {}",
+                m.path.display(),
+                m.describe_odd().unwrap_or_default(),
+                unmask_hint(m)
+            );
         }
     };
     if ours.is_empty() {
-        say!("Nothing to remove: {} does not exist.", unit_path.display());
+        if masks.is_empty() {
+            say!("Nothing to remove: {} does not exist.", unit_path.display());
+        } else {
+            say!("Nothing to remove: no file `service install` wrote is there.");
+        }
         keep_masks();
         let packaged = home.packaged_unit();
         if packaged.is_file() {
