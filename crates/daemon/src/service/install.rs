@@ -5,16 +5,19 @@
 //! device or a directory is never written through), and then all of it at once (`commit`).
 //! Then the manager's module finishes (reload, enable, restart).
 
+use std::path::{Path, PathBuf};
+
 use super::carry::{carried_logins, carried_settings, writable_dirs};
 use super::commit::{NewFile, put_in_place, this_command};
 use super::files::{
     Existing, Planned, Syntax, changed_lines, fix_mode, refuse_edited, removed_line, same_file,
-    state_of, warn_if_others_write,
+    state_of,
 };
 use super::found::{Found, Kind, Role, Verdict};
-use super::home::Home;
+use super::home::{Home, parent};
 use super::program::program_path;
 use super::render::{render_agent, render_dropin, render_sandbox, render_unit};
+use super::way;
 use super::{launchd, systemd};
 use crate::cli::{InstallArgs, Manager, Settings};
 use crate::exit;
@@ -149,9 +152,28 @@ pub(super) fn install(
         }
     }
 
+    // Where anything is written, removed or created: each file (its links followed: where they
+    // lead is written), the directory a file is removed from, the agent's log directory.
+    let log_dir = home.log_path().parent().map(Path::to_path_buf);
+    let stale_dirs: Vec<PathBuf> = stale.iter().map(|s| parent(&s.found.path)).collect();
+    let touched: Vec<&Path> = files
+        .iter()
+        .map(|f| f.found.path.as_path())
+        .chain(stale_dirs.iter().map(PathBuf::as_path))
+        .chain(log_dir.as_deref().filter(|_| manager == Manager::Launchd))
+        .collect();
+    way::refuse_others_dirs(&touched, &home.home, "written")?;
     refuse_what_may_not_be_done(&files, &stale, args.force, manager)?;
-    let founds: Vec<&Found> = files.iter().map(|f| &f.found).collect();
-    warn_if_others_write(&founds, &home.home);
+    way::warn_if_others_write(&touched);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root with another user's HOME was refused already: this HOME is root's.
+        tell!(
+            "claude-tokend: note: running as root with root's HOME ({}): this installs the \
+             service for root, not for any other user",
+            home.home.display()
+        );
+    }
 
     say!("Service program: {}", program.display());
     if let Some(packaged) = &packaged {

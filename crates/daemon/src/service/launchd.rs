@@ -7,9 +7,10 @@ use std::ffi::OsStr;
 use super::commit::create_dirs;
 use super::files::{describe_file, remove_found};
 use super::found::{Found, Kind, Role};
-use super::home::{Home, LABEL};
+use super::home::{Home, LABEL, parent};
 use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
 use super::systemd::refuse_removing;
+use super::way;
 use crate::cli::InstallArgs;
 use crate::{exit, interrupt};
 
@@ -119,6 +120,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
 
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let agent = Found::at(&home.agent_path(), Role::Agent)?;
+    way::refuse_others_dirs(&[&parent(&agent.path)], &home.home, "removed")?;
     // A link to /dev/null is the user's way to keep the agent out: kept, always.
     let ours = agent.present() && agent.kind != Kind::Masked;
     // A hand edit is no more ours to remove than to replace (before anything is stopped).

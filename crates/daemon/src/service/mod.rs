@@ -3,8 +3,8 @@
 //! pieces live beside it: `install` plans an install (which files, compared with what is
 //! there, written only if all may be), `render` fills the templates, `carry` works out the
 //! settings and paths that go into them, `program` the path the service runs, `found` tells
-//! what is at a file's path (a file, a link, a mask), `files` compares, `commit` writes all or
-//! nothing, `systemd` and `launchd` drive the service managers through `step`, which prints
+//! what is at a file's path (a file, a link, a mask), `files` compares, `way` checks whose
+//! directories the files are reached through, `commit` writes all or nothing, `systemd` and `launchd` drive the service managers through `step`, which prints
 //! every command, because a user who can see the commands can repeat, undo or debug them by
 //! hand. It never writes the credentials file.
 //!
@@ -38,6 +38,7 @@ mod program;
 mod render;
 mod step;
 mod systemd;
+mod way;
 
 use crate::cli::{Manager, ManagerArg, ServiceAction, Settings};
 use crate::exit;
@@ -76,14 +77,18 @@ pub fn run(settings: &Settings, action: &ServiceAction) -> u8 {
                 tell!("claude-tokend: --sandbox is a systemd drop-in; launchd has no equivalent");
                 return exit::USAGE;
             }
-            Home::from_env().and_then(|home| install(settings, args, manager, &home))
-        }
-        ServiceAction::Uninstall(args) => {
-            Home::from_env().and_then(|home| match resolve(&args.manager) {
-                Manager::Systemd => systemd::uninstall(&home, args.force),
-                Manager::Launchd => launchd::uninstall(&home, args.force),
+            Home::from_env().and_then(|home| {
+                way::refuse_root_with_anothers_home(&home.home)?;
+                install(settings, args, manager, &home)
             })
         }
+        ServiceAction::Uninstall(args) => Home::from_env().and_then(|home| {
+            way::refuse_root_with_anothers_home(&home.home)?;
+            match resolve(&args.manager) {
+                Manager::Systemd => systemd::uninstall(&home, args.force),
+                Manager::Launchd => launchd::uninstall(&home, args.force),
+            }
+        }),
         ServiceAction::Status(m) => Home::from_env().and_then(|home| match resolve(m) {
             Manager::Systemd => systemd::status(&home),
             Manager::Launchd => launchd::status(&home),

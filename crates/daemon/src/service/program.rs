@@ -88,12 +88,6 @@ pub(super) fn program_path(manager: Manager) -> Result<PathBuf, u8> {
             program.display()
         );
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        tell!(
-            "claude-tokend: note: running as root installs the service for root, not for your own user"
-        );
-    }
     Ok(program)
 }
 

@@ -3,12 +3,13 @@
 //! never the package's unit itself), and asking for the status, all through `systemctl --user`.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::files::{Existing, describe_file, refuse_edited, remove_found, remove_saying, state_of};
 use super::found::{Found, Kind, Role};
 use super::home::{Home, UNIT};
 use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
+use super::way;
 use crate::cli::InstallArgs;
 use crate::{exit, interrupt};
 
@@ -52,6 +53,12 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         Found::at(&home.install_path(), Role::DropIn)?,
         Found::at(&home.sandbox_path(), Role::DropIn)?,
     ];
+    let dirs = [home.unit_dir(), home.dropin_dir()];
+    way::refuse_others_dirs(
+        &dirs.each_ref().map(PathBuf::as_path),
+        &home.home,
+        "removed",
+    )?;
     // A mask is the user's (`systemctl --user mask`), and taking it away could let a package's
     // unit start: kept, always.
     let masks: Vec<&Found> = all.iter().filter(|f| f.kind == Kind::Masked).collect();
