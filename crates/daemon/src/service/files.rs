@@ -5,11 +5,13 @@
 //! write, and writes none (`commit` puts them in place).
 
 use std::fs::File;
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::commit::removable;
 use super::found::{Found, Kind, Role};
+use super::step::{by_hand, shell_quote};
 use crate::exit;
 
 /// A service file's mode: the service manager reads it, only its owner may change it (any other
@@ -220,10 +222,62 @@ pub(super) fn removed_line(found: &Found) -> String {
     }
 }
 
-/// Removes what is at `found` (a link, never what it points at: that one is the user's, in a
-/// dotfiles repository say) and says so.
-pub(super) fn remove_found(found: &Found) -> Result<(), u8> {
-    remove_saying(&found.path, &removed_line(found))
+/// Refuses (exit 1) when any of `files` cannot be removed (see [`removable`]), naming each,
+/// before anything is done: an uninstall that stopped the service, then could not take its
+/// files away, would leave it to start again at the next login.
+pub(super) fn refuse_unremovable(files: &[&Found]) -> Result<(), u8> {
+    let mut refused = false;
+    for f in files {
+        if let Err(e) = removable(&f.path) {
+            tell!("claude-tokend: cannot remove {} ({e})", f.named());
+            refused = true;
+        }
+    }
+    if refused {
+        tell!("claude-tokend: nothing was stopped or removed.");
+        return Err(exit::FAILURE);
+    }
+    Ok(())
+}
+
+/// Removes each of `files`, and says so: a link is removed, never what it points at (that one
+/// is the user's, in a dotfiles repository say). One that cannot be removed after all (its
+/// directory changed since it was checked) ends it: what is removed, what is not, and what to
+/// run by hand: `rm -f` of the rest, then `then`. `before`: what the uninstall did already.
+pub(super) fn remove_all(files: &[&Found], before: &[String], then: &[String]) -> Result<(), u8> {
+    let mut done: Vec<String> = before.iter().map(|b| format!("  {b}\n")).collect();
+    for (i, f) in files.iter().enumerate() {
+        match std::fs::remove_file(&f.path) {
+            Ok(()) => {
+                say!("{}", removed_line(f));
+                done.push(format!("  {} (removed)\n", f.path.display()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let left = &files[i..];
+                let mut text = format!(
+                    "claude-tokend: cannot remove {}: {e}; this uninstall is half done.\n\
+                     claude-tokend: already changed:\n{}claude-tokend: not changed:\n",
+                    f.path.display(),
+                    done.concat()
+                );
+                for l in left {
+                    text.push_str(&format!("  {} (not removed)\n", l.path.display()));
+                }
+                let _ = io::stderr().write_all(text.as_bytes());
+                let paths: Vec<String> = left
+                    .iter()
+                    .map(|l| shell_quote(&l.path.to_string_lossy()))
+                    .collect();
+                by_hand(
+                    std::iter::once(format!("rm -f {}", paths.join(" ")))
+                        .chain(then.iter().cloned()),
+                );
+                return Err(exit::FAILURE);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the file or link at `path`, then prints `line`; gone already is fine.
@@ -264,7 +318,7 @@ pub(super) fn fix_mode(f: &Planned) {
             "claude-tokend: warning: {} is mode {was:o}: others may change what the service runs, \
              and its mode cannot be changed here ({e}); run: chmod {FILE_MODE:o} {}",
             f.found.named(),
-            super::step::shell_quote(&file.to_string_lossy())
+            shell_quote(&file.to_string_lossy())
         ),
     }
 }

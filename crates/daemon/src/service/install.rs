@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::carry::{carried_logins, carried_settings, writable_dirs};
-use super::commit::{NewFile, put_in_place, this_command};
+use super::commit::{NewFile, put_in_place, stopped as stopped_by, sweep_temps, this_command};
 use super::files::{
     Existing, Planned, Syntax, changed_lines, fix_mode, refuse_edited, removed_line, same_file,
     state_of,
@@ -169,8 +169,8 @@ pub(super) fn install(
     if unsafe { libc::geteuid() } == 0 {
         // Root with another user's HOME was refused already: this HOME is root's.
         tell!(
-            "claude-tokend: note: running as root with root's HOME ({}): this installs the \
-             service for root, not for any other user",
+            "claude-tokend: note: running as root, with a HOME root owns ({}): this installs \
+             the service for root, not for any other user",
             home.home.display()
         );
     }
@@ -202,7 +202,15 @@ pub(super) fn install(
         })
         .collect();
     let removing: Vec<&Found> = stale.iter().map(|s| &s.found).collect();
-    put_in_place(&writes, &removing, &this_command())?;
+    let changed = !stale.is_empty() || !writes.is_empty();
+    // A service installed before may be running on the old files; a first install's is not.
+    let restart =
+        changed && (!stale.is_empty() || files.iter().any(|f| f.existing != Existing::Absent));
+    // Temps a killed install left beside these files would otherwise stay for good (each is
+    // named for the process that made it).
+    let dests: Vec<&Path> = files.iter().map(Planned::dest).collect();
+    sweep_temps(&dests);
+    let stopped = put_in_place(&writes, &removing, &this_command())?;
     for f in &files {
         report(f);
         fix_mode(f);
@@ -224,10 +232,14 @@ pub(super) fn install(
             say!("Removed: {} (empty now)", home.dropin_dir().display());
         }
     }
-    let changed = !stale.is_empty() || files.iter().any(|f| f.existing != Existing::Same);
-    // A service installed before may be running on the old files; a first install's is not.
-    let restart =
-        changed && (!stale.is_empty() || files.iter().any(|f| f.existing != Existing::Absent));
+    if let Some(signal) = stopped {
+        // The files are in place (said already); nothing is asked of the service manager.
+        let rest = match manager {
+            Manager::Systemd => systemd::steps_left(args, restart),
+            Manager::Launchd => launchd::steps_left(home, args, changed),
+        };
+        return Err(stopped_by(signal, rest));
+    }
     match manager {
         Manager::Systemd => {
             let in_place = files

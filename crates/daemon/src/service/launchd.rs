@@ -4,8 +4,8 @@
 
 use std::ffi::OsStr;
 
-use super::commit::create_dirs;
-use super::files::{describe_file, remove_found};
+use super::commit::{create_dirs, sweep_temps};
+use super::files::{describe_file, refuse_unremovable, remove_all};
 use super::found::{Found, Kind, Role};
 use super::home::{Home, LABEL, parent};
 use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
@@ -118,6 +118,34 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     Ok(())
 }
 
+/// What [`finish_install`] would run with `--now`, as the user would type it: for a command
+/// stopped before (the bootout fails harmlessly when the agent is not loaded). Without `--now`
+/// nothing: launchd loads the agent at the next login.
+pub(super) fn steps_left(home: &Home, args: &InstallArgs, changed: bool) -> Vec<String> {
+    if !args.now {
+        return Vec::new();
+    }
+    let domain = gui_domain();
+    let target = format!("{domain}/{LABEL}");
+    let agent = home.agent_path();
+    let mut steps = Vec::new();
+    if changed {
+        steps.push(shown(
+            "launchctl",
+            &[OsStr::new("bootout"), OsStr::new(&target)],
+        ));
+    }
+    steps.push(shown(
+        "launchctl",
+        &[
+            OsStr::new("bootstrap"),
+            OsStr::new(&domain),
+            agent.as_os_str(),
+        ],
+    ));
+    steps
+}
+
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let agent = Found::at(&home.agent_path(), Role::Agent)?;
     way::refuse_others_dirs(&[&parent(&agent.path)], &home.home, "removed")?;
@@ -126,7 +154,9 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     // A hand edit is no more ours to remove than to replace (before anything is stopped).
     if ours {
         refuse_removing(&[&agent], force, false)?;
+        refuse_unremovable(&[&agent])?;
     }
+    sweep_temps(&[agent.path.as_path(), agent.file()]);
     let target = format!("{}/{LABEL}", gui_domain());
     let bootout = [OsStr::new("bootout"), OsStr::new(&target)];
     let rm = format!("rm -f {}", shell_quote(&agent.path.to_string_lossy()));
@@ -155,7 +185,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
                  launchctl: {e}); removing its file anyway. An agent already loaded runs until \
                  you log out, or until `launchctl bootout {target}`."
             );
-            remove_found(&agent)?;
+            remove_all(&[&agent], &[], &[])?;
             say!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
             return Ok(());
         }
@@ -184,7 +214,12 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         step_result("launchctl", &bootout, ran, "nothing was removed", "", &[rm])?;
     }
     if ours {
-        remove_found(&agent)?;
+        let before = if loaded {
+            vec![format!("{target} (booted out)")]
+        } else {
+            Vec::new()
+        };
+        remove_all(&[&agent], &before, &[])?;
     } else if agent.kind == Kind::Masked {
         say!(
             "Kept: {}: {}",

@@ -326,15 +326,15 @@ extern "C" fn on_signal(signal: c_int) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP caught (not acted on by default: the command would die and leave
-/// the call's process group running) from its making until it is dropped, which puts the
-/// actions back as they were. A signal ignored when the command started (`nohup`) stays
-/// ignored.
-struct Catch {
+/// the call's process group running, or its temp files behind) from its making until it is
+/// dropped, which puts the actions back as they were. A signal ignored when the command started
+/// (`nohup`) stays ignored. Around each call, and around `commit`'s writes and renames.
+pub(super) struct Catch {
     old: Vec<(c_int, libc::sigaction)>,
 }
 
 impl Catch {
-    fn install() -> Catch {
+    pub(super) fn install() -> Catch {
         CAUGHT.store(0, Ordering::SeqCst);
         let mut old = Vec::new();
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -357,7 +357,7 @@ impl Catch {
         Catch { old }
     }
 
-    fn caught(&self) -> Option<c_int> {
+    pub(super) fn caught(&self) -> Option<c_int> {
         Some(CAUGHT.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 }

@@ -5,7 +5,10 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use super::files::{Existing, describe_file, refuse_edited, remove_found, remove_saying, state_of};
+use super::commit::{is_temp_of, sweep_temps};
+use super::files::{
+    Existing, describe_file, refuse_edited, refuse_unremovable, remove_all, remove_saying, state_of,
+};
 use super::found::{Found, Kind, Role};
 use super::home::{Home, UNIT};
 use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
@@ -45,6 +48,18 @@ pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool)
     Ok(())
 }
 
+/// What [`finish_install`] would run, as the user would type it: for a command stopped before.
+pub(super) fn steps_left(args: &InstallArgs, restart: bool) -> Vec<String> {
+    let mut steps = vec![user_args(&["daemon-reload"])];
+    if args.now {
+        steps.push(user_args(&["enable", "--now", UNIT]));
+        if restart {
+            steps.push(user_args(&["try-restart", UNIT]));
+        }
+    }
+    steps.iter().map(|a| step::shown("systemctl", a)).collect()
+}
+
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let unit_path = home.unit_path();
     // Ours, all of them: the unit, the drop-in on a package's unit, the sandbox drop-in.
@@ -77,6 +92,11 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         }
     };
     if ours.is_empty() {
+        let files: Vec<&Path> = all
+            .iter()
+            .flat_map(|f| [f.path.as_path(), f.file()])
+            .collect();
+        sweep_temps(&files);
         if masks.is_empty() {
             say!("Nothing to remove: {} does not exist.", unit_path.display());
         } else {
@@ -95,7 +115,9 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     // A hand edit is no more ours to remove than to replace: refused before anything is
     // stopped, so a refusal leaves the service as it was.
     refuse_removing(&ours, force, true)?;
+    refuse_unremovable(&ours)?;
     let mut reached = true;
+    let mut stopped = false;
     // The unit is ours, or the package's with our settings on it: either way `install` enabled
     // it (or said to), so uninstalling stops and disables it.
     if ours
@@ -132,15 +154,33 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
                 if force { " --force" } else { "" }
             )];
             step_result("systemctl", &args, ran, "nothing was removed", "", &rest)?;
+            stopped = true;
         }
     }
-    for f in &ours {
-        remove_found(f)?;
-    }
+    tokend_core::seams::pause_at("service-uninstall-removing");
+    let before: Vec<String> = stopped
+        .then(|| format!("{UNIT} (stopped and disabled)"))
+        .into_iter()
+        .collect();
+    let then: Vec<String> = reached
+        .then(|| "systemctl --user daemon-reload".to_owned())
+        .into_iter()
+        .collect();
+    remove_all(&ours, &before, &then)?;
     keep_masks();
+    // Temps a killed install left: in no one's way, but they would keep the directory.
+    let files: Vec<&Path> = all
+        .iter()
+        .flat_map(|f| [f.path.as_path(), f.file()])
+        .collect();
+    sweep_temps(&files);
     // Only our own drop-ins are ours to remove; `systemctl --user edit` ones are the user's.
+    // (A temp of an install at work right now is none of the user's either.)
     let dropins = home.dropin_dir();
-    if std::fs::remove_dir(&dropins).is_err() && dropins.exists() {
+    if std::fs::remove_dir(&dropins).is_err()
+        && std::fs::read_dir(&dropins)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| !is_temp_of(&e.file_name(), &files))))
+    {
         say!(
             "Kept: {} (drop-ins that `service install` did not write)",
             dropins.display()
