@@ -174,8 +174,8 @@ fn temp_pid(name: &OsStr, of: &OsStr) -> Option<libc::pid_t> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Whether `dir` holds a temp file of `of` whose maker may still be running (this process, or
-/// one that is there: another install at work right now).
+/// Whether process `pid`, which made a temp file, may still be running (this process, or one
+/// that is there: another install at work right now, whose temp is not stale).
 fn live(pid: libc::pid_t) -> bool {
     // SAFETY: kill(2) with signal 0 only asks whether the process exists.
     pid == std::process::id() as libc::pid_t

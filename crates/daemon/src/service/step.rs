@@ -2,9 +2,10 @@
 //! the user can paste (`shell_quote`), every call is bounded in time (a manager waiting on a
 //! stuck bus would otherwise hang `service` forever) and ends with the command when the user
 //! interrupts it (SIGINT, SIGTERM, SIGHUP: the call, in a process group of its own, would
-//! otherwise run on orphaned), and a failure says which command failed and what to run by hand
-//! from there. It knows no manager's meaning of an exit code; `systemd` and `launchd` read
-//! those.
+//! otherwise run on orphaned), what the call says comes back on pipes (never the terminal,
+//! where `stty tostop` would stop it) and is relayed, and a failure says which command failed
+//! and what to run by hand from there. It knows no manager's meaning of an exit code; `systemd`
+//! and `launchd` read those.
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
