@@ -163,8 +163,8 @@ mkdir -p "$pkg/usr-lib" "$pkg/home"
 if [ -n "${CLAUDE_TOKEND_PACKAGED_UNIT:-}" ]; then
   cp "$CLAUDE_TOKEND_PACKAGED_UNIT" "$pkg/usr-lib/claude-tokend.service"
 else
-  sed 's|^ExecStart=%h/.cargo/bin/claude-tokend$|ExecStart=/usr/bin/claude-tokend|' \
-    systemd/claude-tokend.service >"$pkg/usr-lib/claude-tokend.service"
+  # The packages' own rule for their unit (one place says how the template becomes it).
+  bash packaging/systemd-unit.sh /usr/bin/claude-tokend >"$pkg/usr-lib/claude-tokend.service"
 fi
 grep -qx 'ExecStart=/usr/bin/claude-tokend' "$pkg/usr-lib/claude-tokend.service" \
   || { say "the packaged unit does not run /usr/bin/claude-tokend" >&2; exit 1; }

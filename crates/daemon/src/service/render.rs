@@ -10,14 +10,15 @@ use std::path::Path;
 
 use crate::exit;
 
+// Read through crates/daemon/systemd and crates/daemon/launchd, symlinks to the repository's
+// directories, so that the crate published on crates.io carries the files (a package holds
+// nothing outside its own directory) and `cargo install claude-tokend` builds.
 /// The systemd user unit, as shipped in `systemd/`.
-pub(super) const UNIT_TEMPLATE: &str = include_str!("../../../../systemd/claude-tokend.service");
+pub(super) const UNIT_TEMPLATE: &str = include_str!("../../systemd/claude-tokend.service");
 /// The optional sandboxing drop-in, as shipped in `systemd/`.
-pub(super) const SANDBOX_TEMPLATE: &str =
-    include_str!("../../../../systemd/claude-tokend-sandbox.conf");
+pub(super) const SANDBOX_TEMPLATE: &str = include_str!("../../systemd/claude-tokend-sandbox.conf");
 /// The launchd agent, as shipped in `launchd/`.
-pub(super) const AGENT_TEMPLATE: &str =
-    include_str!("../../../../launchd/io.github.claude-tokend.plist");
+pub(super) const AGENT_TEMPLATE: &str = include_str!("../../launchd/io.github.claude-tokend.plist");
 
 // The template lines rendering replaces or appends after. The unit tests check each is present
 // exactly once, so an edit to a template that breaks rendering fails the build's tests.
