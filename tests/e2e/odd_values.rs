@@ -210,5 +210,6 @@ fn a_client_id_with_a_control_character_is_refused_and_shown_escaped() {
         .server(&server)
         .args(["--once", "--client-id", "a\nb"])
         .run();
-    out.expect_code(2).expect_stderr_contains("control character");
+    out.expect_code(2)
+        .expect_stderr_contains("control character");
 }
