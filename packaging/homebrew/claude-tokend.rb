@@ -1,6 +1,7 @@
 # Homebrew formula for claude-tokend, built from source with cargo.
 #
-#   brew install --formula ./packaging/homebrew/claude-tokend.rb   (or from a tap that carries it)
+#   brew install <tap>/claude-tokend     from a tap that carries this file (Homebrew installs
+#                                        formulae only from taps: see the README's Install section)
 #   brew services start claude-tokend                              the launchd agent (systemd on Linux)
 #
 # The version is the tag below; packaging/test.sh fails when it differs from Cargo.toml. A git tag

@@ -172,3 +172,44 @@ fn a_failing_mirror_command_is_named_the_way_it_was_set() {
             .expect_stderr_contains(named);
     }
 }
+
+/// A duration is named as the user could have written it: `4m59s`, not `299s`.
+#[test]
+fn a_compound_lead_is_warned_about_as_written() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let out = Cmd::new(&home)
+        .args(["status", "--refresh-before", "4m59s"])
+        .run();
+    out.expect_code(0)
+        .expect_stderr_contains("--refresh-before 4m59s");
+}
+
+/// A client id with a control character is a bad setting (it would be stored with a login and
+/// echoed in messages); the variable's bad value is shown escaped, not sent to the terminal.
+#[test]
+fn a_client_id_with_a_control_character_is_refused_and_shown_escaped() {
+    let (home, login, server) = due_home();
+    let before = home.state();
+    let out = Cmd::new(&home)
+        .server(&server)
+        .env("ANTHROPIC_CLIENT_ID", "abc\u{1b}]0;pwned\u{7}")
+        .arg("--once")
+        .run();
+    out.expect_code(2)
+        .expect_stderr_contains("ANTHROPIC_CLIENT_ID")
+        .expect_stderr_contains("\\u{1b}")
+        .check(
+            !out.stderr.contains('\u{1b}'),
+            "no raw escape reaches the terminal",
+        )
+        .check_eq("requests sent", server.count(), 0)
+        .expect_untouched(&home.creds_path(), &before)
+        .expect_no_secret(&login.secrets());
+    let out = Cmd::new(&home)
+        .server(&server)
+        .args(["--once", "--client-id", "a\nb"])
+        .run();
+    out.expect_code(2)
+        .expect_stderr_contains("control character");
+}

@@ -1,5 +1,5 @@
 //! Fault-injection seams for the end-to-end tests: crash the process at a named step of the
-//! refresh path, or make the rename fail as it does on a bind-mounted file.
+//! refresh path, make the rename fail as it does on a bind-mounted file, or pause at a named step.
 //!
 //! They exist only in debug builds with the `test-seams` feature (which only the test suite
 //! turns on). Everywhere else every function here is an empty inline that reads no environment,
@@ -110,6 +110,24 @@ mod active {
             .and_then(|v| v.parse().ok())
             .map(std::io::Error::from_raw_os_error)
     }
+
+    /// `CLAUDE_TOKEND_TEST_PAUSE_AT=STEP` with `CLAUDE_TOKEND_TEST_PAUSE_FILE=PATH`: at `step`
+    /// the process creates PATH, then waits (at most 10 s) until the test removes it, so the test
+    /// acts (sends a signal, swaps a file) at exactly that point and not by sleep-and-hope.
+    pub fn pause_at(step: &str) {
+        if !std::env::var("CLAUDE_TOKEND_TEST_PAUSE_AT").is_ok_and(|v| v == step) {
+            return;
+        }
+        let Some(file) = std::env::var_os("CLAUDE_TOKEND_TEST_PAUSE_FILE") else {
+            return;
+        };
+        let file = std::path::Path::new(&file);
+        let _ = std::fs::write(file, step);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 #[cfg(all(feature = "test-seams", debug_assertions))]
@@ -153,6 +171,8 @@ mod inert {
     pub fn rename_error() -> Option<std::io::Error> {
         None
     }
+    #[inline(always)]
+    pub fn pause_at(_step: &str) {}
 }
 
 #[cfg(not(all(feature = "test-seams", debug_assertions)))]

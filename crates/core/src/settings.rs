@@ -194,21 +194,30 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Formats a duration exactly, in the largest unit that holds it whole, the way `parse_duration`
-/// reads it back: `500ms`, `90s`, `4m`, `1h`. For messages about a setting the user gave, where
-/// rounding `500ms` to `0s` would name a value they never wrote.
+/// Formats a duration exactly, the way `parse_duration` reads it back, in whole units from the
+/// largest: `500ms`, `90s` as `1m30s`, `4m59s`, `1h`, `1d2h`. For messages about a setting the
+/// user gave, where rounding `500ms` to `0s` (or spelling `4m59s` as `299s`) would name a value
+/// they never wrote.
 pub fn format_duration_exact(d: Duration) -> String {
     let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
-        return format!("{ms}ms");
+    if ms == 0 {
+        return "0s".to_owned();
     }
-    let secs = ms / 1000;
-    match secs {
-        s if s != 0 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
-        s if s != 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
-        s if s != 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
-        s => format!("{s}s"),
+    let mut out = String::new();
+    let mut rest = ms;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
     }
+    out
 }
 
 /// Checks an endpoint URL: `https`, or `http` only when the host is loopback (the tests' own
@@ -380,13 +389,15 @@ mod tests {
     fn exact_durations_by_table() {
         for (d, text) in [
             (Duration::from_millis(500), "500ms"),
-            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_millis(1500), "1s500ms"),
             (Duration::ZERO, "0s"),
-            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(90), "1m30s"),
             (Duration::from_secs(240), "4m"),
+            (Duration::from_secs(299), "4m59s"),
             (Duration::from_secs(3600), "1h"),
-            (Duration::from_secs(5400), "90m"),
+            (Duration::from_secs(5400), "1h30m"),
             (Duration::from_secs(86_400 * 2), "2d"),
+            (Duration::from_millis(86_400_000 + 1), "1d1ms"),
         ] {
             assert_eq!(format_duration_exact(d), text);
         }

@@ -254,7 +254,7 @@ pub struct Settings {
 
     /// The OAuth client id, used when the credentials file names none.
     #[arg(long, global = true, value_name = "ID", env = "ANTHROPIC_CLIENT_ID",
-          default_value = DEFAULT_CLIENT_ID, value_parser = non_empty)]
+          default_value = DEFAULT_CLIENT_ID, value_parser = client_id)]
     pub client_id: String,
 
     /// Refresh this long before the access token expires (like 90s, 15m, 1h; at most 4h).
@@ -438,7 +438,15 @@ pub fn parse() -> Cli {
                 ErrorKind::ValueValidation,
                 format!(
                     "invalid value '{}' for {}: {message}",
-                    value.to_string_lossy(),
+                    value
+                        .to_string_lossy()
+                        .chars()
+                        .map(|c| if c.is_control() {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        })
+                        .collect::<String>(),
                     var.name
                 ),
             )
@@ -628,6 +636,17 @@ fn header_value(s: &str) -> Result<String, String> {
         Some(c) => Err(format!(
             "contains the control character {c:?}; an HTTP header cannot carry it"
         )),
+        None => Ok(t),
+    }
+}
+
+/// An OAuth client id: not empty, no control character. It is sent in JSON and in the authorize
+/// URL, stored with a login, and named in messages, where a control character would reach the
+/// terminal; no server issues one.
+fn client_id(s: &str) -> Result<String, String> {
+    let t = non_empty(s)?;
+    match t.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("contains the control character {c:?}")),
         None => Ok(t),
     }
 }

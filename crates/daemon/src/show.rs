@@ -60,6 +60,17 @@ pub fn emit(text: &[u8]) -> Result<(), u8> {
     }
 }
 
+/// Writes one line to stdout, and goes on whatever becomes of it: for a command whose output
+/// only reports work it does all the same (`service install --now | head -1`: a closed pipe
+/// must end the output, never the renames or `systemctl` steps between two lines).
+pub fn say(line: std::fmt::Arguments<'_>) {
+    let mut stdout = io::stdout().lock();
+    let _ = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+}
+
 /// `CLAUDE_TOKEND_LOGIN` for a login (notifications and `--mirror-cmd`): the credentials path
 /// as located, or `keychain:<service>`.
 pub fn login_id(store: &tokend_core::store::Store) -> String {

@@ -314,3 +314,49 @@ fn every_directory_others_may_write_up_to_home_is_warned_about() {
     assert!(!warned(&config), "{}", run.err);
     std::fs::set_permissions(env.home(), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn a_directory_others_may_write_where_a_link_on_the_way_leads_is_warned_about() {
+    // ~/.config is a link into a directory everyone may write: whoever writes S can put
+    // another cfg (and unit) in place.
+    let env = Env::new("systemd");
+    let shared = env.root.join("S");
+    std::fs::create_dir_all(shared.join("cfg")).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    symlink(shared.join("cfg"), env.home().join(".config")).unwrap();
+    let run = env.run(&["service", "install"]).ok();
+    assert!(
+        run.err
+            .lines()
+            .any(|l| l.contains("warning")
+                && l.ends_with(&format!("chmod go-w {}", shared.display()))),
+        "{}",
+        run.err
+    );
+    assert!(shared.join("cfg/systemd/user").join(UNIT).is_file());
+
+    // Through a link to a link, and for the unit itself linked into such a directory.
+    let env = Env::systemd();
+    let shared = env.root.join("T");
+    let dotfiles = shared.join("dotfiles");
+    std::fs::create_dir_all(&dotfiles).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+    symlink(&dotfiles, env.root.join("hop")).unwrap();
+    std::fs::create_dir_all(env.unit_path().parent().unwrap()).unwrap();
+    std::fs::write(dotfiles.join(UNIT), "").unwrap();
+    std::fs::remove_file(dotfiles.join(UNIT)).unwrap();
+    env.run(&["service", "install"]).ok();
+    std::fs::rename(env.unit_path(), dotfiles.join(UNIT)).unwrap();
+    symlink(env.root.join("hop").join(UNIT), env.unit_path()).unwrap();
+    let run = env
+        .run(&["service", "install", "--refresh-before", "20m"])
+        .ok();
+    assert!(
+        run.err
+            .lines()
+            .any(|l| l.contains("its group")
+                && l.ends_with(&format!("chmod go-w {}", shared.display()))),
+        "{}",
+        run.err
+    );
+}

@@ -322,3 +322,110 @@ fn a_dangling_sandbox_link_is_not_taken_for_an_earlier_sandbox() {
     assert!(!env.root.join("gone").exists(), "written through the link");
     assert_eq!(read(&env.unit_path()), unit, "nothing is written");
 }
+
+#[test]
+fn an_empty_unit_is_a_mask_as_systemd_reads_it() {
+    // systemd.unit(5): a unit file that is empty (or a link to /dev/null) is masked.
+    let mut env = Env::systemd();
+    let dir = env.unit_path().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    let elsewhere = env.root.join("empty.service");
+    std::fs::write(&elsewhere, "").unwrap();
+    for linked in [false, true] {
+        if linked {
+            std::fs::remove_file(env.unit_path()).unwrap();
+            symlink(&elsewhere, env.unit_path()).unwrap();
+        } else {
+            std::fs::write(env.unit_path(), "").unwrap();
+        }
+        for args in [
+            &["service", "install"][..],
+            &["service", "install", "--force"],
+            &["service", "install", "--force", "--sandbox", "--now"],
+        ] {
+            let run = env.run(args).code(1);
+            assert!(
+                run.err.contains("masked")
+                    && run.err.contains("systemctl --user unmask claude-tokend"),
+                "{linked} {args:?}: {}",
+                run.err
+            );
+            assert!(!run.err.contains("edited by hand"), "{}", run.err);
+            assert_eq!(read(&env.unit_path()), "", "{linked} {args:?}");
+            assert!(!env.sandbox_path().exists(), "{args:?}: nothing is written");
+            assert!(env.take_calls().is_empty());
+        }
+        for args in [
+            &["service", "uninstall"][..],
+            &["service", "uninstall", "--force"],
+        ] {
+            let run = env.run(args).ok();
+            assert!(
+                std::fs::symlink_metadata(env.unit_path()).is_ok(),
+                "{linked} {args:?}: the mask was removed\n{}",
+                run.out
+            );
+            assert!(
+                run.out.contains("Kept:") && run.out.contains("unmask"),
+                "{}",
+                run.out
+            );
+        }
+        env.set("FAKE_RUNNING", "1");
+        let run = env.run(&["service", "status"]).ok();
+        assert!(run.out.contains("masked"), "{}", run.out);
+        env.unset("FAKE_RUNNING");
+        env.take_calls();
+    }
+
+    // An empty drop-in is to systemd what one linked to /dev/null is: it adds nothing, and
+    // hides any drop-in of its name in a directory read after this one. Both are the user's way
+    // to go without the sandbox: kept, never written unless the user removes it.
+    let env = Env::systemd();
+    env.run(&["service", "install"]).ok();
+    std::fs::create_dir_all(env.sandbox_path().parent().unwrap()).unwrap();
+    std::fs::write(env.sandbox_path(), "").unwrap();
+    let run = env
+        .run(&["service", "install", "--refresh-before", "20m"])
+        .ok();
+    assert_eq!(read(&env.sandbox_path()), "", "{}", run.out);
+    for args in [
+        &["service", "install", "--sandbox"][..],
+        &["service", "install", "--sandbox", "--force"],
+    ] {
+        let run = env.run(args).code(1);
+        assert!(
+            run.err.contains("masked") && run.err.contains("rm "),
+            "{args:?}: {}",
+            run.err
+        );
+        assert_eq!(read(&env.sandbox_path()), "");
+    }
+    let run = env.run(&["service", "uninstall", "--force"]).ok();
+    assert!(!env.unit_path().exists(), "{}", run.out);
+    assert_eq!(read(&env.sandbox_path()), "", "the empty drop-in is kept");
+    assert!(run.out.contains("Kept:"), "{}", run.out);
+}
+
+#[test]
+fn a_link_through_linked_directories_is_named_by_where_it_really_leads() {
+    let env = Env::systemd();
+    // The link names a harmless-looking directory, itself a link to a system one.
+    let real = env.root.join("etc/passwd");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(&real, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    symlink(env.root.join("etc"), env.root.join("dotfiles")).unwrap();
+    std::fs::create_dir_all(env.unit_path().parent().unwrap()).unwrap();
+    symlink(env.root.join("dotfiles/passwd"), env.unit_path()).unwrap();
+    let run = env.run(&["service", "install"]).code(1);
+    assert!(
+        run.err.contains(&format!(
+            "{} (a link to {})",
+            env.unit_path().display(),
+            real.display()
+        )),
+        "names where it really leads:\n{}",
+        run.err
+    );
+    assert_eq!(read(&real), "root:x:0:0:root:/root:/bin/sh\n");
+}

@@ -101,7 +101,7 @@ pub(super) fn carried_settings(settings: &Settings) -> Result<Vec<(&'static str,
         for dir in list {
             let dir = absolute_utf8(&dir)?;
             if dir.contains(':') {
-                eprintln!(
+                tell!(
                     "claude-tokend: CLAUDE_TOKEND_MIRRORS: the directory {dir} has a `:` in it, \
                      which the list cannot carry: name it with --mirror instead"
                 );
@@ -209,7 +209,7 @@ fn duration_setting(d: Duration) -> String {
 
 fn absolute_utf8(path: &Path) -> Result<String, u8> {
     let abs = std::path::absolute(path).map_err(|e| {
-        eprintln!(
+        tell!(
             "claude-tokend: cannot make {} absolute: {e}",
             path.display()
         );

@@ -4,9 +4,13 @@
 //! into place or removed. A failure before that point takes the temps (and the directories
 //! made for them) away again and changes nothing; a failure after it (a rename in a directory
 //! a temp was just written in: very unlikely) says which files are in place, which are not,
-//! and what to run. It knows nothing of units or plists.
+//! and what to run. SIGINT, SIGTERM and SIGHUP are caught meanwhile: one that comes before the
+//! first rename undoes it all, one that comes later lets the renames finish; either way no temp
+//! is left, and the command says what is in place and stops with 128 + the signal. Temps a
+//! killed run left (`kill -9`, a crash) are swept by the next install or uninstall. It knows
+//! nothing of units or plists.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -15,8 +19,9 @@ use std::path::{Path, PathBuf};
 use super::files::FILE_MODE;
 use super::found::Found;
 use super::home::parent;
-use super::step::shell_quote;
-use crate::exit;
+use super::step::{Catch, by_hand, shell_quote};
+use crate::{exit, interrupt};
+use libc::c_int;
 
 /// A directory this command creates: 0755, less what the umask takes away from group and
 /// others (0700 under umask 077), never writable by them whatever the umask.
@@ -31,12 +36,15 @@ pub(super) struct NewFile<'a> {
 }
 
 /// Writes `files` and removes `removing`, all or nothing as the module's comment says.
-/// `again` is the command to run once the cause of a late failure is fixed.
+/// `again` is the command to run once the cause of a late failure is fixed. `Ok(Some(signal))`:
+/// all is in place, and `signal` came meanwhile (said already): the command is to stop after
+/// the work that is left on disk, with `rest` to run by hand (see [`stopped`]).
 pub(super) fn put_in_place(
     files: &[NewFile<'_>],
     removing: &[&Found],
     again: &str,
-) -> Result<(), u8> {
+) -> Result<Option<c_int>, u8> {
+    let catch = Catch::install();
     let mut created = Vec::new();
     let mut temps: Vec<PathBuf> = Vec::new();
     let undo = |temps: &[PathBuf], created: &[PathBuf]| {
@@ -53,7 +61,7 @@ pub(super) fn put_in_place(
             Ok(tmp) => temps.push(tmp),
             Err(e) => {
                 undo(&temps, &created);
-                eprintln!(
+                tell!(
                     "claude-tokend: cannot write {} ({e}); nothing was changed",
                     f.shown
                 );
@@ -64,7 +72,7 @@ pub(super) fn put_in_place(
     for r in removing {
         if let Err(e) = removable(&r.path) {
             undo(&temps, &created);
-            eprintln!(
+            tell!(
                 "claude-tokend: cannot remove {} ({e}); nothing was changed",
                 r.named()
             );
@@ -72,8 +80,22 @@ pub(super) fn put_in_place(
         }
     }
 
+    tokend_core::seams::pause_at("service-commit-staged");
+    if let Some(signal) = catch.caught() {
+        undo(&temps, &created);
+        interrupt::tell(format_args!(
+            "{}: stopped before any file was put in place; nothing was changed",
+            interrupt::name(signal)
+        ));
+        return Err(interrupt::exit_code(signal));
+    }
+    // From here on a signal lets the renames finish: a half-done install is the one state
+    // this module never leaves by choice.
     let mut done: Vec<String> = Vec::new();
     for (i, (f, tmp)) in files.iter().zip(&temps).enumerate() {
+        if i == 1 {
+            tokend_core::seams::pause_at("service-commit-renaming");
+        }
         if let Err(e) = rename(tmp, f.dest) {
             for t in &temps[i..] {
                 let _ = std::fs::remove_file(t);
@@ -116,7 +138,89 @@ pub(super) fn put_in_place(
             }
         }
     }
-    Ok(())
+    let signal = catch.caught();
+    if let Some(signal) = signal {
+        let mut text = format!(
+            "claude-tokend: {}: it came while the files were put in place; they all are, and \
+             nothing more is done:\n",
+            interrupt::name(signal)
+        );
+        for d in &done {
+            text.push_str(&format!("  {d}\n"));
+        }
+        let _ = io::stderr().write_all(text.as_bytes());
+    }
+    Ok(signal)
+}
+
+/// Ends a command a signal stopped once its files were in place ([`put_in_place`] said so):
+/// what is left to run by hand, and the exit code (128 + the signal).
+pub(super) fn stopped(signal: c_int, rest: Vec<String>) -> u8 {
+    if !rest.is_empty() {
+        by_hand(rest);
+    }
+    interrupt::exit_code(signal)
+}
+
+/// Whether `name` is exactly a temp file's name as [`stage`] makes them for `of`:
+/// `.<of>.tmp<pid>`; the pid when it is.
+fn temp_pid(name: &OsStr, of: &OsStr) -> Option<libc::pid_t> {
+    let name = name.as_bytes();
+    let rest = name.strip_prefix(b".")?.strip_prefix(of.as_bytes())?;
+    let digits = rest.strip_prefix(b".tmp")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Whether process `pid`, which made a temp file, may still be running (this process, or one
+/// that is there: another install at work right now, whose temp is not stale).
+fn live(pid: libc::pid_t) -> bool {
+    // SAFETY: kill(2) with signal 0 only asks whether the process exists.
+    pid == std::process::id() as libc::pid_t
+        || unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Removes the temp files an install that was killed left beside each file of `files` (a file's
+/// path: the temps are `.<name>.tmp<pid>` in its directory), and says so: only regular files
+/// named exactly so, whose process is gone. Whatever cannot be removed stays, unsaid: it is
+/// in no one's way.
+pub(super) fn sweep_temps(files: &[&Path]) {
+    let mut seen: Vec<(PathBuf, &OsStr)> = Vec::new();
+    for file in files {
+        let (dir, Some(name)) = (parent(file), file.file_name()) else {
+            continue;
+        };
+        if seen.iter().any(|(d, n)| *d == dir && *n == name) {
+            continue;
+        }
+        seen.push((dir.clone(), name));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = temp_pid(&entry.file_name(), name) else {
+                continue;
+            };
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            if regular && !live(pid) && std::fs::remove_file(entry.path()).is_ok() {
+                say!(
+                    "Removed: {} (a temp file that an interrupted `service install` left)",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// Whether `entry` (a name in `dir`) is a temp file of one of `files` (see [`sweep_temps`]).
+pub(super) fn is_temp_of(entry: &OsStr, files: &[&Path]) -> bool {
+    files
+        .iter()
+        .filter_map(|f| f.file_name())
+        .any(|name| temp_pid(entry, name).is_some())
 }
 
 /// Says exactly how far a commit got.
@@ -163,7 +267,7 @@ fn rename(tmp: &Path, dest: &Path) -> io::Result<()> {
 /// Whether this process may remove `path`'s entry: write and search permission on its
 /// directory (as the kernel checks them for this process's effective ids), and in a sticky
 /// directory, owning the file or the directory.
-fn removable(path: &Path) -> io::Result<()> {
+pub(super) fn removable(path: &Path) -> io::Result<()> {
     let dir = parent(path);
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: faccessat(2) with a valid NUL-terminated path and no pointers kept.

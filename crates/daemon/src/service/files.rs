@@ -1,15 +1,17 @@
 //! The service files on disk: a digest line that tells this command's own unedited output from a
 //! hand edit, the comparison with what is there (absent, the same, ours, edited; through a
-//! link, the file it leads to), the mode a file holding the right content should have, the
-//! warning about directories others may write, and removing. It never decides which files to
+//! link, the file it leads to), the mode a file holding the right content should have (set on
+//! the very file that was read and judged), and removing. It never decides which files to
 //! write, and writes none (`commit` puts them in place).
 
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::commit::removable;
 use super::found::{Found, Kind, Role};
-use super::home::parent;
+use super::step::{by_hand, shell_quote};
 use crate::exit;
 
 /// A service file's mode: the service manager reads it, only its owner may change it (any other
@@ -47,8 +49,11 @@ pub(super) struct Planned {
     /// What the file held before, when it held something else.
     pub(super) old: Option<String>,
     /// The file's mode when it holds this content already but others may write it: it is set
-    /// to [`FILE_MODE`] (whoever can write it can change what the service runs).
+    /// to [`FILE_MODE`] (whoever can write it can change what the service runs), on `judged`.
     pub(super) loose_mode: Option<u32>,
+    /// The file that was read and compared, open: a mode is fixed on it, never on whatever
+    /// the path leads to by then.
+    judged: Option<File>,
 }
 
 impl Planned {
@@ -61,9 +66,10 @@ impl Planned {
     ) -> Result<Planned, u8> {
         let content = with_digest(&body?, syntax);
         let found = Found::at(&path, role)?;
-        let (existing, old) = read_state(&found, Some(&content))?;
-        let loose_mode = match existing {
-            Existing::Same => std::fs::metadata(found.file())
+        let (existing, old, judged) = read_state(&found, Some(&content))?;
+        let loose_mode = match (existing, &judged) {
+            (Existing::Same, Some(file)) => file
+                .metadata()
                 .ok()
                 .map(|m| m.mode() & 0o7777)
                 .filter(|m| m & 0o022 != 0),
@@ -75,6 +81,7 @@ impl Planned {
             existing,
             old,
             loose_mode,
+            judged,
         })
     }
 
@@ -86,30 +93,64 @@ impl Planned {
     }
 }
 
-/// What is at `found` compared with `content` (`None`: only whether it is ours), and the text
-/// it held when that differs. What is not a regular file is never read, and is not ours.
-fn read_state(found: &Found, content: Option<&str>) -> Result<(Existing, Option<String>), u8> {
+/// What is at `found` compared with `content` (`None`: only whether it is ours), the text it
+/// held when that differs, and the file read, open. What is not a regular file is never read,
+/// and is not ours.
+fn read_state(
+    found: &Found,
+    content: Option<&str>,
+) -> Result<(Existing, Option<String>, Option<File>), u8> {
     match found.kind {
-        Kind::Absent => return Ok((Existing::Absent, None)),
+        Kind::Absent => return Ok((Existing::Absent, None, None)),
         Kind::File => {}
-        _ => return Ok((Existing::Edited, None)),
+        _ => return Ok((Existing::Edited, None, None)),
     }
-    Ok(match std::fs::read_to_string(found.file()) {
-        Ok(old) if Some(old.as_str()) == content => (Existing::Same, None),
-        Ok(old) => (digest_state(&old), Some(old)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (Existing::Absent, None),
-        // Not UTF-8: certainly not ours.
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => (Existing::Edited, None),
+    let mut file = match open_judged(found.file()) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Existing::Absent, None, None)),
         Err(e) => {
-            eprintln!("claude-tokend: cannot read {}: {e}", found.named());
+            tell!("claude-tokend: cannot read {}: {e}", found.named());
+            return Err(exit::FAILURE);
+        }
+    };
+    let mut old = String::new();
+    Ok(match file.read_to_string(&mut old) {
+        Ok(_) if Some(old.as_str()) == content => (Existing::Same, None, Some(file)),
+        Ok(_) => (digest_state(&old), Some(old), Some(file)),
+        // Not UTF-8: certainly not ours.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => (Existing::Edited, None, Some(file)),
+        Err(e) => {
+            tell!("claude-tokend: cannot read {}: {e}", found.named());
             return Err(exit::FAILURE);
         }
     })
 }
 
+/// Opens the regular file at `path` for reading, never through a link put there since it was
+/// looked at (O_NOFOLLOW), nor blocking on a FIFO swapped in (O_NONBLOCK); anything but a
+/// regular file is an error: the path changed while it was being read.
+fn open_judged(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => changed(),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(changed());
+    }
+    Ok(file)
+}
+
+fn changed() -> io::Error {
+    io::Error::other("it changed while it was being read; run the command again")
+}
+
 /// Whether the file at `found` is absent, our own unedited output, or edited (or not ours).
 pub(super) fn state_of(found: &Found) -> Result<Existing, u8> {
-    read_state(found, None).map(|(state, _)| state)
+    read_state(found, None).map(|(state, _, _)| state)
 }
 
 /// Says that the edited files are not replaced (`replacing`) or removed (`removing`) without
@@ -120,7 +161,7 @@ pub(super) fn refuse_edited(replacing: &[&Found], removing: &[&Found], systemd: 
         .map(|f| (f, "replacing"))
         .chain(removing.iter().map(|f| (f, "removing")));
     for (found, verb) in not {
-        eprintln!(
+        tell!(
             "claude-tokend: {} exists and was edited by hand (or not written by `claude-tokend service install`); \
              not {verb} it.",
             found.named()
@@ -131,7 +172,7 @@ pub(super) fn refuse_edited(replacing: &[&Found], removing: &[&Found], systemd: 
         (true, false) => "to remove it anyway (your edits are lost)",
         _ => "to replace or remove them anyway (your edits are lost)",
     };
-    eprintln!(
+    tell!(
         "claude-tokend: {fix}, rerun with --force{}",
         if systemd && !replacing.is_empty() {
             "; keep your own settings in a drop-in (`systemctl --user edit claude-tokend`), which survives reinstalls"
@@ -181,73 +222,75 @@ pub(super) fn removed_line(found: &Found) -> String {
     }
 }
 
-/// Removes what is at `found` (a link, never what it points at: that one is the user's, in a
-/// dotfiles repository say) and says so.
-pub(super) fn remove_found(found: &Found) -> Result<(), u8> {
-    remove_saying(&found.path, &removed_line(found))
+/// Refuses (exit 1) when any of `files` cannot be removed (see [`removable`]), naming each,
+/// before anything is done: an uninstall that stopped the service, then could not take its
+/// files away, would leave it to start again at the next login.
+pub(super) fn refuse_unremovable(files: &[&Found]) -> Result<(), u8> {
+    let mut refused = false;
+    for f in files {
+        if let Err(e) = removable(&f.path) {
+            tell!("claude-tokend: cannot remove {} ({e})", f.named());
+            refused = true;
+        }
+    }
+    if refused {
+        tell!("claude-tokend: nothing was stopped or removed.");
+        return Err(exit::FAILURE);
+    }
+    Ok(())
+}
+
+/// Removes each of `files`, and says so: a link is removed, never what it points at (that one
+/// is the user's, in a dotfiles repository say). One that cannot be removed after all (its
+/// directory changed since it was checked) ends it: what is removed, what is not, and what to
+/// run by hand: `rm -f` of the rest, then `then`. `before`: what the uninstall did already.
+pub(super) fn remove_all(files: &[&Found], before: &[String], then: &[String]) -> Result<(), u8> {
+    let mut done: Vec<String> = before.iter().map(|b| format!("  {b}\n")).collect();
+    for (i, f) in files.iter().enumerate() {
+        match std::fs::remove_file(&f.path) {
+            Ok(()) => {
+                say!("{}", removed_line(f));
+                done.push(format!("  {} (removed)\n", f.path.display()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let left = &files[i..];
+                let mut text = format!(
+                    "claude-tokend: cannot remove {}: {e}; this uninstall is half done.\n\
+                     claude-tokend: already changed:\n{}claude-tokend: not changed:\n",
+                    f.path.display(),
+                    done.concat()
+                );
+                for l in left {
+                    text.push_str(&format!("  {} (not removed)\n", l.path.display()));
+                }
+                let _ = io::stderr().write_all(text.as_bytes());
+                let paths: Vec<String> = left
+                    .iter()
+                    .map(|l| shell_quote(&l.path.to_string_lossy()))
+                    .collect();
+                by_hand(
+                    std::iter::once(format!("rm -f {}", paths.join(" ")))
+                        .chain(then.iter().cloned()),
+                );
+                return Err(exit::FAILURE);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the file or link at `path`, then prints `line`; gone already is fine.
 pub(super) fn remove_saying(path: &Path, line: &str) -> Result<(), u8> {
     match std::fs::remove_file(path) {
         Ok(()) => {
-            println!("{line}");
+            say!("{line}");
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => {
-            eprintln!("claude-tokend: cannot remove {}: {e}", path.display());
+            tell!("claude-tokend: cannot remove {}: {e}", path.display());
             Err(exit::FAILURE)
-        }
-    }
-}
-
-/// Warns about each directory from those holding `files` up to `home` (inclusive; up to `/`
-/// for one outside it), and the one holding each link's file, that its group or everyone may
-/// write in without the sticky bit: whoever can write there can rename what is below it and put
-/// another unit, drop-in or agent in place, and so run what they like as this user. A warning
-/// and not a fix: the directory was there before this command, made by the user or another
-/// tool, perhaps shared on purpose, and a mode changed behind their back is a surprise of its
-/// own.
-pub(super) fn warn_if_others_write(files: &[&Found], home: &Path) {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut add = |d: PathBuf| {
-        if !dirs.contains(&d) {
-            dirs.push(d);
-        }
-    };
-    for f in files {
-        let dir = parent(&f.path);
-        let up_to_home = dir.starts_with(home);
-        for d in dir.ancestors() {
-            add(d.to_path_buf());
-            if up_to_home && d == home {
-                break;
-            }
-        }
-        if let (Some(target), Kind::File) = (&f.link_to, &f.kind) {
-            add(parent(target));
-        }
-    }
-    for dir in dirs {
-        // Not made yet: this command makes it, 0755.
-        let Ok(meta) = std::fs::metadata(&dir) else {
-            continue;
-        };
-        let mode = meta.mode();
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            eprintln!(
-                "claude-tokend: warning: {} is writable by {} (mode {:o}): whoever can write there \
-                 can change what the service runs. Unless that is what you want: chmod go-w {}",
-                dir.display(),
-                if mode & 0o002 != 0 {
-                    "everyone"
-                } else {
-                    "its group"
-                },
-                mode & 0o7777,
-                super::step::shell_quote(&dir.to_string_lossy()),
-            );
         }
     }
 }
@@ -258,18 +301,24 @@ pub(super) fn fix_mode(f: &Planned) {
     let Some(was) = f.loose_mode else {
         return;
     };
+    let Some(judged) = &f.judged else {
+        return;
+    };
+    tokend_core::seams::pause_at("service-fix-mode");
     let file = f.dest();
-    match std::fs::set_permissions(file, std::fs::Permissions::from_mode(FILE_MODE)) {
-        Ok(()) => println!(
+    // fchmod(2) on the file that was judged: by its path, a link put there since (by whoever
+    // may write that directory) would have its target's mode changed instead.
+    match judged.set_permissions(std::fs::Permissions::from_mode(FILE_MODE)) {
+        Ok(()) => say!(
             "Fixed the mode of {} (was {was:o}, now {FILE_MODE:o}: only its owner may change what \
              the service runs)",
             f.found.named()
         ),
-        Err(e) => eprintln!(
+        Err(e) => tell!(
             "claude-tokend: warning: {} is mode {was:o}: others may change what the service runs, \
              and its mode cannot be changed here ({e}); run: chmod {FILE_MODE:o} {}",
             f.found.named(),
-            super::step::shell_quote(&file.to_string_lossy())
+            shell_quote(&file.to_string_lossy())
         ),
     }
 }

@@ -1,7 +1,8 @@
 //! What is at a service file's path, its links followed the way the service manager follows
 //! them: nothing, a regular file (at the path or where its links lead), or something no install
-//! writes through: a mask (a link to `/dev/null`, what `systemctl --user mask` makes), a broken
-//! link (dangling, or a loop), a directory, a device, a FIFO or a socket. It also words what
+//! writes through: a mask (a link to `/dev/null`, what `systemctl --user mask` makes, or, for
+//! systemd, an empty file: systemd.unit(5)), a broken link (dangling, or a loop), a directory, a
+//! device, a FIFO or a socket. It also words what
 //! `install` and `uninstall` say about each, and what the user can do. It reads the file system
 //! (links and file types, never a file's content) and writes nothing.
 
@@ -21,7 +22,8 @@ pub(super) enum Kind {
     Absent,
     /// A regular file, at the path or where its links lead.
     File,
-    /// A link to `/dev/null`.
+    /// A link to `/dev/null`; for a unit or a drop-in, also an empty file (at the path or where
+    /// its links lead), which systemd reads as a mask just the same.
     Masked,
     /// A link to nothing: its target does not exist.
     Dangling,
@@ -43,11 +45,15 @@ pub(super) enum Role {
 
 pub(super) struct Found {
     pub(super) path: PathBuf,
-    /// Where the links at `path` end, when `path` is a link: what every message names beside
-    /// it (a link to a system file must not pass for the unit). For a loop, the link's own text.
+    /// Where the links at `path` end, when `path` is a link, with every link on the way resolved
+    /// (linked directories too): what every message names beside it, so a link to a system file
+    /// never passes for the unit, whatever harmless-looking directory it goes through. For a
+    /// loop, the link's own text.
     pub(super) link_to: Option<PathBuf>,
     pub(super) kind: Kind,
     pub(super) role: Role,
+    /// A mask that is an empty file, not the null device.
+    pub(super) empty: bool,
 }
 
 /// What `install` may do with a file that is there and not a regular one.
@@ -64,32 +70,44 @@ pub(super) enum Verdict {
 
 impl Found {
     pub(super) fn at(path: &Path, role: Role) -> Result<Found, u8> {
-        let found = |link_to, kind| Found {
-            path: path.to_path_buf(),
-            link_to,
-            kind,
-            role,
+        // systemd masks a unit (and hides a drop-in) whose file is empty; launchd has no such
+        // rule, and an empty plist is only a broken one.
+        let empty_masks = role != Role::Agent;
+        let found = |link_to, meta: Option<&std::fs::Metadata>, kind| {
+            let empty = empty_masks && kind == Kind::File && meta.is_some_and(|m| m.len() == 0);
+            Found {
+                path: path.to_path_buf(),
+                link_to,
+                kind: if empty { Kind::Masked } else { kind },
+                role,
+                empty,
+            }
         };
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found(None, Kind::Absent)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(found(None, None, Kind::Absent));
+            }
             Err(e) => return Err(cannot_read(path, &e)),
         };
         if !meta.file_type().is_symlink() {
-            return Ok(found(None, kind_of(&meta)));
+            return Ok(found(None, Some(&meta), kind_of(&meta)));
         }
         let Some(target) = follow(path) else {
             let text = std::fs::read_link(path).ok();
-            return Ok(found(text, Kind::Loop));
+            return Ok(found(text, None, Kind::Loop));
         };
-        let kind = match std::fs::metadata(&target) {
-            Ok(meta) => kind_of(&meta),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Kind::Dangling,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Kind::Dangling,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Kind::Loop,
+        let (meta, kind) = match std::fs::metadata(&target) {
+            Ok(meta) => {
+                let kind = kind_of(&meta);
+                (Some(meta), kind)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Kind::Dangling),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => (None, Kind::Dangling),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => (None, Kind::Loop),
             Err(e) => return Err(cannot_read(path, &e)),
         };
-        Ok(found(Some(target), kind))
+        Ok(found(Some(resolved(&target)), meta.as_ref(), kind))
     }
 
     pub(super) fn is_link(&self) -> bool {
@@ -133,19 +151,28 @@ impl Found {
             .unwrap_or_default();
         match &self.kind {
             Kind::Absent | Kind::File => Verdict::Write,
-            Kind::Masked => Verdict::Never(match self.role {
-                Role::Unit => format!(
-                    "{path} is a link to /dev/null: claude-tokend.service is masked \
-                     (`systemctl --user mask`), and systemd starts no masked unit whatever is \
-                     written. Run `systemctl --user unmask claude-tokend` first (it removes the \
-                     link), then install again; --force does not override a mask"
-                ),
-                Role::DropIn | Role::Agent => format!(
-                    "{path} is a link to /dev/null (masked): whatever is written through it is \
-                     lost, and nothing is read from it. To have it written, remove the link \
-                     (`{rm}`), then install again; --force does not remove it"
-                ),
-            }),
+            Kind::Masked => {
+                let how = self.mask_text();
+                let it = if self.is_link() {
+                    "the link"
+                } else {
+                    "the file"
+                };
+                Verdict::Never(match self.role {
+                    Role::Unit => format!(
+                        "{path} is {how}: claude-tokend.service is masked (systemd masks a unit \
+                         whose file is empty or a link to /dev/null, as `systemctl --user mask` \
+                         makes it), and systemd starts no masked unit whatever is written. Run \
+                         `systemctl --user unmask claude-tokend` first (it removes {it}), then \
+                         install again; --force does not override a mask"
+                    ),
+                    Role::DropIn | Role::Agent => format!(
+                        "{path} is {how} (masked): nothing is read from it, and whatever is \
+                         written through it is lost. To have it written, remove {it} (`{rm}`), \
+                         then install again; --force does not remove it"
+                    ),
+                })
+            }
             Kind::Special(what) if self.is_link() => Verdict::Never(format!(
                 "{path} is a link to {target}, {what}, not a regular file: nothing is written \
                  through it. To have the file written, remove the link (`{rm}`), then install \
@@ -187,6 +214,16 @@ impl Found {
         }
     }
 
+    /// How a mask is made: `a link to /dev/null`, `empty`, `a link to T, which is empty`.
+    fn mask_text(&self) -> String {
+        match (&self.link_to, self.empty) {
+            (Some(t), true) => format!("a link to {}, which is empty", t.display()),
+            (Some(t), false) => format!("a link to {}", t.display()),
+            (None, true) => "empty".to_owned(),
+            (None, false) => "the null device".to_owned(),
+        }
+    }
+
     /// What is there when it is not a regular file, links and all: `a link to T, which does
     /// not exist`, `a FIFO`, `masked: a link to /dev/null`; `None` for a file or nothing.
     pub(super) fn describe_odd(&self) -> Option<String> {
@@ -204,7 +241,7 @@ impl Found {
             Kind::Special(what) => (*what).to_owned(),
         };
         Some(match (&self.kind, self.is_link()) {
-            (Kind::Masked, true) => format!("masked: a link to {target}"),
+            (Kind::Masked, _) => format!("masked: {}", self.mask_text()),
             (_, true) => format!("a link to {target}, {what}"),
             (_, false) => what,
         })
@@ -236,6 +273,25 @@ fn is_dev_null(meta: &std::fs::Metadata) -> bool {
     std::fs::metadata("/dev/null").is_ok_and(|null| null.rdev() == meta.rdev())
 }
 
+/// `target` (the end of a chain of links) with every link on its way resolved, as far as it
+/// exists: the name a message can give for where a link really leads.
+fn resolved(target: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(target) {
+        return real;
+    }
+    // Dangling: the directories on its way that exist, resolved; the rest as named.
+    let mut rest = Vec::new();
+    let mut at = target;
+    while let (Some(dir), Some(name)) = (at.parent(), at.file_name()) {
+        rest.push(name);
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            return rest.iter().rev().fold(real, |p, n| p.join(n));
+        }
+        at = dir;
+    }
+    target.to_path_buf()
+}
+
 /// Where the chain of links at `path` ends (made absolute beside each link), or `None` when it
 /// goes on past the kernel's bound (a loop).
 fn follow(path: &Path) -> Option<PathBuf> {
@@ -261,7 +317,7 @@ fn cannot_read(path: &Path, e: &io::Error) -> u8 {
         ),
         _ => String::new(),
     };
-    eprintln!("claude-tokend: cannot read {}: {e}{advice}", path.display());
+    tell!("claude-tokend: cannot read {}: {e}{advice}", path.display());
     exit::FAILURE
 }
 

@@ -32,7 +32,7 @@ impl Home {
         let home = match std::env::var_os("HOME").map(PathBuf::from) {
             Some(h) if h.is_absolute() => h,
             _ => {
-                eprintln!(
+                tell!(
                     "claude-tokend: HOME is not set to an absolute path; cannot tell where the service files go"
                 );
                 return Err(exit::USAGE);

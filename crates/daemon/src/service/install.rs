@@ -5,16 +5,19 @@
 //! device or a directory is never written through), and then all of it at once (`commit`).
 //! Then the manager's module finishes (reload, enable, restart).
 
+use std::path::{Path, PathBuf};
+
 use super::carry::{carried_logins, carried_settings, writable_dirs};
-use super::commit::{NewFile, put_in_place, this_command};
+use super::commit::{NewFile, put_in_place, stopped as stopped_by, sweep_temps, this_command};
 use super::files::{
     Existing, Planned, Syntax, changed_lines, fix_mode, refuse_edited, removed_line, same_file,
-    state_of, warn_if_others_write,
+    state_of,
 };
 use super::found::{Found, Kind, Role, Verdict};
-use super::home::Home;
+use super::home::{Home, parent};
 use super::program::program_path;
 use super::render::{render_agent, render_dropin, render_sandbox, render_unit};
+use super::way;
 use super::{launchd, systemd};
 use crate::cli::{InstallArgs, Manager, Settings};
 use crate::exit;
@@ -51,7 +54,7 @@ pub(super) fn install(
         // it stops the install whichever file it writes; only the user lifts it.
         let unit = Found::at(&home.unit_path(), Role::Unit)?;
         if let (Kind::Masked, Verdict::Never(why)) = (&unit.kind, unit.verdict()) {
-            eprintln!("claude-tokend: {why}. Nothing was written.");
+            tell!("claude-tokend: {why}. Nothing was written.");
             return Err(exit::FAILURE);
         }
     }
@@ -89,7 +92,7 @@ pub(super) fn install(
             )?);
             // The drop-in written while a package's unit was there (since removed) would
             // replace this unit's ExecStart= and add its old settings. A masked one (a link to
-            // /dev/null) changes nothing, and is the user's.
+            // /dev/null, or empty) changes nothing, and is the user's.
             let dropin = Found::at(&home.install_path(), Role::DropIn)?;
             if dropin.present() && dropin.kind != Kind::Masked {
                 let state = state_of(&dropin)?;
@@ -132,8 +135,9 @@ pub(super) fn install(
     // go without), and one left as it was would name the old logins' directories in
     // ReadWritePaths=, so that ProtectSystem=strict makes every refresh of the new ones fail.
     // Dropping it silently instead would take away hardening a reinstall for another setting
-    // never asked to lose. A masked one is how the user goes without it: left alone unless
-    // --sandbox asks for it.
+    // never asked to lose. A masked one (a link to /dev/null, or an empty file: to systemd the
+    // same, a drop-in that adds nothing and hides one of its name read after it) is how the
+    // user goes without it: left alone unless --sandbox asks for it.
     if manager == Manager::Systemd {
         let sandbox = Found::at(&home.sandbox_path(), Role::DropIn)?;
         let earlier = sandbox.present() && sandbox.kind != Kind::Masked;
@@ -148,23 +152,42 @@ pub(super) fn install(
         }
     }
 
+    // Where anything is written, removed or created: each file (its links followed: where they
+    // lead is written), the directory a file is removed from, the agent's log directory.
+    let log_dir = home.log_path().parent().map(Path::to_path_buf);
+    let stale_dirs: Vec<PathBuf> = stale.iter().map(|s| parent(&s.found.path)).collect();
+    let touched: Vec<&Path> = files
+        .iter()
+        .map(|f| f.found.path.as_path())
+        .chain(stale_dirs.iter().map(PathBuf::as_path))
+        .chain(log_dir.as_deref().filter(|_| manager == Manager::Launchd))
+        .collect();
+    way::refuse_others_dirs(&touched, &home.home, "written")?;
     refuse_what_may_not_be_done(&files, &stale, args.force, manager)?;
-    let founds: Vec<&Found> = files.iter().map(|f| &f.found).collect();
-    warn_if_others_write(&founds, &home.home);
+    way::warn_if_others_write(&touched);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root with another user's HOME was refused already: this HOME is root's.
+        tell!(
+            "claude-tokend: note: running as root, with a HOME root owns ({}): this installs \
+             the service for root, not for any other user",
+            home.home.display()
+        );
+    }
 
-    println!("Service program: {}", program.display());
+    say!("Service program: {}", program.display());
     if let Some(packaged) = &packaged {
-        println!(
+        say!(
             "Packaged unit: {} (a package installed it: this install puts its settings in a \
              drop-in on it, not in a second unit)",
             packaged.display()
         );
     }
     if env.is_empty() {
-        println!("Settings: the defaults (no flags or variables to carry into the service)");
+        say!("Settings: the defaults (no flags or variables to carry into the service)");
     } else {
         for (k, v) in &env {
-            println!("Setting:  {k}={v}");
+            say!("Setting:  {k}={v}");
         }
     }
     // Nothing is written unless everything can be: a half-done install is harder to reason
@@ -179,32 +202,44 @@ pub(super) fn install(
         })
         .collect();
     let removing: Vec<&Found> = stale.iter().map(|s| &s.found).collect();
-    put_in_place(&writes, &removing, &this_command())?;
+    let changed = !stale.is_empty() || !writes.is_empty();
+    // A service installed before may be running on the old files; a first install's is not.
+    let restart =
+        changed && (!stale.is_empty() || files.iter().any(|f| f.existing != Existing::Absent));
+    // Temps a killed install left beside these files would otherwise stay for good (each is
+    // named for the process that made it).
+    let dests: Vec<&Path> = files.iter().map(Planned::dest).collect();
+    sweep_temps(&dests);
+    let stopped = put_in_place(&writes, &removing, &this_command())?;
     for f in &files {
         report(f);
         fix_mode(f);
         if f.found.path == home.sandbox_path() && !args.sandbox {
-            println!(
+            say!(
                 "  (the sandbox drop-in of an earlier install, kept in step with the unit; to go \
                  without it, delete it and run `systemctl --user daemon-reload`)"
             );
         }
     }
     for s in &stale {
-        println!("{}", removed_line(&s.found));
-        println!("  ({})", s.why);
+        say!("{}", removed_line(&s.found));
+        say!("  ({})", s.why);
         if s.found.path == home.unit_path() {
             systemd::forget_enable_link(home)?;
         }
         // Its directory held only this drop-in: an empty directory is no drop-in of anyone's.
         if s.found.path == home.install_path() && std::fs::remove_dir(home.dropin_dir()).is_ok() {
-            println!("Removed: {} (empty now)", home.dropin_dir().display());
+            say!("Removed: {} (empty now)", home.dropin_dir().display());
         }
     }
-    let changed = !stale.is_empty() || files.iter().any(|f| f.existing != Existing::Same);
-    // A service installed before may be running on the old files; a first install's is not.
-    let restart =
-        changed && (!stale.is_empty() || files.iter().any(|f| f.existing != Existing::Absent));
+    if let Some(signal) = stopped {
+        // The files are in place (said already); nothing is asked of the service manager.
+        let rest = match manager {
+            Manager::Systemd => systemd::steps_left(args, restart),
+            Manager::Launchd => launchd::steps_left(home, args, changed),
+        };
+        return Err(stopped_by(signal, rest));
+    }
     match manager {
         Manager::Systemd => {
             let in_place = files
@@ -260,29 +295,29 @@ fn refuse_what_may_not_be_done(
     }
     if !never.is_empty() {
         for why in &never {
-            eprintln!("claude-tokend: {why}.");
+            tell!("claude-tokend: {why}.");
         }
-        eprintln!("claude-tokend: nothing was written.");
+        tell!("claude-tokend: nothing was written.");
         return Err(exit::FAILURE);
     }
     if force || (forceable.is_empty() && replacing.is_empty() && removing.is_empty()) {
         return Ok(());
     }
     for s in &removing {
-        eprintln!(
+        tell!(
             "claude-tokend: {} is in the way: {}.",
             s.found.named(),
             s.why
         );
         if let Some(keep) = s.keep {
-            eprintln!("claude-tokend: {keep}.");
+            tell!("claude-tokend: {keep}.");
         }
     }
     for why in &forceable {
-        eprintln!("claude-tokend: {why}.");
+        tell!("claude-tokend: {why}.");
     }
     if replacing.is_empty() && removing.is_empty() {
-        eprintln!("claude-tokend: nothing was written.");
+        tell!("claude-tokend: nothing was written.");
         return Err(exit::FAILURE);
     }
     let removing: Vec<&Found> = removing.iter().map(|s| &s.found).collect();
@@ -297,10 +332,10 @@ fn refuse_what_may_not_be_done(
 fn report(f: &Planned) {
     let named = f.found.named();
     match (f.existing, &f.found.kind) {
-        (Existing::Same, _) => println!("Unchanged: {named}"),
-        (Existing::Absent, _) => println!("Wrote: {named}"),
+        (Existing::Same, _) => say!("Unchanged: {named}"),
+        (Existing::Absent, _) => say!("Wrote: {named}"),
         (_, Kind::File) => {
-            println!(
+            say!(
                 "Replaced: {named}{}",
                 if f.found.is_link() {
                     " (the file the link leads to has the new content)"
@@ -311,11 +346,11 @@ fn report(f: &Planned) {
             // A reinstall without the flags of the first one drops its settings: show it.
             let old = f.old.as_deref().unwrap_or_default();
             for (sign, line) in changed_lines(old, &f.content) {
-                println!("  {sign} {line}");
+                say!("  {sign} {line}");
             }
         }
         // --force on a broken link, or one to a directory: the link itself was replaced.
-        (_, _) => println!(
+        (_, _) => say!(
             "Replaced: {named}: the link itself, by a plain file (nothing was written through it)"
         ),
     }

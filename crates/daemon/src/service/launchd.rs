@@ -4,12 +4,13 @@
 
 use std::ffi::OsStr;
 
-use super::commit::create_dirs;
-use super::files::{describe_file, remove_found};
+use super::commit::{create_dirs, sweep_temps};
+use super::files::{describe_file, refuse_unremovable, remove_all};
 use super::found::{Found, Kind, Role};
-use super::home::{Home, LABEL};
+use super::home::{Home, LABEL, parent};
 use super::step::{self, Ran, by_hand, run_steps, shell_quote, shown, spoken, step_result};
 use super::systemd::refuse_removing;
+use super::way;
 use crate::cli::InstallArgs;
 use crate::{exit, interrupt};
 
@@ -27,7 +28,7 @@ fn launchctl_loaded(target: &str) -> Ran {
 /// Says that the question whether the agent is loaded got no answer in time, what was (not)
 /// done, and what to run by hand; the exit code.
 fn probe_hung(target: &str, limit: std::time::Duration, done: &str, rest: Vec<String>) -> u8 {
-    eprintln!(
+    tell!(
         "claude-tokend: `launchctl print {target}` did not finish within {} and was stopped; \
          {done}. (The bootout below fails harmlessly when the agent is not loaded.)",
         spoken(limit)
@@ -51,7 +52,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
     if let Some(dir) = logs.parent()
         && let Err(e) = create_dirs(dir, &mut Vec::new())
     {
-        eprintln!("claude-tokend: cannot create {}: {e}", dir.display());
+        tell!("claude-tokend: cannot create {}: {e}", dir.display());
         return Err(exit::FAILURE);
     }
     let domain = gui_domain();
@@ -74,7 +75,7 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
             Ran::Success => true,
             Ran::Failed(..) => false,
             Ran::NotRun(e) => {
-                eprintln!("claude-tokend: cannot run launchctl: {e} (is this macOS?)");
+                tell!("claude-tokend: cannot run launchctl: {e} (is this macOS?)");
                 return Err(exit::FAILURE);
             }
             Ran::TimedOut(limit) => {
@@ -99,32 +100,63 @@ pub(super) fn finish_install(home: &Home, args: &InstallArgs, changed: bool) -> 
             (false, _) => vec![bootstrap],
         };
         run_steps("launchctl", &steps, &done, why)?;
-        println!("claude-tokend is loaded and started; it starts again at every login.");
+        say!("claude-tokend is loaded and started; it starts again at every login.");
     } else {
-        println!("To start it now (it starts by itself at every login from now on):");
-        println!(
+        say!("To start it now (it starts by itself at every login from now on):");
+        say!(
             "  launchctl bootstrap {domain} {}",
             shell_quote(&agent.to_string_lossy())
         );
         if changed {
-            println!(
+            say!(
                 "(Already loaded? `launchctl bootout {target}` first, so launchd reads the new file.)"
             );
         }
     }
-    println!("Status: claude-tokend service status");
-    println!("Logs:   tail -f {}", shell_quote(&logs.to_string_lossy()));
+    say!("Status: claude-tokend service status");
+    say!("Logs:   tail -f {}", shell_quote(&logs.to_string_lossy()));
     Ok(())
+}
+
+/// What [`finish_install`] would run with `--now`, as the user would type it: for a command
+/// stopped before (the bootout fails harmlessly when the agent is not loaded). Without `--now`
+/// nothing: launchd loads the agent at the next login.
+pub(super) fn steps_left(home: &Home, args: &InstallArgs, changed: bool) -> Vec<String> {
+    if !args.now {
+        return Vec::new();
+    }
+    let domain = gui_domain();
+    let target = format!("{domain}/{LABEL}");
+    let agent = home.agent_path();
+    let mut steps = Vec::new();
+    if changed {
+        steps.push(shown(
+            "launchctl",
+            &[OsStr::new("bootout"), OsStr::new(&target)],
+        ));
+    }
+    steps.push(shown(
+        "launchctl",
+        &[
+            OsStr::new("bootstrap"),
+            OsStr::new(&domain),
+            agent.as_os_str(),
+        ],
+    ));
+    steps
 }
 
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     let agent = Found::at(&home.agent_path(), Role::Agent)?;
+    way::refuse_others_dirs(&[&parent(&agent.path)], &home.home, "removed")?;
     // A link to /dev/null is the user's way to keep the agent out: kept, always.
     let ours = agent.present() && agent.kind != Kind::Masked;
     // A hand edit is no more ours to remove than to replace (before anything is stopped).
     if ours {
         refuse_removing(&[&agent], force, false)?;
+        refuse_unremovable(&[&agent])?;
     }
+    sweep_temps(&[agent.path.as_path(), agent.file()]);
     let target = format!("{}/{LABEL}", gui_domain());
     let bootout = [OsStr::new("bootout"), OsStr::new(&target)];
     let rm = format!("rm -f {}", shell_quote(&agent.path.to_string_lossy()));
@@ -148,24 +180,32 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         // Nobody can be asked to stop it, here; the file is still ours to take back, and
         // leaving it would load the agent again at the next login (as systemd's uninstall does).
         Ran::NotRun(e) if ours => {
-            eprintln!(
+            tell!(
                 "claude-tokend: warning: could not ask launchd to stop the agent (cannot run \
                  launchctl: {e}); removing its file anyway. An agent already loaded runs until \
                  you log out, or until `launchctl bootout {target}`."
             );
-            remove_found(&agent)?;
-            println!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
+            remove_all(&[&agent], &[], &[])?;
+            say!("claude-tokend's agent file is removed; launchd was not asked to stop it.");
             return Ok(());
         }
         Ran::NotRun(_) => false,
     };
     if !ours && !loaded {
-        println!(
-            "Nothing to remove: {} does not exist.",
-            agent.path.display()
-        );
         if agent.kind == Kind::Masked {
-            println!("Kept: {}: masked", agent.named());
+            say!("Nothing to remove: no file `service install` wrote is there.");
+        } else {
+            say!(
+                "Nothing to remove: {} does not exist.",
+                agent.path.display()
+            );
+        }
+        if agent.kind == Kind::Masked {
+            say!(
+                "Kept: {}: {}",
+                agent.path.display(),
+                agent.describe_odd().unwrap_or_default()
+            );
         }
         return Ok(());
     }
@@ -174,11 +214,20 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         step_result("launchctl", &bootout, ran, "nothing was removed", "", &[rm])?;
     }
     if ours {
-        remove_found(&agent)?;
+        let before = if loaded {
+            vec![format!("{target} (booted out)")]
+        } else {
+            Vec::new()
+        };
+        remove_all(&[&agent], &before, &[])?;
     } else if agent.kind == Kind::Masked {
-        println!("Kept: {}: masked", agent.named());
+        say!(
+            "Kept: {}: {}",
+            agent.path.display(),
+            agent.describe_odd().unwrap_or_default()
+        );
     }
-    println!(
+    say!(
         "claude-tokend is stopped and uninstalled (its log, {}, is kept).",
         home.log_path().display()
     );
@@ -188,11 +237,11 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
 pub(super) fn status(home: &Home) -> Result<(), u8> {
     let agent = home.agent_path();
     let Some(state) = describe_file(&agent, Role::Agent)? else {
-        println!("Agent file: {} (not installed)", agent.display());
-        println!("Install:    claude-tokend service install --now");
+        say!("Agent file: {} (not installed)", agent.display());
+        say!("Install:    claude-tokend service install --now");
         return Err(exit::FAILURE);
     };
-    println!("Agent file: {} ({state})", agent.display());
+    say!("Agent file: {} ({state})", agent.display());
     let target = format!("{}/{LABEL}", gui_domain());
     let print = [OsStr::new("print"), OsStr::new(&target)];
     let result = match step::run("launchctl", &print) {
@@ -206,19 +255,19 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
             Err(interrupt::exit_code(signal))
         }
         Ran::Failed(s, _) => {
-            eprintln!("claude-tokend: the agent is not loaded ({s} from launchctl print)");
+            tell!("claude-tokend: the agent is not loaded ({s} from launchctl print)");
             Err(exit::FAILURE)
         }
         // Whether it runs is unknown, which is not "not loaded".
         Ran::NotRun(e) => {
-            eprintln!(
+            tell!(
                 "claude-tokend: could not ask launchd whether the agent is loaded: cannot run \
                  launchctl: {e} (it comes with macOS, in /bin)"
             );
             Err(super::UNREACHABLE)
         }
         Ran::TimedOut(limit) => {
-            eprintln!(
+            tell!(
                 "claude-tokend: could not ask launchd whether the agent is loaded: \
                  `launchctl print {target}` did not finish within {} (stopped)",
                 spoken(limit)
@@ -226,7 +275,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
             Err(super::UNREACHABLE)
         }
     };
-    println!(
+    say!(
         "Logs:       tail -f {}",
         shell_quote(&home.log_path().to_string_lossy())
     );

@@ -23,7 +23,7 @@ use crate::exit;
 /// so it earns a note.
 pub(super) fn program_path(manager: Manager) -> Result<PathBuf, u8> {
     let running = std::env::current_exe().map_err(|e| {
-        eprintln!("claude-tokend: cannot tell where this program is: {e}");
+        tell!("claude-tokend: cannot tell where this program is: {e}");
         exit::FAILURE
     })?;
     let as_run = std::env::args_os()
@@ -42,7 +42,7 @@ pub(super) fn program_path(manager: Manager) -> Result<PathBuf, u8> {
         };
         let Some(usable) = candidates.iter().find(|p| refused(p).is_none()) else {
             let first = &candidates[0];
-            eprintln!(
+            tell!(
                 "claude-tokend: systemd cannot run the program by its path, {}: {}{}. Install \
                  the program under a plain path (as `cargo install --locked claude-tokend` does, \
                  or copy it to ~/.local/bin) and run `service install` from there; nothing was \
@@ -61,7 +61,7 @@ pub(super) fn program_path(manager: Manager) -> Result<PathBuf, u8> {
             return Err(exit::USAGE);
         };
         if usable != &candidates[0] {
-            eprintln!(
+            tell!(
                 "claude-tokend: note: the service will run {}, the file {} leads to: systemd \
                  cannot run the path you ran ({}), so the service does not follow where that \
                  path leads after an upgrade",
@@ -82,16 +82,10 @@ pub(super) fn program_path(manager: Manager) -> Result<PathBuf, u8> {
     };
     // A link into the build directory moves (dangles) with it just the same.
     if in_build_dir(&program) || in_build_dir(&running) {
-        eprintln!(
+        tell!(
             "claude-tokend: note: the service will run {}, inside a cargo build directory; for a path that \
              stays put, `cargo install --locked --path crates/daemon` and run `~/.cargo/bin/claude-tokend service install`",
             program.display()
-        );
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!(
-            "claude-tokend: note: running as root installs the service for root, not for your own user"
         );
     }
     Ok(program)

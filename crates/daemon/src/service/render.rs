@@ -79,7 +79,7 @@ fn exec_start(program: &Path, args: &[String]) -> Result<String, u8> {
     let program = utf8(program)?;
     check_value("the program's path", &program)?;
     if let Some(why) = systemd_refuses_program(&program) {
-        eprintln!("claude-tokend: the program's path {program:?}: {why}; nothing was written");
+        tell!("claude-tokend: the program's path {program:?}: {why}; nothing was written");
         return Err(exit::USAGE);
     }
     for a in args {
@@ -201,7 +201,7 @@ fn xml_escape(s: &str) -> String {
 
 pub(super) fn utf8(path: &Path) -> Result<String, u8> {
     path.to_str().map(str::to_owned).ok_or_else(|| {
-        eprintln!(
+        tell!(
             "claude-tokend: {} is not valid UTF-8, which service files cannot hold",
             path.display()
         );
@@ -221,7 +221,7 @@ pub(super) fn check_value(what: &str, value: &str) -> Result<(), u8> {
         .chars()
         .find(|&c| (c.is_control() && c != '\t') || is_noncharacter(c))
     {
-        eprintln!(
+        tell!(
             "claude-tokend: {what} ({value:?}) contains {c:?}, which cannot be written into a \
              service file; nothing was written"
         );

@@ -2,16 +2,17 @@
 //! the user can paste (`shell_quote`), every call is bounded in time (a manager waiting on a
 //! stuck bus would otherwise hang `service` forever) and ends with the command when the user
 //! interrupts it (SIGINT, SIGTERM, SIGHUP: the call, in a process group of its own, would
-//! otherwise run on orphaned), and a failure says which command failed and what to run by hand
-//! from there. It knows no manager's meaning of an exit code; `systemd` and `launchd` read
-//! those.
+//! otherwise run on orphaned), what the call says comes back on pipes (never the terminal,
+//! where `stty tostop` would stop it) and is relayed, and a failure says which command failed
+//! and what to run by hand from there. It knows no manager's meaning of an exit code; `systemd`
+//! and `launchd` read those.
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command as Process, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
@@ -24,8 +25,8 @@ use crate::interrupt;
 /// while the user is waiting.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
 
-/// How long the command's stderr may stay open after it exited (a child it left behind holds
-/// it): what it had to say is complete by then.
+/// How long the command's pipes may stay open after it exited (a child it left behind holds
+/// them): what it had to say is complete by then.
 const PIPE_GRACE: Duration = Duration::from_millis(500);
 
 /// How soon a signal that came while a call runs is acted on.
@@ -81,11 +82,11 @@ pub(super) fn shown(program: &str, args: &[&OsStr]) -> String {
     shown
 }
 
-/// Runs one command, printing it first. Its stdout goes straight to ours; its stderr is
-/// collected, then written to ours as it was (`systemctl enable` says there which links it
-/// made), and returned when it failed.
+/// Runs one command, printing it first. What it writes to stdout and stderr is written to ours
+/// (`systemctl enable` says on stderr which links it made, `status` answers on stdout), and
+/// its stderr is returned when it failed.
 pub(super) fn run(program: &str, args: &[&OsStr]) -> Ran {
-    println!("Running `{}`", shown(program, args));
+    say!("Running `{}`", shown(program, args));
     bounded(program, args, true)
 }
 
@@ -96,7 +97,9 @@ pub(super) fn ask(program: &str, args: &[&OsStr]) -> Ran {
 
 /// Runs `program args` in a process group of its own and waits at most [`call_limit`]; past
 /// it, the group is killed, so neither the command nor anything it started is left hanging.
-/// `shown`: its stdout is ours and its stderr is written to ours; else both are kept quiet.
+/// Its stdout and stderr are pipes, never our terminal: in a group of its own it is a
+/// background job there, which `stty tostop` stops (SIGTTOU) at its first write, until the
+/// bound. `shown`: what it wrote is written to ours once it ends; else it is kept quiet.
 fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
     let limit = call_limit();
     let deadline = Instant::now() + limit;
@@ -105,11 +108,7 @@ fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
     let mut child = match Process::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(if shown {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
@@ -123,55 +122,55 @@ fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
         // while any member lives, so it names no one else's processes.
         unsafe { libc::kill(-group, libc::SIGKILL) };
     };
-    let (err_tx, err_rx) = channel();
-    let stderr = child.stderr.take();
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(pipe) = stderr {
-            // What a manager says is a few KiB; more is not worth keeping.
-            let _ = pipe.take(1 << 20).read_to_end(&mut bytes);
-        }
-        let _ = err_tx.send(String::from_utf8_lossy(&bytes).into_owned());
-    });
+    let said = Said {
+        out: drain(child.stdout.take()),
+        err: drain(child.stderr.take()),
+    };
     let (exit_tx, exited) = channel();
     std::thread::spawn(move || {
         let _ = exit_tx.send(child.wait());
     });
+    // Once the group is killed its pipes close at once, unless something it started left the
+    // group: what was said by then is shown all the same.
+    let killed = |said: Said| {
+        kill_group();
+        let (_, stderr) = said.collect(Instant::now() + KILLED_GRACE, shown);
+        stderr
+    };
     let status = loop {
         if let Some(signal) = catch.caught() {
-            kill_group();
+            killed(said);
             return Ran::Interrupted(signal);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match exited.recv_timeout(left.min(SIGNAL_POLL)) {
             Ok(Ok(status)) => break status,
             Ok(Err(e)) => {
-                kill_group();
+                killed(said);
                 return Ran::NotRun(e);
             }
             Err(RecvTimeoutError::Timeout) if !left.is_zero() => {}
             Err(_) => {
-                kill_group();
+                killed(said);
                 return Ran::TimedOut(limit);
             }
         }
     };
     if let Some(signal) = catch.caught() {
         // It ended as the signal came: the user asked to stop all the same.
+        if !said.collect(Instant::now() + KILLED_GRACE, shown).0 {
+            kill_group();
+        }
         return Ran::Interrupted(signal);
     }
-    let grace = deadline
-        .saturating_duration_since(Instant::now())
-        .min(PIPE_GRACE);
-    let stderr = err_rx.recv_timeout(grace).unwrap_or_else(|_| {
-        // Something it started holds the pipe: that is ended too, and what was said kept.
+    let grace = Instant::now()
+        + deadline
+            .saturating_duration_since(Instant::now())
+            .min(PIPE_GRACE);
+    let (complete, stderr) = said.collect(grace, shown);
+    if !complete {
+        // Something it started holds a pipe: that is ended too, and what was said is kept.
         kill_group();
-        err_rx
-            .recv_timeout(Duration::from_millis(200))
-            .unwrap_or_default()
-    });
-    if shown {
-        let _ = io::stderr().write_all(stderr.as_bytes());
     }
     if status.success() {
         Ran::Success
@@ -179,6 +178,67 @@ fn bounded(program: &str, args: &[&OsStr], shown: bool) -> Ran {
         Ran::Failed(status, stderr)
     }
 }
+
+/// How long the pipes may stay open once the call's group is killed.
+const KILLED_GRACE: Duration = Duration::from_millis(200);
+
+/// What a call says: each of its pipes read to the end by a thread of its own, so it never
+/// blocks on a full one.
+struct Said {
+    out: Receiver<Vec<u8>>,
+    err: Receiver<Vec<u8>>,
+}
+
+impl Said {
+    /// What it said on each pipe by `until` (whatever came, when one is still open then: see
+    /// the first value, whether both were read to the end), written to ours when `shown`;
+    /// its stderr, as text.
+    fn collect(self, until: Instant, shown: bool) -> (bool, String) {
+        let mut complete = true;
+        let mut read = |rx: Receiver<Vec<u8>>| {
+            rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    complete = false;
+                    Vec::new()
+                })
+        };
+        let (out, err) = (read(self.out), read(self.err));
+        if shown {
+            let _ = io::stdout()
+                .write_all(&out)
+                .and_then(|()| io::stdout().flush());
+            let _ = io::stderr().write_all(&err);
+        }
+        (complete, String::from_utf8_lossy(&err).into_owned())
+    }
+}
+
+/// Reads `pipe` to its end in a thread; the first [`KEPT`] bytes come back when it closes.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> Receiver<Vec<u8>> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let room = KEPT.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = tx.send(kept);
+    });
+    rx
+}
+
+/// What a manager says is a few KiB; past this much, the rest is read and dropped.
+const KEPT: usize = 1 << 20;
 
 /// Runs `steps` of `program` in order, each printed first; at the first that does not
 /// succeed, says what failed, what is `done` already, `why` it may have failed, and what to
@@ -267,15 +327,15 @@ extern "C" fn on_signal(signal: c_int) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP caught (not acted on by default: the command would die and leave
-/// the call's process group running) from its making until it is dropped, which puts the
-/// actions back as they were. A signal ignored when the command started (`nohup`) stays
-/// ignored.
-struct Catch {
+/// the call's process group running, or its temp files behind) from its making until it is
+/// dropped, which puts the actions back as they were. A signal ignored when the command started
+/// (`nohup`) stays ignored. Around each call, and around `commit`'s writes and renames.
+pub(super) struct Catch {
     old: Vec<(c_int, libc::sigaction)>,
 }
 
 impl Catch {
-    fn install() -> Catch {
+    pub(super) fn install() -> Catch {
         CAUGHT.store(0, Ordering::SeqCst);
         let mut old = Vec::new();
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -298,7 +358,7 @@ impl Catch {
         Catch { old }
     }
 
-    fn caught(&self) -> Option<c_int> {
+    pub(super) fn caught(&self) -> Option<c_int> {
         Some(CAUGHT.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 }

@@ -3,12 +3,16 @@
 //! never the package's unit itself), and asking for the status, all through `systemctl --user`.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::files::{Existing, describe_file, refuse_edited, remove_found, remove_saying, state_of};
+use super::commit::{is_temp_of, sweep_temps};
+use super::files::{
+    Existing, describe_file, refuse_edited, refuse_unremovable, remove_all, remove_saying, state_of,
+};
 use super::found::{Found, Kind, Role};
 use super::home::{Home, UNIT};
 use super::step::{self, Ran, run_steps, shell_quote, spoken, step_result};
+use super::way;
 use crate::cli::InstallArgs;
 use crate::{exit, interrupt};
 
@@ -27,23 +31,33 @@ pub(super) fn finish_install(in_place: &Path, args: &InstallArgs, restart: bool)
             steps.push(user_args(&["try-restart", UNIT]));
         }
         run_steps("systemctl", &steps, &done, why)?;
-        println!("claude-tokend is enabled and started; it starts again at every login.");
+        say!("claude-tokend is enabled and started; it starts again at every login.");
     } else {
-        println!("To start it now and at every login:");
-        println!("  systemctl --user daemon-reload");
-        println!("  systemctl --user enable --now {UNIT}");
+        say!("To start it now and at every login:");
+        say!("  systemctl --user daemon-reload");
+        say!("  systemctl --user enable --now {UNIT}");
         if restart {
-            println!(
-                "(Already running? `systemctl --user restart {UNIT}` makes it use the new file.)"
-            );
+            say!("(Already running? `systemctl --user restart {UNIT}` makes it use the new file.)");
         }
     }
-    println!(
+    say!(
         "To keep it running while you are logged out (a server, ssh sessions): loginctl enable-linger $USER"
     );
-    println!("Status: claude-tokend service status");
-    println!("Logs:   journalctl --user -u claude-tokend -f");
+    say!("Status: claude-tokend service status");
+    say!("Logs:   journalctl --user -u claude-tokend -f");
     Ok(())
+}
+
+/// What [`finish_install`] would run, as the user would type it: for a command stopped before.
+pub(super) fn steps_left(args: &InstallArgs, restart: bool) -> Vec<String> {
+    let mut steps = vec![user_args(&["daemon-reload"])];
+    if args.now {
+        steps.push(user_args(&["enable", "--now", UNIT]));
+        if restart {
+            steps.push(user_args(&["try-restart", UNIT]));
+        }
+    }
+    steps.iter().map(|a| step::shown("systemctl", a)).collect()
 }
 
 pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
@@ -54,6 +68,12 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         Found::at(&home.install_path(), Role::DropIn)?,
         Found::at(&home.sandbox_path(), Role::DropIn)?,
     ];
+    let dirs = [home.unit_dir(), home.dropin_dir()];
+    way::refuse_others_dirs(
+        &dirs.each_ref().map(PathBuf::as_path),
+        &home.home,
+        "removed",
+    )?;
     // A mask is the user's (`systemctl --user mask`), and taking it away could let a package's
     // unit start: kept, always.
     let masks: Vec<&Found> = all.iter().filter(|f| f.kind == Kind::Masked).collect();
@@ -63,15 +83,29 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         .collect();
     let keep_masks = || {
         for m in &masks {
-            println!("Kept: {}: masked; {}", m.named(), unmask_hint(m));
+            say!(
+                "Kept: {}: {}; {}",
+                m.path.display(),
+                m.describe_odd().unwrap_or_default(),
+                unmask_hint(m)
+            );
         }
     };
     if ours.is_empty() {
-        println!("Nothing to remove: {} does not exist.", unit_path.display());
+        let files: Vec<&Path> = all
+            .iter()
+            .flat_map(|f| [f.path.as_path(), f.file()])
+            .collect();
+        sweep_temps(&files);
+        if masks.is_empty() {
+            say!("Nothing to remove: {} does not exist.", unit_path.display());
+        } else {
+            say!("Nothing to remove: no file `service install` wrote is there.");
+        }
         keep_masks();
         let packaged = home.packaged_unit();
         if packaged.is_file() {
-            println!(
+            say!(
                 "The unit {} is the package's; `systemctl --user disable --now claude-tokend` stops it.",
                 packaged.display()
             );
@@ -81,7 +115,9 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     // A hand edit is no more ours to remove than to replace: refused before anything is
     // stopped, so a refusal leaves the service as it was.
     refuse_removing(&ours, force, true)?;
+    refuse_unremovable(&ours)?;
     let mut reached = true;
+    let mut stopped = false;
     // The unit is ours, or the package's with our settings on it: either way `install` enabled
     // it (or said to), so uninstalling stops and disables it.
     if ours
@@ -105,7 +141,7 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
         if let Some(why) = unreachable(&ran) {
             // Nobody can be asked to stop it, here; the files are still ours to take back, and
             // leaving them would start the service again at the next login.
-            eprintln!(
+            tell!(
                 "claude-tokend: warning: could not ask systemd to stop and disable the service \
                  ({why}); removing its files anyway. A copy already running under another \
                  session's manager runs until that session ends; there, \
@@ -118,16 +154,34 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
                 if force { " --force" } else { "" }
             )];
             step_result("systemctl", &args, ran, "nothing was removed", "", &rest)?;
+            stopped = true;
         }
     }
-    for f in &ours {
-        remove_found(f)?;
-    }
+    tokend_core::seams::pause_at("service-uninstall-removing");
+    let before: Vec<String> = stopped
+        .then(|| format!("{UNIT} (stopped and disabled)"))
+        .into_iter()
+        .collect();
+    let then: Vec<String> = reached
+        .then(|| "systemctl --user daemon-reload".to_owned())
+        .into_iter()
+        .collect();
+    remove_all(&ours, &before, &then)?;
     keep_masks();
+    // Temps a killed install left: in no one's way, but they would keep the directory.
+    let files: Vec<&Path> = all
+        .iter()
+        .flat_map(|f| [f.path.as_path(), f.file()])
+        .collect();
+    sweep_temps(&files);
     // Only our own drop-ins are ours to remove; `systemctl --user edit` ones are the user's.
+    // (A temp of an install at work right now is none of the user's either.)
     let dropins = home.dropin_dir();
-    if std::fs::remove_dir(&dropins).is_err() && dropins.exists() {
-        println!(
+    if std::fs::remove_dir(&dropins).is_err()
+        && std::fs::read_dir(&dropins)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| !is_temp_of(&e.file_name(), &files))))
+    {
+        say!(
             "Kept: {} (drop-ins that `service install` did not write)",
             dropins.display()
         );
@@ -135,14 +189,14 @@ pub(super) fn uninstall(home: &Home, force: bool) -> Result<(), u8> {
     if !reached {
         // What `disable` would have removed: the link `enable` made, dangling now.
         forget_enable_link(home)?;
-        println!("claude-tokend's files are removed; systemd was not asked to stop it.");
+        say!("claude-tokend's files are removed; systemd was not asked to stop it.");
         return Ok(());
     }
     systemctl(
         &["daemon-reload"],
         "the files are removed; systemd forgets the unit at its next reload",
     )?;
-    println!("claude-tokend is stopped, disabled and uninstalled.");
+    say!("claude-tokend is stopped, disabled and uninstalled.");
     Ok(())
 }
 
@@ -163,7 +217,7 @@ pub(super) fn refuse_removing(files: &[&Found], force: bool, systemd: bool) -> R
     for f in files {
         match (&f.kind, f.is_link()) {
             (Kind::Directory, false) => {
-                eprintln!(
+                tell!(
                     "claude-tokend: {} is a directory, not a file `service install` wrote: not \
                      removing it, --force or not; move it away yourself. Nothing was removed.",
                     f.named()
@@ -179,7 +233,7 @@ pub(super) fn refuse_removing(files: &[&Found], force: bool, systemd: bool) -> R
         return Ok(());
     }
     for f in &odd {
-        eprintln!(
+        tell!(
             "claude-tokend: {} is {}, not a file `service install` wrote: not removing it; \
              rerun with --force to remove it (a link is removed, never what it points at).",
             f.path.display(),
@@ -213,21 +267,21 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
     let unit_path = home.unit_path();
     let packaged = home.packaged_unit();
     match describe_file(&unit_path, Role::Unit)? {
-        Some(state) => println!("Unit file: {} ({state})", unit_path.display()),
+        Some(state) => say!("Unit file: {} ({state})", unit_path.display()),
         None if packaged.is_file() => {
-            println!("Unit file: {} (installed by a package)", packaged.display());
+            say!("Unit file: {} (installed by a package)", packaged.display());
         }
         None => {
-            println!("Unit file: {} (not installed)", unit_path.display());
-            println!("Install:   claude-tokend service install --now");
+            say!("Unit file: {} (not installed)", unit_path.display());
+            say!("Install:   claude-tokend service install --now");
             return Err(exit::FAILURE);
         }
     }
     if let Some(state) = describe_file(&home.install_path(), Role::DropIn)? {
-        println!("Settings:  {} ({state})", home.install_path().display());
+        say!("Settings:  {} ({state})", home.install_path().display());
     }
     if let Some(state) = describe_file(&home.sandbox_path(), Role::DropIn)? {
-        println!("Sandbox:   {} ({state})", home.sandbox_path().display());
+        say!("Sandbox:   {} ({state})", home.sandbox_path().display());
     }
     let args = user_args(&["status", "--no-pager", UNIT]);
     let ran = step::run("systemctl", &args);
@@ -239,7 +293,7 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
         ));
         Err(interrupt::exit_code(signal))
     } else if let Some(why) = unreachable(&ran) {
-        eprintln!(
+        tell!(
             "claude-tokend: could not ask systemd whether the service is running: {why}. \
              `systemctl --user` talks to your user's service manager, which runs while you are \
              logged in (with lingering, always). From a shell outside your login session (su, \
@@ -254,14 +308,14 @@ pub(super) fn status(home: &Home) -> Result<(), u8> {
             Ran::Success => Ok(()),
             // systemctl status: 3 = not running (stopped or failed), 4 = unknown unit.
             Ran::Failed(s, _) => {
-                eprintln!("claude-tokend: the service is not running ({s} from systemctl status)");
+                tell!("claude-tokend: the service is not running ({s} from systemctl status)");
                 Err(exit::FAILURE)
             }
             // unreachable() has answered for them already.
             Ran::NotRun(_) | Ran::TimedOut(_) | Ran::Interrupted(_) => Err(super::UNREACHABLE),
         }
     };
-    println!("Logs:      journalctl --user -u claude-tokend -f");
+    say!("Logs:      journalctl --user -u claude-tokend -f");
     result
 }
 

@@ -1,10 +1,15 @@
 //! The harness of the service and docs tests: the binary run as a process with a temp `HOME`
 //! and `XDG_CONFIG_HOME`, and fake `systemctl`/`launchctl` on `PATH` that record their
 //! arguments, so both service code paths (systemd and launchd) run on any Unix, as any user,
-//! without touching the real session.
+//! without touching the real session. `unit` reads a unit as systemd does.
 
 // Each test binary (service, launchd, docs) includes this module and uses a different part of it.
 #![allow(dead_code)]
+
+mod unit;
+
+#[allow(unused_imports)]
+pub use unit::*;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -166,12 +171,94 @@ impl Env {
         self.start(cmd, args).finish()
     }
 
+    /// Runs the binary with its stdout on a pipe nobody reads (`… | head -1` once `head` has
+    /// gone): every write there fails with EPIPE.
+    pub fn run_stdout_closed(&self, args: &[&str]) -> Run {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors, owned here from then on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just made and nothing else owns them.
+        let (reader, writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        drop(reader);
+        self.start_with(Command::new(BIN), args, Stdio::from(writer))
+            .finish()
+    }
+
+    /// Runs the binary with `args` in the foreground of a terminal of its own (a pty) after
+    /// `setup` (shell commands: `stty tostop`, say), through util-linux `script`, else
+    /// Python's `pty`; stdout and stderr both come back in `out`. `None`, with the reason
+    /// printed, where this machine has neither.
+    pub fn run_in_terminal(&self, setup: &str, args: &[&str]) -> Option<Run> {
+        let line = std::iter::once(BIN)
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect::<Vec<String>>()
+            .join(" ");
+        let shell = format!("{setup}; exec {line}");
+        let util_linux = Command::new("script")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("util-linux"));
+        let python = || {
+            Command::new("python3")
+                .args(["-c", "import pty"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let cmd = if util_linux {
+            let mut cmd = Command::new("script");
+            cmd.args(["-qec", &shell, "/dev/null"]);
+            cmd
+        } else if python() {
+            let mut cmd = Command::new("python3");
+            cmd.args([
+                "-c",
+                "import os, pty, sys\n\
+                 status = pty.spawn(['/bin/sh', '-c', sys.argv[1]])\n\
+                 sys.exit(os.waitstatus_to_exitcode(status))",
+                &shell,
+            ]);
+            cmd
+        } else {
+            eprintln!("skipped: neither util-linux `script` nor python3 to make a terminal with");
+            return None;
+        };
+        Some(self.start_with(cmd, &[], Stdio::piped()).finish())
+    }
+
+    /// Makes the binary stop at `step` (a debug-build test seam) until the file this returns,
+    /// which it creates there, is removed: see [`Running::paused`].
+    pub fn pause_at(&mut self, step: &str) -> PathBuf {
+        require_seams();
+        let file = self.root.join("paused");
+        let shown = file.display().to_string();
+        self.set("CLAUDE_TOKEND_TEST_PAUSE_AT", step)
+            .set("CLAUDE_TOKEND_TEST_PAUSE_FILE", &shown);
+        file
+    }
+
     /// Starts the binary with `args` in this environment (see [`Env::run`]) without waiting:
     /// for a test that signals it while it runs.
     /// SIGINT, SIGTERM and SIGHUP take their default action in it, as in a command run from a
     /// terminal, even where the tests run with them ignored (a background job, `nohup`).
     pub fn spawn(&self, args: &[&str]) -> Running {
+        self.spawn_cmd(Command::new(BIN), args)
+    }
+
+    /// [`Env::spawn`] as user `uid` (see [`Env::run_as_uid`]).
+    pub fn spawn_as_uid(&self, uid: u32, args: &[&str]) -> Running {
         let mut cmd = Command::new(BIN);
+        cmd.uid(uid).gid(uid);
+        self.spawn_cmd(cmd, args)
+    }
+
+    fn spawn_cmd(&self, mut cmd: Command, args: &[&str]) -> Running {
         // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook must be.
         unsafe {
             cmd.pre_exec(|| {
@@ -184,7 +271,11 @@ impl Env {
         self.start(cmd, args)
     }
 
-    fn start(&self, mut cmd: Command, args: &[&str]) -> Running {
+    fn start(&self, cmd: Command, args: &[&str]) -> Running {
+        self.start_with(cmd, args, Stdio::piped())
+    }
+
+    fn start_with(&self, mut cmd: Command, args: &[&str], stdout: Stdio) -> Running {
         let started = Instant::now();
         let child = cmd
             .args(args)
@@ -192,7 +283,7 @@ impl Env {
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.root)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
@@ -263,6 +354,19 @@ impl Running {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the process this test started, which it has not reaped yet.
         unsafe { libc::kill(self.pid as i32, signal) };
+    }
+
+    /// Waits until it stands at the pause `file` names (see [`Env::pause_at`]), then runs
+    /// `act` and lets it go on.
+    #[track_caller]
+    pub fn paused(&self, file: &Path, act: impl FnOnce()) {
+        assert!(
+            wait_until(Duration::from_secs(5), || file.exists()),
+            "claude-tokend {:?} never reached its pause",
+            self.args
+        );
+        act();
+        std::fs::remove_file(file).unwrap();
     }
 
     /// Waits for it to end, for at most [`RUN_LIMIT`] from its start: past it its whole group
@@ -423,149 +527,4 @@ pub fn read(path: &Path) -> String {
 
 pub fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
-}
-
-/// The words of a unit-file value as systemd reads them (`extract_first_word` with
-/// `EXTRACT_UNQUOTE | EXTRACT_CUNESCAPE`, systemd.syntax(7)): split at unquoted whitespace,
-/// `"…"` and `'…'` quote (also mid-word), a backslash escapes in and out of quotes, C-style
-/// (`\\`, `\"`, `\'`, `\n`, `\t`, `\xNN`). Then specifiers: `%%` is `%` (any other specifier is
-/// a test failure: the renderer never writes one). A value systemd would refuse (an unfinished
-/// quote or escape) panics.
-pub fn systemd_words(value: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut chars = value.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return words;
-        }
-        let mut word = String::new();
-        let mut quote: Option<char> = None;
-        while let Some(c) = chars.next() {
-            match (c, quote) {
-                ('\\', _) => {
-                    let e = chars.next().expect("an escape at the end of the value");
-                    word.push(match e {
-                        'n' => '\n',
-                        't' => '\t',
-                        'x' => {
-                            let hex: String = chars.by_ref().take(2).collect();
-                            char::from(u8::from_str_radix(&hex, 16).expect("\\xNN"))
-                        }
-                        '\\' | '"' | '\'' | ' ' => e,
-                        other => panic!("an escape systemd reads otherwise: \\{other}"),
-                    });
-                }
-                (q, Some(open)) if q == open => quote = None,
-                ('"' | '\'', None) => quote = Some(c),
-                (w, None) if w.is_ascii_whitespace() => break,
-                (other, _) => word.push(other),
-            }
-        }
-        assert!(quote.is_none(), "an unfinished quote in {value:?}");
-        words.push(specifiers(&word));
-    }
-}
-
-/// `%%` → `%`; any other `%x` is a specifier the renderer must never have written.
-fn specifiers(word: &str) -> String {
-    let mut out = String::new();
-    let mut chars = word.chars();
-    while let Some(c) = chars.next() {
-        if c == '%' {
-            match chars.next() {
-                Some('%') => out.push('%'),
-                other => panic!("a specifier %{other:?} in {word:?}"),
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The `Environment=` assignments of a unit, as systemd reads them.
-pub fn unit_environment(unit: &str) -> Vec<(String, String)> {
-    unit.lines()
-        .filter_map(|l| l.strip_prefix("Environment="))
-        .flat_map(systemd_words)
-        .map(|w| {
-            let (k, v) = w.split_once('=').expect("NAME=value");
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
-}
-
-/// The program and arguments `ExecStart=` runs, as systemd reads them: the words, then, in the
-/// arguments, `$$` → `$` (a lone `$` would be a variable systemd expands: a test failure). The
-/// first word, the program, is a literal path: no variable is expanded there.
-pub fn unit_exec_start(unit: &str) -> Vec<String> {
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart="))
-        .expect("an ExecStart= line");
-    let mut words = systemd_words(line).into_iter();
-    let program = words.next().expect("a program");
-    std::iter::once(program)
-        .chain(words.map(|w| {
-            let mut out = String::new();
-            let mut chars = w.chars();
-            while let Some(c) = chars.next() {
-                if c == '$' {
-                    assert_eq!(chars.next(), Some('$'), "a lone $ in {w:?} is expanded");
-                }
-                out.push(c);
-            }
-            out
-        }))
-        .collect()
-}
-
-/// `systemd-analyze --user verify` on `unit`, when this machine has it: its complaints
-/// (nothing when it verifies cleanly). The unit's `Documentation=` pages are generated and put
-/// on MANPATH, as `.ci/verify-units.sh` does; where `man` itself is missing, the lines about
-/// it are left out. `None` when there is no systemd-analyze.
-pub fn systemd_verify(env: &Env, unit: &Path) -> Option<String> {
-    let found = std::env::split_paths(&std::env::var_os("PATH")?)
-        .any(|d| d.join("systemd-analyze").is_file());
-    if !found {
-        return None;
-    }
-    let runtime = env.root.join("runtime");
-    std::fs::create_dir_all(&runtime).unwrap();
-    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let pages = env.root.join("man");
-    let made = Command::new(BIN)
-        .args(["man", "--dir"])
-        .arg(pages.join("man1"))
-        .output()
-        .expect("claude-tokend man --dir");
-    assert!(made.status.success(), "man --dir failed");
-    let out = Command::new("systemd-analyze")
-        .args(["--user", "verify"])
-        .arg(unit)
-        .env("MANPATH", format!("{}:", pages.display()))
-        .env("HOME", env.home())
-        .env("XDG_RUNTIME_DIR", &runtime)
-        .env("XDG_CONFIG_HOME", env.root.join("xdg"))
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .expect("run systemd-analyze");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let complaints: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains("Command 'man "))
-        .collect();
-    if complaints.is_empty() {
-        return Some(String::new());
-    }
-    Some(format!(
-        "(exit {:?}) {}",
-        out.status.code(),
-        complaints.join("\n")
-    ))
 }
