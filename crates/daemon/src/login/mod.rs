@@ -29,7 +29,7 @@ use crate::commands::{policy_for, runtime};
 use crate::exit;
 use crate::interrupt::{self, InFlight, Ran, Session};
 use crate::logins::one_store_for;
-use crate::show::{describe_expiry, emit};
+use crate::show::{describe_expiry, emit, say};
 
 pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     let store = match one_store_for(settings, "login") {
@@ -129,17 +129,11 @@ pub fn login(settings: &Settings, args: &LoginArgs) -> u8 {
     let stopped = |code: u8| signal.map_or(code, interrupt::exit_code);
     match result {
         Ok(saved) => {
+            // The login is saved whatever becomes of this text: a reader that has gone
+            // (`login | head -1`), or a terminal that hung up (SIGHUP, then EIO on every write),
+            // ends the output quietly and leaves the exit code as it is.
             let place = printable(&store.place().to_string());
-            if signal == Some(libc::SIGHUP) {
-                // The terminal has most likely hung up: stdout is not written (a write there
-                // would fail, or block on a terminal nobody reads), and the outcome goes
-                // where failing costs nothing.
-                interrupt::tell(format_args!("the new login was saved to {place}"));
-            } else {
-                // The login is saved whatever happens to this text: a reader that has gone
-                // (`login | head -1`) or a failing stdout leaves the exit code as it is.
-                let _ = emit(signed_in(&place, &saved).as_bytes());
-            }
+            say(format_args!("{}", signed_in(&place, &saved).trim_end()));
             warn_profile(&saved.profile);
             stopped(exit::OK)
         }
