@@ -234,6 +234,15 @@ fn a_refusal_that_is_not_about_the_code_says_what_to_check() {
             &["unsupported_grant_type", "CLAUDE_TOKEND_TOKEN_URL"],
         ),
         (
+            "another error that names the code",
+            Reply::json(
+                400,
+                &json!({"type": "error", "error": {"type": "invalid_request_error", "message": "Invalid 'code' in request"}}),
+            ),
+            &[],
+            &["Invalid 'code' in request", "`claude-tokend login` again"],
+        ),
+        (
             "a bare 400",
             Reply::raw(400, ""),
             &[],

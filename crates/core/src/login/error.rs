@@ -128,6 +128,22 @@ fn what_to_check(code: Option<&str>, r: &Refusal, req: &LoginRequest<'_>) -> Str
             r.status
         );
     }
+    // Another error may still name the code ("Invalid 'code' in request"): then a new code is
+    // offered as one possibility, never promised (exit 1, not 77).
+    let names_the_code = r.detail.as_deref().is_some_and(|d| {
+        d.to_ascii_lowercase()
+            .replace("code_verifier", "")
+            .replace("code_challenge", "")
+            .contains("code")
+    });
+    if code.is_some() && names_the_code {
+        return format!(
+            "the server refused the request without calling the code expired or used (it says \
+             so with `invalid_grant`), though it names the code. If the code was more than a few \
+             minutes old or had been used already, run `claude-tokend login` again; otherwise \
+             check {endpoint}"
+        );
+    }
     if code.is_some() {
         return format!(
             "the server refused the request itself, not the code: check {endpoint}; if that is the \
