@@ -444,3 +444,44 @@ fn status_escapes_control_characters_and_bidi_overrides_from_the_file() {
         out.check(out.stdout.contains(shown), format!("stdout shows {shown}"));
     }
 }
+
+/// After the token endpoint refused the stored refresh token, `status` says the login is lost
+/// (as `doctor` does) instead of "Refresh due: now", and `--json` has `refreshRefusedAt`.
+#[test]
+fn status_says_when_the_stored_refresh_token_was_refused() {
+    let login = Login::due();
+    let (home, server) = setup(&login);
+    let out = Cmd::new(&home).arg("status").run();
+    out.expect_code(0).check(
+        !out.stdout.contains("refused"),
+        "a login nobody refused is not called refused",
+    );
+    let json: Value =
+        serde_json::from_str(&Cmd::new(&home).args(["status", "--json"]).run().stdout)
+            .expect("status --json is JSON");
+    check_eq(
+        "refreshRefusedAt before",
+        &json["refreshRefusedAt"],
+        &Value::Null,
+    );
+
+    server.always(Reply::invalid_grant());
+    Cmd::new(&home)
+        .server(&server)
+        .arg("--once")
+        .run()
+        .expect_code(77);
+    let out = Cmd::new(&home).arg("status").run();
+    out.check(
+        out.stdout.contains("refused this refresh token") && out.stdout.contains("login"),
+        "status says the refresh token was refused and to sign in again",
+    )
+    .check(!out.stdout.contains("Refresh due:   now"), "not 'due now'");
+    let json: Value =
+        serde_json::from_str(&Cmd::new(&home).args(["status", "--json"]).run().stdout)
+            .expect("status --json is JSON");
+    out.check(
+        json["refreshRefusedAt"].as_i64().is_some_and(|at| at > 0),
+        format!("refreshRefusedAt after: {}", json["refreshRefusedAt"]),
+    );
+}

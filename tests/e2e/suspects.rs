@@ -128,7 +128,7 @@ fn a_callback_without_our_state_cannot_end_a_loopback_login() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let out = run.finish();
     out.expect_code(1)
-        .expect_stderr_contains("access_denied")
+        .expect_stderr_contains("reported `access_denied`; nothing was saved")
         .expect_stderr_contains("ignored a callback")
         .check_eq("requests sent", server.count(), 0);
 }

@@ -139,13 +139,17 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
     let access_only = view.usable_refresh_token().is_none();
     // The same due time `--once` and the daemon use: half the lifetime of a short grant this
     // program obtained (its record in the lock file), else the lead.
+    let records = store.peek_records();
     let refresh_due = view.expires_at.filter(|_| !access_only).map(|_| {
-        tokend_core::refresh::next_at(
-            &view,
-            store.peek_records().grant.as_ref(),
-            settings.refresh_before,
-        )
+        tokend_core::refresh::next_at(&view, records.grant.as_ref(), settings.refresh_before)
     });
+    // When the token endpoint refused this very refresh token (this program's record, which
+    // keeps it from being sent again): the login is lost until someone signs in, and "Refresh
+    // due: now" would hide that.
+    let refused_at = match (&records.refused, view.usable_refresh_token()) {
+        (Some(r), Some(token)) if r.refuses(token) => Some(r.at),
+        _ => None,
+    };
     let doc = with_location(json!({
         "loggedIn": true,
         "accessToken": view.access_token.masked(),
@@ -156,6 +160,7 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
         "expired": expired,
         "accessOnly": access_only,
         "refreshDueAt": refresh_due,
+        "refreshRefusedAt": refused_at,
         "refreshTokenExpiresAt": view.refresh_token_expires_at,
         "refreshTokenExpiresAtLocal": view.refresh_token_expires_at.map(local_time),
         "scopes": view.scopes,
@@ -207,6 +212,15 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
                 "never: access-only, it cannot be refreshed here (an access-only copy or a \
                  long-lived token); sign in again before it expires"
                     .into(),
+            );
+        } else if let Some(at) = refused_at {
+            row(
+                "Refresh due:",
+                format!(
+                    "never: the token endpoint refused this refresh token {}, and it is not \
+                     sent again; sign in again (`claude-tokend login`, or Claude Code's /login)",
+                    relative(at)
+                ),
             );
         } else if let Some(due) = refresh_due {
             row(

@@ -212,7 +212,7 @@ pub(super) fn remove_stale_temps(dir: &Path, prefix: &std::ffi::OsStr) {
         let name = entry.file_name();
         if name.as_encoded_bytes().starts_with(prefix) {
             tracing::info!(
-                "removing {}, left by a writer that did not finish",
+                "removing {}, the temp file of a write that did not finish (nothing reads it)",
                 entry.path().display()
             );
             let _ = fs::remove_file(entry.path());

@@ -287,11 +287,13 @@ async fn answer_callback(
             "Sign-in was not completed. You may close this window.",
         )
         .await;
-        let detail = param("error_description").unwrap_or_default();
+        let detail = param("error_description")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| format!(" ({})", short(&d)))
+            .unwrap_or_default();
         return Some(Err(format!(
-            "the sign-in page reported `{}` {}; nothing was saved",
-            short(&error),
-            short(&detail)
+            "the sign-in page reported `{}`{detail}; nothing was saved",
+            short(&error)
         )));
     }
     match param("code").filter(|c| !c.trim().is_empty()) {
