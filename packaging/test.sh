@@ -126,6 +126,8 @@ if [ -n "$deb" ]; then
   check "control: Package claude-tokend, Version $deb_version, Architecture $arch" \
     test "$(field Package) $(field Version) $(field Architecture)" = "claude-tokend $deb_version $arch"
   check "control: depends on libc6 ($(field Depends))" grep -q '^libc6' <<<"$(field Depends)"
+  # TLS verification reads the system's CA list: without ca-certificates every request fails.
+  check "control: recommends ca-certificates" grep -qx 'ca-certificates' <<<"$(field Recommends)"
 
   # The files: exactly these, plus one man page per command as the binary writes them.
   mkdir -p "$work/pages"
@@ -354,7 +356,7 @@ mkdir -p "$arch_dir/src" "$arch_dir/pkg/claude-tokend"
 ln -s "$root" "$arch_dir/src/claude-tokend"
 run_pkgbuild() {
   local fn
-  for fn in prepare build package; do
+  for fn in prepare build check package; do
     (
       set -euo pipefail
       # What makepkg gives the functions.
@@ -366,8 +368,7 @@ run_pkgbuild() {
     ) >"$arch_dir/$fn.log" 2>&1 || { sed 's/^/    /' "$arch_dir/$fn.log"; echo "    ($fn failed)"; return 1; }
   done
 }
-# check() runs `cargo test` of the program's crates: CI's test step has run them already.
-if check "the PKGBUILD's prepare, build and package run (check() is CI's test step)" run_pkgbuild; then
+if check "the PKGBUILD's prepare, build, check and package run" run_pkgbuild; then
   p="$arch_dir/pkg/claude-tokend"
   missing=
   for f in usr/bin/claude-tokend usr/share/man/man1/claude-tokend.1 \

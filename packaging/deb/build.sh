@@ -137,6 +137,7 @@ Architecture: $arch
 Maintainer: ${DEBFULLNAME:-The claude-tokend developers} <${DEBEMAIL:-claude-tokend@users.noreply.github.com}>
 Installed-Size: $installed_kib
 Depends: $depends
+Recommends: ca-certificates
 Suggests: systemd
 Section: utils
 Priority: optional

@@ -16,7 +16,7 @@ use crate::{exit, show};
 const BIN: &str = "claude-tokend";
 
 pub fn completions(shell: Shell) -> u8 {
-    let mut cmd = Cli::command();
+    let mut cmd = plain_hidden(Cli::command());
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN, &mut out);
     let mut script = String::from_utf8_lossy(&out).into_owned();
@@ -55,6 +55,32 @@ fn hidden_flags(cmd: &clap::Command) -> Vec<String> {
         }
     }
     found
+}
+
+/// The definition with every hidden argument that takes a value made a plain string: the
+/// generators then give it one line (fish spells a list of values over several lines, which
+/// dropping the flag's line would cut in two and leave the file unparsable), so
+/// [`without_flag`] removes it whole.
+fn plain_hidden(cmd: clap::Command) -> clap::Command {
+    let hidden: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| a.is_hide_set() && a.get_action().takes_values())
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    let mut cmd = cmd;
+    for id in hidden {
+        cmd = cmd.mut_arg(id, |a| {
+            a.value_parser(clap::builder::NonEmptyStringValueParser::new())
+        });
+    }
+    for name in subs {
+        cmd = cmd.mut_subcommand(name, plain_hidden);
+    }
+    cmd
 }
 
 /// `script` without `--long` offered: bash lists flags as words of `opts="..."` lines and

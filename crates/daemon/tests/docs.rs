@@ -144,6 +144,67 @@ fn completions_cover_the_commands_and_flags() {
     env.run(&["completions"]).code(2);
 }
 
+/// Whether every quote `script` opens, it closes (a quoted value may span lines), by fish's rules: `'…'` (where `\'` and `\\`
+/// are escapes), `"…"` (a backslash escapes the next character), a backslash outside quotes
+/// escapes the next character, and `#` at the start of a word begins a comment.
+fn fish_quotes_close(script: &str) -> bool {
+    let mut quote = None;
+    let mut chars = script.chars().peekable();
+    let mut word_start = true;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '#') if word_start => {
+                // A comment runs to the end of its line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                word_start = true;
+                continue;
+            }
+            (None, '\\') | (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some('\''), '\\') => {
+                if matches!(chars.peek(), Some('\'') | Some('\\')) {
+                    chars.next();
+                }
+            }
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        word_start = quote.is_none() && c.is_whitespace();
+    }
+    quote.is_none()
+}
+
+/// Each script parses in its own shell (a flag dropped from the middle of a multi-line fish
+/// statement once left every package with a fish file fish refused to load). Without the shell
+/// on this machine, fish's file is still checked: every quote it opens, it closes.
+#[test]
+fn every_completion_script_parses_in_its_shell() {
+    let env = Env::systemd();
+    let fish = env.run(&["completions", "fish"]).ok().out;
+    assert!(
+        fish_quotes_close(&fish),
+        "the fish completion leaves a quote open:\n{fish}"
+    );
+    for (shell, check) in [("fish", "--no-execute"), ("zsh", "-n"), ("bash", "-n")] {
+        let script = env.root.join(format!("completion.{shell}"));
+        std::fs::write(&script, env.run(&["completions", shell]).ok().out).unwrap();
+        match Command::new(shell).arg(check).arg(&script).output() {
+            Ok(out) => assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "{shell} {check}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => println!("skipped: {shell} {check}: {shell} cannot be run here ({e})"),
+        }
+    }
+}
+
 #[test]
 fn man_page_is_roff_from_the_cli_definition() {
     let env = Env::systemd();
