@@ -232,9 +232,18 @@ fn ok_without_access_token_never_writes() {
 
 #[test]
 fn redirects_are_permanent_and_never_followed() {
-    for status in [301, 302, 307, 308] {
+    // A long Location is shaped like a token (40 and more token characters, `/` and `.` among
+    // them): it is still named whole, so it can be passed as --token-url.
+    for (status, long) in [(301, false), (302, true), (307, false), (308, true)] {
         let (home, login, server) = setup(true);
-        let location = format!("{}/moved{TOKEN_PATH}", server.base());
+        let location = if long {
+            format!(
+                "{}/corporate-gateway.example.internal/anthropic/moved{TOKEN_PATH}",
+                server.base()
+            )
+        } else {
+            format!("{}/moved{TOKEN_PATH}", server.base())
+        };
         server.always(Reply::raw(status, "").header("Location", &location));
         let before = home.state();
         let out = Cmd::new(&home)

@@ -213,3 +213,34 @@ fn a_client_id_with_a_control_character_is_refused_and_shown_escaped() {
     out.expect_code(2)
         .expect_stderr_contains("control character");
 }
+
+/// A path is the user's, but may hold anything: `status` and the messages that name it show its
+/// control characters escaped, for a login without a login and for one that cannot be read.
+#[test]
+fn paths_with_control_characters_are_shown_escaped() {
+    let home = TempHome::new();
+    home.write_creds(&Login::fresh().doc());
+    let odd = home.path().join("evil\u{1b}[31mRED\u{1b}[0m");
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join(".credentials.json"), r#"{"mcpOAuth":{}}"#).unwrap();
+    let broken = home.path().join("broken\u{7}dir");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join(".credentials.json"), "{not json").unwrap();
+    for dir in [&odd, &broken] {
+        let out = Cmd::new(&home)
+            .arg("status")
+            .arg("--config-dir")
+            .arg(dir)
+            .arg("--config-dir")
+            .arg(home.claude_dir())
+            .run();
+        out.check(
+            !out.all().contains('\u{1b}') && !out.all().contains('\u{7}'),
+            "no raw control character in the output",
+        )
+        .check(
+            out.all().contains("\\u{1b}") || out.all().contains("\\u{7}"),
+            "the path is named, escaped",
+        );
+    }
+}

@@ -80,7 +80,11 @@ pub fn exit_code(e: &RefreshError) -> u8 {
 }
 
 pub fn report(e: &RefreshError) -> u8 {
-    interrupt::tell(format_args!("{e}"));
+    // A message names paths and quotes server text: neither may drive the terminal.
+    interrupt::tell(format_args!(
+        "{}",
+        tokend_core::secret::printable(&e.to_string())
+    ));
     exit_code(e)
 }
 

@@ -59,6 +59,8 @@ struct Shown {
 
 fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool) -> Shown {
     let place = store.place();
+    // The place as a message may show it: a path is the user's, but may hold anything.
+    let shown = printable(&place.to_string());
     let target = store.target();
     let target_text = (target != store.path()).then(|| target.display().to_string());
     // What every JSON object says about where the login is (the same keys in the array a
@@ -101,7 +103,7 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
                 text: many.then(|| {
                     format!(
                         "{:<15}{}\n{:<15}cannot be read (exit {code})\n",
-                        "Store:", place, "Login:"
+                        "Store:", shown, "Login:"
                     )
                 }),
             };
@@ -114,7 +116,7 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
         Ok(Some(v)) if !v.is_logged_out() => v,
         Ok(_) => {
             eprintln!(
-                "claude-tokend: {place}: no login there; a new login is needed: \
+                "claude-tokend: {shown}: no login there; a new login is needed: \
                  run `claude-tokend login` (or sign in with Claude Code)"
             );
             return Shown {
@@ -124,7 +126,7 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
                 text: many.then(|| {
                     format!(
                         "{:<15}{}\n{:<15}none: a new login is needed\n",
-                        "Store:", place, "Login:"
+                        "Store:", shown, "Login:"
                     )
                 }),
             };
@@ -266,15 +268,15 @@ fn status_one(settings: &Settings, store: &Store, mirrors: &[Mirror], many: bool
         && at.saturating_sub(now) <= 3 * 86_400_000
     {
         eprintln!(
-            "claude-tokend: warning: the login in {place} itself ends {}; no refresh can extend \
+            "claude-tokend: warning: the login in {shown} itself ends {}; no refresh can extend \
              it: log in again before then (claude-tokend login)",
             when(at)
         );
     }
     if !mode_ok && store.kind() == Kind::File {
         eprintln!(
-            "claude-tokend: warning: {place} has mode {mode_text}; it should be {FILE_MODE:04o} \
-             (run: chmod 600 {place})"
+            "claude-tokend: warning: {shown} has mode {mode_text}; it should be {FILE_MODE:04o} \
+             (run: chmod 600 {shown})"
         );
     }
     Shown {

@@ -283,7 +283,13 @@ fn resolve_location(token_url: &Url, bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
     match token_url.join(text) {
-        Ok(url) => url.to_string(),
+        Ok(mut url) => {
+            // A relative Location inherits the token URL's user:password; a message must not
+            // print the user's own password back at them.
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+            url.to_string()
+        }
         Err(_) => text.to_owned(),
     }
 }

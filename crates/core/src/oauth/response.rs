@@ -94,6 +94,9 @@ pub fn interpret_response(
                     describe_error(json.as_ref())
                 }
             );
+            // Sorted by the code as RFC 6749 spells it: `INVALID_GRANT` or `invalid_grant `
+            // from a sloppy server means the same refusal (the message keeps what it sent).
+            let code = code.map(|c| c.trim().to_ascii_lowercase());
             Err(OAuthError::Permanent {
                 code,
                 refusal: Box::new(Refusal {

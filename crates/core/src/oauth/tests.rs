@@ -67,6 +67,22 @@ fn absurd_lifetimes_are_capped_at_a_year_and_a_day() {
 }
 
 #[test]
+fn an_error_code_is_read_whatever_its_case_or_padding() {
+    for body in [
+        r#"{"error":"INVALID_GRANT"}"#,
+        r#"{"error":"invalid_grant "}"#,
+        r#"{"type":"error","error":{"type":" Invalid_Grant","message":"x"}}"#,
+    ] {
+        match answer(400, body) {
+            Err(OAuthError::Permanent { code, .. }) => {
+                assert_eq!(code.as_deref(), Some("invalid_grant"), "{body}")
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn header_values_keep_utf8_and_lose_control_characters() {
     assert_eq!(
         super::header_value("tökend/1").as_bytes(),

@@ -132,22 +132,31 @@ pub(super) fn scrub_error(e: OAuthError, secrets: &[&Secret]) -> OAuthError {
                 ..*refusal
             }),
         },
+        // A redirect's message names the Location so the user can pass it as --token-url: a
+        // long URL is shaped like a token (40 token characters, `/` and `.` among them), so only
+        // the secrets we sent are masked in it.
         OAuthError::Misdirected { reason } => OAuthError::Misdirected {
-            reason: scrub(&reason, secrets),
+            reason: scrub_sent(&reason, secrets),
         },
     }
 }
 
-/// Masks, in text that came from elsewhere, the secrets we sent and anything else shaped like a
-/// token (a run of 40 or more token characters), so a server that echoes a request cannot put a
-/// whole token into a log line.
-pub fn scrub(text: &str, secrets: &[&Secret]) -> String {
+/// Masks the secrets we sent, wherever they appear in `text`.
+fn scrub_sent(text: &str, secrets: &[&Secret]) -> String {
     let mut out = text.to_owned();
     for s in secrets {
         if !s.is_blank() {
             out = out.replace(s.expose(), &s.masked());
         }
     }
+    out
+}
+
+/// Masks, in text that came from elsewhere, the secrets we sent and anything else shaped like a
+/// token (a run of 40 or more token characters), so a server that echoes a request cannot put a
+/// whole token into a log line.
+pub fn scrub(text: &str, secrets: &[&Secret]) -> String {
+    let out = scrub_sent(text, secrets);
     let is_token_char =
         |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=');
     let mut result = String::with_capacity(out.len());
