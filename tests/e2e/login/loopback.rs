@@ -2,7 +2,8 @@
 //! program serves on both 127.0.0.1 and [::1] (RFC 8252 §8.3: `localhost` may resolve to either,
 //! and another local user must not be able to take the other one), one connection beside the
 //! other, so idle connections cannot hold the callback back. A flood of local connections cannot
-//! push out a callback that is slow to send (`flood`).
+//! push out a callback that is slow to send (`flood`), nor can another user's flood of busy
+//! connections (`other_user`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
@@ -10,6 +11,8 @@ use std::time::Instant;
 use super::*;
 
 mod flood;
+#[cfg(target_os = "linux")]
+mod other_user;
 
 /// A `login --loopback` waiting for its callback, with the server told which code to accept.
 struct Waiting {

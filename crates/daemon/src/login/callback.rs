@@ -9,8 +9,19 @@
 //! stalled in the middle of a request. A request that is arriving is never cut off: a browser
 //! sends its request in one burst, within the [`HEAD_BOUND`] counted from its first byte.
 //! What arrived is counted ([`Tally`]), so a wait that ends without a callback says so truly.
+//!
+//! The browser runs as this user; another user's program may hold more connections than the
+//! cap, each sending a byte a second so that none is ever idle. So when room is needed, whose
+//! each connection is counts first ([`peer_uid`], Linux only): another user's connections (or
+//! ones whose owner is not found) make room before any of ours, a connection of ours may push
+//! out another user's even while it is active, and another user's connection never pushes out
+//! one of ours. Where owners cannot be found (other systems), every connection is "not known"
+//! and the rule is the one above alone.
+
+mod peer_uid;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +46,14 @@ const SILENT_BOUND: Duration = Duration::from_secs(60);
 const STALLED: Duration = Duration::from_secs(1);
 /// The longest request head read: a browser's is a few hundred bytes.
 const HEAD_LIMIT: usize = 16 * 1024;
+/// The shortest time between two reads of the socket owners: each read lists every socket on
+/// the machine, so a flood is met with one read per round for every connection queued by then
+/// (up to [`ROUND_BATCH`]), not one read per connection, and at most 200 reads a second.
+const ROUND_GAP: Duration = Duration::from_millis(5);
+/// The most connections taken from the listeners' queues in one round. Each holds a descriptor
+/// beyond the cap until it is placed, and reading the owners takes one more: they come from the
+/// descriptors the caller leaves spare below its limit (64), so this stays well under that.
+const ROUND_BATCH: usize = 32;
 
 /// What came to the callback port, for the message when no callback with this login's state
 /// does.
@@ -81,10 +100,52 @@ fn millis_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Whose the other end of a connection is. Found only when room must be made (the owners'
+/// files are read then), so a connection accepted earlier is `Unresolved` until the first round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Unresolved,
+    /// This user's: the browser's, perhaps.
+    Ours,
+    Other,
+    /// Looked for and not found (closed meanwhile, or a system where owners are not known).
+    Unknown,
+}
+
 /// An open connection, as the accept loop sees it.
 struct Open {
     clock: Arc<Clock>,
     task: AbortHandle,
+    /// The peer's address and our end's, to find the peer's owner by.
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    peer: Peer,
+}
+
+/// A connection accepted and not yet given a task.
+struct Arrived {
+    stream: TcpStream,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    peer: Peer,
+}
+
+impl Arrived {
+    fn new(stream: TcpStream, peer_addr: SocketAddr) -> Self {
+        let addrs = stream.local_addr().ok().map(|local| (peer_addr, local));
+        Arrived {
+            stream,
+            addrs,
+            peer: Peer::Unresolved,
+        }
+    }
+}
+
+/// Whose a connection is, from one read of the owners.
+fn whose(owners: &peer_uid::Owners, addrs: Option<(SocketAddr, SocketAddr)>, own: u32) -> Peer {
+    match addrs.and_then(|(peer, local)| owners.uid(peer, local)) {
+        Some(uid) if uid == own => Peer::Ours,
+        Some(_) => Peer::Other,
+        None => Peer::Unknown,
+    }
 }
 
 /// Serves both listeners until a callback carries this login's state: its code, or the sign-in
@@ -101,6 +162,13 @@ pub(super) async fn serve(
     let state: Arc<str> = Arc::from(state);
     let mut tasks = JoinSet::new();
     let mut open: Vec<Open> = Vec::new();
+    let own = peer_uid::own_uid();
+    let ports: Vec<u16> = [v4.local_addr().ok(), v6.and_then(|l| l.local_addr().ok())]
+        .into_iter()
+        .flatten()
+        .map(|a| a.port())
+        .collect();
+    let mut last_round: Option<tokio::time::Instant> = None;
     // Accepts that failed in a row (out of descriptors, most likely).
     let mut failing = 0u32;
     loop {
@@ -116,10 +184,10 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let first = match accepted {
+            Ok((stream, peer)) => {
                 failing = 0;
-                stream
+                Arrived::new(stream, peer)
             }
             Err(e) => {
                 // Out of descriptors after all (the limit was lower than it said, or other
@@ -129,7 +197,7 @@ pub(super) async fn serve(
                 // than spin on the error.
                 tracing::debug!("cannot accept a callback connection: {e}");
                 failing += 1;
-                if failing == 1 || make_room(&mut open, origin, tally) {
+                if failing == 1 || make_room(&mut open, origin, tally, Peer::Unknown) {
                     tokio::task::yield_now().await;
                 } else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -137,54 +205,140 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        Tally::add(&tally.connections);
+        let mut batch = vec![first];
         if open.len() >= cap {
             open.retain(|c| !c.task.is_finished());
         }
         if open.len() >= cap {
-            if !make_room(&mut open, origin, tally) {
-                // Every open connection is a request arriving now: this one is closed at once
-                // (its sender tries again), never one of theirs.
-                Tally::add(&tally.pushed_out);
-                continue;
+            // Room must be made: a round. It waits for the gap since the last one, takes every
+            // connection queued by then, and reads the owners once for them all and for the
+            // open connections not yet resolved.
+            if let Some(last) = last_round {
+                tokio::time::sleep_until(last + ROUND_GAP).await;
             }
-            // The task just aborted holds its descriptor until it is dropped, which happens
-            // when this loop yields: yielding now keeps the descriptors in use near the cap
-            // under a flood, rather than a hundred over it.
-            tokio::task::yield_now().await;
+            while batch.len() < ROUND_BATCH {
+                match queued(v4, v6).await {
+                    Some((stream, peer)) => batch.push(Arrived::new(stream, peer)),
+                    None => break,
+                }
+            }
+            last_round = Some(tokio::time::Instant::now());
+            // Not read (out of descriptors, no /proc): the newcomers are not known, and the
+            // open connections are looked for again in the next round.
+            if let Some(owners) = peer_uid::read(&ports) {
+                for c in open.iter_mut().filter(|c| c.peer == Peer::Unresolved) {
+                    c.peer = whose(&owners, c.addrs, own);
+                }
+                for a in &mut batch {
+                    a.peer = whose(&owners, a.addrs, own);
+                }
+            } else {
+                for a in &mut batch {
+                    a.peer = Peer::Unknown;
+                }
+            }
         }
-        let clock = Arc::new(Clock {
-            seq: u64::try_from(Tally::get(&tally.connections)).unwrap_or(u64::MAX),
-            last: AtomicU64::new(millis_since(origin)),
-            started: AtomicBool::new(false),
-        });
-        let (state, tally, watched) = (Arc::clone(&state), Arc::clone(tally), Arc::clone(&clock));
-        let task = tasks
-            .spawn(async move { answer_callback(stream, &state, &watched, origin, &tally).await });
-        open.push(Open { clock, task });
+        for arrived in batch {
+            place(arrived, &mut open, &mut tasks, cap, origin, &state, tally).await;
+        }
     }
 }
 
-/// Closes the connection idle longest among those that have sent nothing or have stalled
-/// mid-request; never one whose request is arriving. Whether one was closed.
-fn make_room(open: &mut Vec<Open>, origin: Instant, tally: &Tally) -> bool {
+/// Gives a connection just accepted a task, making room first when `cap` are open (or closing
+/// it, when none may make room for it).
+async fn place(
+    arrived: Arrived,
+    open: &mut Vec<Open>,
+    tasks: &mut JoinSet<Option<Result<Secret, String>>>,
+    cap: usize,
+    origin: Instant,
+    state: &Arc<str>,
+    tally: &Arc<Tally>,
+) {
+    Tally::add(&tally.connections);
+    if open.len() >= cap {
+        open.retain(|c| !c.task.is_finished());
+    }
+    if open.len() >= cap {
+        if !make_room(open, origin, tally, arrived.peer) {
+            // Every open connection this one may push out is a request arriving now: this one
+            // is closed at once (its sender tries again), never one of theirs.
+            Tally::add(&tally.pushed_out);
+            return;
+        }
+        // The task just aborted holds its descriptor until it is dropped, which happens
+        // when this loop yields: yielding now keeps the descriptors in use near the cap
+        // under a flood, rather than a hundred over it.
+        tokio::task::yield_now().await;
+    }
+    let clock = Arc::new(Clock {
+        seq: u64::try_from(Tally::get(&tally.connections)).unwrap_or(u64::MAX),
+        last: AtomicU64::new(millis_since(origin)),
+        started: AtomicBool::new(false),
+    });
+    let (state, tally, watched) = (Arc::clone(state), Arc::clone(tally), Arc::clone(&clock));
+    let stream = arrived.stream;
+    let task =
+        tasks.spawn(async move { answer_callback(stream, &state, &watched, origin, &tally).await });
+    open.push(Open {
+        clock,
+        task,
+        addrs: arrived.addrs,
+        peer: arrived.peer,
+    });
+}
+
+/// A connection already waiting in a listener's queue, if any (without waiting for one).
+async fn queued(v4: &TcpListener, v6: Option<&TcpListener>) -> Option<(TcpStream, SocketAddr)> {
+    for listener in std::iter::once(v4).chain(v6) {
+        let ready = tokio::select! {
+            biased;
+            accepted = listener.accept() => accepted.ok(),
+            () = std::future::ready(()) => None,
+        };
+        if ready.is_some() {
+            return ready;
+        }
+    }
+    None
+}
+
+/// Makes room for a connection whose peer is `newcomer`: closes, in this order, the
+/// connection idle longest among those not ours that have sent nothing or have stalled
+/// mid-request; for a newcomer of ours, the one not ours that showed life longest ago even if
+/// its request is arriving (the browser is ours; a flood that keeps every connection busy must
+/// not keep it out); and, unless the newcomer is another user's, the one of ours idle longest
+/// that has sent nothing or stalled. Whether one was closed.
+fn make_room(open: &mut Vec<Open>, origin: Instant, tally: &Tally, newcomer: Peer) -> bool {
     let now = millis_since(origin);
     let stalled = u64::try_from(STALLED.as_millis()).unwrap_or(u64::MAX);
-    let victim = open
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !c.task.is_finished())
-        .map(|(i, c)| {
-            let last = c.clock.last.load(Ordering::Relaxed);
-            (
-                i,
-                (last, c.clock.seq),
-                c.clock.started.load(Ordering::Relaxed),
-            )
+    let idle = |c: &Open| {
+        !c.clock.started.load(Ordering::Relaxed)
+            || now.saturating_sub(c.clock.last.load(Ordering::Relaxed)) >= stalled
+    };
+    let ours = |c: &Open| c.peer == Peer::Ours;
+    let pick = |fits: &dyn Fn(&Open) -> bool| {
+        open.iter()
+            .enumerate()
+            .filter(|(_, c)| !c.task.is_finished() && fits(c))
+            .min_by_key(|(_, c)| (c.clock.last.load(Ordering::Relaxed), c.clock.seq))
+            .map(|(i, _)| i)
+    };
+    let victim = pick(&|c| !ours(c) && idle(c))
+        .or_else(|| {
+            if newcomer == Peer::Ours {
+                pick(&|c| !ours(c))
+            } else {
+                None
+            }
         })
-        .filter(|&(_, (last, _), started)| !started || now.saturating_sub(last) >= stalled)
-        .min_by_key(|&(_, idle_since, _)| idle_since)
-        .map(|(i, _, _)| i);
+        .or_else(|| {
+            if newcomer == Peer::Other {
+                None
+            } else {
+                pick(&|c| ours(c) && idle(c))
+            }
+        });
     match victim {
         Some(i) => {
             open.swap_remove(i).task.abort();

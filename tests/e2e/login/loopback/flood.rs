@@ -13,11 +13,11 @@ use super::*;
 
 /// How long the slow browser waits between connecting and sending: long enough that, under the
 /// old rule (128 connections, the oldest dropped), a flood pushed it out every time.
-const PAUSE: Duration = Duration::from_millis(300);
+pub(super) const PAUSE: Duration = Duration::from_millis(300);
 
 /// Raises this test process's soft limit on descriptors towards its hard one (its floods hold
 /// hundreds of sockets) and returns the hard limit, which the `login` it starts inherits.
-fn raise_own_fd_limit() -> u64 {
+pub(super) fn raise_own_fd_limit() -> u64 {
     // SAFETY: getrlimit and setrlimit only read and write the plain struct given.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
@@ -27,6 +27,24 @@ fn raise_own_fd_limit() -> u64 {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
         limit.rlim_max
+    }
+}
+
+/// Lets the command's process open only `n` descriptors (a low `ulimit -n`).
+pub(super) fn limit_descriptors(cmd: &mut Command, n: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only setrlimit(2), async-signal-safe, is called.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -64,7 +82,7 @@ fn idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 }
 
 /// The request a browser sends on `s`, then its answer (bounded at 3 s).
-fn send_callback(mut s: TcpStream, port: u16, path: &str) -> std::io::Result<String> {
+pub(super) fn send_callback(mut s: TcpStream, port: u16, path: &str) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n")?;
     let mut reply = String::new();
@@ -72,7 +90,7 @@ fn send_callback(mut s: TcpStream, port: u16, path: &str) -> std::io::Result<Str
     Ok(reply)
 }
 
-fn callback_path(w: &Waiting) -> String {
+pub(super) fn callback_path(w: &Waiting) -> String {
     format!("/callback?code={}&state={}", w.code, w.state)
 }
 
@@ -134,22 +152,7 @@ fn where_descriptors_run_short_the_idle_connections_longest_idle_make_room() {
     let server = TokenServer::start();
     // A login that may open only 300 descriptors (a low `ulimit -n`): it cannot keep every
     // connection of the flood below, and closes the ones idle longest.
-    let mut w = start_loopback_as(&home, &server, &[], |cmd| {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec only setrlimit(2), async-signal-safe, is called.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 300,
-                    rlim_max: 300,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let mut w = start_loopback_as(&home, &server, &[], |cmd| limit_descriptors(cmd, 300));
     let before = idle(v4(w.port), 300);
     let browser = TcpStream::connect_timeout(&v4(w.port), Duration::from_secs(3));
     // More newer connections than the old rule kept in all (128), fewer than this login keeps.
