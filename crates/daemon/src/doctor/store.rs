@@ -143,20 +143,28 @@ fn access(dir: &Path, how: libc::c_int) -> bool {
     unsafe { libc::access(c.as_ptr(), how) == 0 }
 }
 
-/// A user's name for a uid, when the system knows it.
-pub fn user_name(uid: u32) -> Option<String> {
+/// The system's passwd entry of `uid`, read by `field` while it is valid (`None`: no entry).
+fn with_passwd<T>(uid: u32, field: impl FnOnce(&libc::passwd) -> T) -> Option<T> {
     let mut buf = vec![0 as libc::c_char; 4096];
     // SAFETY: zeroed is a valid passwd to be filled in.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the buffer outlives the result's use.
+    // SAFETY: every pointer is valid for the call; the buffer outlives `field`'s use of it.
     let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
     if rc != 0 || found.is_null() {
         return None;
     }
-    // SAFETY: getpwuid_r set pw_name to a NUL-terminated string inside `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    Some(field(&pw))
+}
+
+/// A user's name for a uid, when the system knows it.
+pub fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: getpwuid_r set pw_name to a NUL-terminated string inside its buffer.
+    with_passwd(uid, |pw| {
+        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// `uid 0 (root)`.
@@ -191,20 +199,11 @@ fn ours_to_fix(f: &Facts, path: &Path) -> bool {
 
 /// A user's home directory, when the system knows it.
 fn home_of(uid: u32) -> Option<std::path::PathBuf> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: zeroed is a valid passwd to be filled in.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the buffer outlives the result's use.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r set pw_dir to a NUL-terminated string inside `buf`.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
-    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
-        dir.to_bytes(),
-    )))
+    with_passwd(uid, |pw| {
+        // SAFETY: getpwuid_r set pw_dir to a NUL-terminated string inside its buffer.
+        let dir = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
+        std::path::PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes()))
+    })
 }
 
 /// What to say instead of a chown or chmod for a directory outside the user's home.
